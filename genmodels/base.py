@@ -1,0 +1,120 @@
+"""The model contract every family implements (see ../shared/DESIGN.md, "Model contract").
+
+The trainer, evaluation, export and serving only talk to this interface, so no caller ever
+special-cases a family. Optional capabilities are *declared* in ``capabilities`` rather than
+discovered with ``hasattr``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Fields every family shares; families subclass this dataclass with their own fields."""
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # C, H, W
+    num_classes: int = 10
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        values = dict(values)
+        if "image_shape" in values:
+            values["image_shape"] = tuple(int(v) for v in values["image_shape"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["image_shape"] = list(self.image_shape)
+        return out
+
+
+@dataclass
+class OnnxGraph:
+    """One graph to export: serving feeds ``input_names`` and reads ``output_names``."""
+
+    name: str                      # file stem: <name>.onnx
+    module: nn.Module              # eval-mode module whose forward takes the example inputs
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+class GenerativeModel(nn.Module):
+    """Base class of every family.
+
+    Images crossing this interface are float tensors in [0, 1] of shape N x C x H x W;
+    labels are int64 tensors of shape N.
+    """
+
+    family: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # subset of {"conditional", "score", "nll", "encode", "decode", "latent"}
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> "GenerativeModel":
+        return cls(cls.config_class.from_dict(values))
+
+    # --- training -------------------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimisers the model owns (checkpointed with the weights)."""
+        raise NotImplementedError
+
+    def fit_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch; returns losses as plain floats."""
+        raise NotImplementedError
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything needed to resume training bit-for-bit (tensors and plain types only)."""
+        return {
+            "model": self.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers().items()},
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["model"])
+        for k, opt in self.optimizers().items():
+            opt.load_state_dict(state["optimizers"][k])
+
+    # --- inference ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """N images in [0, 1], N x C x H x W."""
+        raise NotImplementedError
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly score per image, higher = more anomalous (capability "score")."""
+        raise NotImplementedError(f"{self.family} has no anomaly score")
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood in nats per image, or an upper bound (capability "nll")."""
+        raise NotImplementedError(f"{self.family} has no likelihood")
+
+    # --- export / serving -----------------------------------------------------------------
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        raise NotImplementedError
+
+    def sampler(self) -> dict[str, Any]:
+        """How serving runs the graphs; written to sampler.json. Always has "kind"."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

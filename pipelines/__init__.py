@@ -1,0 +1,1 @@
+"""genforge pipelines."""

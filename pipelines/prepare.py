@@ -1,0 +1,87 @@
+"""Stage `prepare`: read `data.source`, split if needed, write `data/prepared/<name>/`."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.dataset import SPLITS, atomic_dir, data_sha256, sha256_file, write_npz_deterministic
+from pipelines.errors import GenforgeError
+from pipelines.sources import RawDataset, default_name, load_source
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def dataset_name(params: dict[str, Any]) -> str:
+    data = params.get("data") or {}
+    name = data.get("name") or default_name(str(data.get("source", "mnist5k")))
+    if not SAFE_NAME.match(name) or ".." in name:
+        raise GenforgeError(f"data.name {name!r} must be a plain folder name (letters, digits, . _ -); "
+                            f"it names data/prepared/<name>/ and may not leave that folder")
+    return name
+
+
+def prepared_dir(root: Path, params: dict[str, Any]) -> Path:
+    return root / "data" / "prepared" / dataset_name(params)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean test mask: per class in label order, the first share of a seeded permutation."""
+    if not 0.0 < test_fraction < 1.0:
+        raise GenforgeError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        mask[idx[: int(round(len(idx) * test_fraction))]] = True
+    return mask
+
+
+def _split_if_needed(raw: RawDataset, test_fraction: float, seed: int) -> RawDataset:
+    if raw.test_images is not None:
+        return raw
+    mask = stratified_split(raw.train_labels, test_fraction, seed)
+    return RawDataset(raw.source, raw.train_images[~mask], raw.train_labels[~mask],
+                      raw.train_images[mask], raw.train_labels[mask], raw.class_names)
+
+
+def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    data = params.get("data") or {}
+    source = str(data.get("source", "mnist5k"))
+    out = prepared_dir(root, params)
+    raw = _split_if_needed(load_source(source, root / "data" / "raw"),
+                           float(data.get("test_fraction", 0.2)), int(data.get("seed", 0)))
+    splits = {"train": (raw.train_images, raw.train_labels), "test": (raw.test_images, raw.test_labels)}
+    num_classes = len(raw.class_names) or int(raw.train_labels.max()) + 1
+
+    previous_meta = out / "meta.json"
+    previous = json.loads(previous_meta.read_text()) if previous_meta.exists() else {}
+    with atomic_dir(out) as tmp:
+        hashes, counts = {}, {}
+        for split in SPLITS:
+            images, labels = splits[split]
+            write_npz_deterministic(tmp / f"{split}.npz", {"images": images, "labels": labels})
+            hashes[f"{split}.npz"] = sha256_file(tmp / f"{split}.npz")
+            counts[split] = int(len(labels))
+        digest = data_sha256(hashes)
+        # `created` only changes with the data, so re-preparing identical data rewrites identical bytes
+        created = previous.get("created") if previous.get("data_sha256") == digest else None
+        meta = {
+            "name": out.name,
+            "source": source,
+            "shape": [int(s) for s in raw.train_images.shape[1:]],
+            "dtype": "uint8",
+            "num_classes": num_classes,
+            "class_names": raw.class_names,
+            "counts": counts,
+            "files": hashes,
+            "data_sha256": digest,
+            "created": created or dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return {"dataset": out.name, "path": str(out), "counts": counts, "data_sha256": digest,
+            "shape": meta["shape"], "num_classes": num_classes}
