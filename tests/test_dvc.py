@@ -1,0 +1,56 @@
+"""Real DVC: `dvc repro validate` runs prepare and validate, then `dvc push`/`dvc pull` round-trips the data."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.conftest import BIN, REPO
+
+PROJECT_FILES = ["pipelines", "genmodels", "evaluation", "serving", "dvc.yaml", "params.yaml", ".dvcignore",
+                 ".gitignore", ".dvc/config", ".dvc/.gitignore"]
+
+
+def _sh(args, cwd, env):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def _copy_project(dest: Path) -> None:
+    for item in PROJECT_FILES:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / item)
+
+
+def test_dvc_repro_then_push_and_pull_into_a_fresh_clone(tmp_path):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    dvc = str(BIN / "dvc")
+    work, remote = tmp_path / "work", tmp_path / "remote"
+    _copy_project(work)
+    _sh(["git", "init", "-q", "-b", "main"], work, env)
+    _sh(["git", "add", "-A"], work, env)
+    _sh(["git", "commit", "-qm", "init"], work, env)
+    # the test's own remote, in .dvc/config.local, so the user's default remote is left alone
+    _sh([dvc, "remote", "add", "--local", "-d", "test", str(remote)], work, env)
+
+    log = _sh([dvc, "repro", "validate"], work, env)
+    assert "Running stage 'prepare'" in log and "Running stage 'validate'" in log
+    assert (work / "reports" / "mnist5k" / "validation.json").exists()
+    again = _sh([dvc, "repro", "validate"], work, env)
+    assert "Running stage" not in again
+
+    _sh([dvc, "push"], work, env)
+    _sh(["git", "add", "-A"], work, env)
+    _sh(["git", "commit", "-qm", "data"], work, env)
+    clone = tmp_path / "clone"
+    _sh(["git", "clone", "-q", str(work), str(clone)], tmp_path, env)
+    _sh([dvc, "remote", "add", "--local", "-d", "test", str(remote)], clone, env)
+    _sh([dvc, "pull", "prepare"], clone, env)
+    for name in ("train.npz", "test.npz", "meta.json"):
+        pulled = clone / "data" / "prepared" / "mnist5k" / name
+        assert pulled.read_bytes() == (work / "data" / "prepared" / "mnist5k" / name).read_bytes()
