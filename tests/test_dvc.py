@@ -19,6 +19,8 @@ def _sh(args, cwd, env):
 def _copy_project(dest: Path) -> None:
     for item in PROJECT_FILES:
         src = REPO / item
+        if not src.exists():
+            continue
         if src.is_dir():
             shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
         else:
