@@ -7,7 +7,13 @@ from contextlib import contextmanager
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set of this process (Linux reports KiB)."""
+    """Peak resident set of this process: VmHWM, since ru_maxrss carries a parent's peak across exec."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -75,16 +75,171 @@ def stage_validate(set_: Optional[list[str]] = SetOption, params_file: Optional[
     _run_stage("validate", lambda: validate(params, root, prepared_dir(root, params)))
 
 
-@app.command("run")
-def run_main(set_: Optional[list[str]] = SetOption, params_file: Optional[Path] = ParamsOption) -> None:
-    """The main job on the embedded default data set."""
-    from pipelines.prepare import prepare, prepared_dir
-    from pipelines.validate import validate
+FamilyOption = typer.Option(..., "--family", "-f", help="Model family, e.g. vae or dcgan.")
+
+
+@stage_app.command("train")
+def stage_train(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
+                params_file: Optional[Path] = ParamsOption) -> None:
+    """Train one family on the validated data; resumes from the last checkpoint after a kill."""
+    from pipelines.train import train
 
     params, root = _params(params_file, set_), project_root()
-    prepared = _run_stage("prepare", lambda: prepare(params, root))
-    checked = _run_stage("validate", lambda: validate(params, root, prepared_dir(root, params)))
-    out.print(f"\nPrepared data: [bold]{prepared['path']}[/bold]\nValidation report: [bold]{checked['report']}[/bold]")
+    started = time.perf_counter()
+    _report(f"train {family}", train(params, root, family), started)
+
+
+@stage_app.command("evaluate")
+def stage_evaluate(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
+                   params_file: Optional[Path] = ParamsOption) -> None:
+    """Evaluate a trained family: reports/<dataset>/<family>/metrics.json and plots, logged to MLflow."""
+    from pipelines.evaluate import evaluate
+
+    params, root = _params(params_file, set_), project_root()
+    _run_stage(f"evaluate {family}", lambda: evaluate(params, root, family))
+
+
+@stage_app.command("export")
+def stage_export(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
+                 params_file: Optional[Path] = ParamsOption) -> None:
+    """Export the family's ONNX graphs and check parity with PyTorch (max abs error <= 1e-4)."""
+    from pipelines.registry import export
+
+    params, root = _params(params_file, set_), project_root()
+    _run_stage(f"export {family}", lambda: export(params, root, family))
+
+
+@stage_app.command("register")
+def stage_register(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
+                   params_file: Optional[Path] = ParamsOption) -> None:
+    """Register the trained, evaluated, exported model in MLflow as <dataset>-<family> @challenger."""
+    from pipelines.registry import register
+
+    params, root = _params(params_file, set_), project_root()
+    _run_stage(f"register {family}", lambda: register(params, root, family))
+
+
+@stage_app.command("promote")
+def stage_promote(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
+                  params_file: Optional[Path] = ParamsOption) -> None:
+    """Run the promotion gate (params.yaml: registry) on the latest registered version."""
+    from pipelines.registry import promote
+
+    params, root = _params(params_file, set_), project_root()
+    _run_stage(f"promote {family}", lambda: promote(params, root, family))
+
+
+registry_app = typer.Typer(help="Review and steer the MLflow model registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("show")
+def registry_show(name: str = typer.Argument(..., help="Registered model, e.g. mnist5k-vae.")) -> None:
+    """Versions side by side: aliases, main metrics, data sha256, promotion decision."""
+    from rich.table import Table
+
+    from pipelines.registry import show
+
+    rows = show(name)
+    table = Table(title=f"{name} (MLflow registry: mlflow ui --backend-store-uri sqlite:///mlflow.db)")
+    for col in rows[0] if rows else ["version"]:
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    Console(width=max(out.width, 140)).print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(name: str = typer.Argument(...), version: str = typer.Argument(...),
+                     reason: str = typer.Option(..., "--reason", "-r", help="Why; recorded on the version.")) -> None:
+    """Make VERSION the champion by hand, recording the reason."""
+    from pipelines.registry import manual_promote
+
+    _report(f"{name}/{version} is champion", manual_promote(name, version, reason), time.perf_counter())
+
+
+@registry_app.command("rollback")
+def registry_rollback(name: str = typer.Argument(...),
+                      reason: str = typer.Option(..., "--reason", "-r", help="Why; recorded on the version.")) -> None:
+    """Move champion back to the previous champion, recording the reason."""
+    from pipelines.registry import rollback
+
+    _report(f"{name} rolled back", rollback(name, reason), time.perf_counter())
+
+
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Argument(..., help="<name>@<alias> or <name>/<version>, e.g. mnist5k-vae@champion."),
+    n: int = typer.Option(..., "-n", "--num", help="Number of samples."),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder (manifest.json, shards/, preview.png)."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models only)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
+    png: bool = typer.Option(False, "--png", help="Also write one PNG per sample."),
+    provider: str = typer.Option("auto", "--provider", help="auto (CUDA when it works) | cpu | cuda."),
+) -> None:
+    """Batch-generate samples from a registered model with ONNX Runtime (never imports torch)."""
+    from pipelines import tracking
+    from serving.generator import GenerationError, generate
+    from serving.resolve import ResolveError, fetch_onnx, resolve
+
+    started = time.perf_counter()
+    try:
+        resolved = resolve(tracking.client(), model)
+        local = fetch_onnx(resolved, project_root() / ".genforge" / "models")
+        result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
+                          model_id=resolved.model_id, provider=provider)
+    except (ResolveError, GenerationError) as exc:
+        raise GenforgeError(str(exc)) from exc
+    summary = {k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))}
+    _report(f"generated {n} samples from {resolved.name}/{resolved.version}", summary, started)
+
+
+@app.command("run")
+def run_main(
+    set_: Optional[list[str]] = SetOption,
+    params_file: Optional[Path] = ParamsOption,
+    samples: int = typer.Option(10_000, "--samples", help="Samples to generate from each champion (0: none)."),
+    task_runner: str = typer.Option("thread", "--task-runner", help="thread (sequential) | dask (families in parallel)."),
+) -> None:
+    """The main job: the retrain flow for every family in model.families, then samples from each champion."""
+    from pipelines.flows import families_of, generate_flow, run_retrain
+    from pipelines.prepare import dataset_name
+    from pipelines.registry import model_name, show
+
+    params, root = _params(params_file, set_), project_root()
+    started = time.perf_counter()
+    results = run_retrain(params, root, task_runner)
+    dataset = dataset_name(params)
+    rows = []
+    for family in families_of(params):
+        name = model_name(dataset, family)
+        versions = show(name)
+        champion = next((v for v in versions if "champion" in str(v["aliases"]).split(",")), None)
+        latest = versions[-1] if versions else {}
+        samples_at = "-"
+        if champion is not None and samples > 0:
+            target = root / "outputs" / name
+            generate_flow(f"{name}@champion", samples, 0, str(target), str(root))
+            samples_at = str(target)
+        status = results.get(f"train:{family}", {}).get("status", "")
+        rows.append({"model": name, "champion": champion["version"] if champion else "-",
+                     "latest": latest.get("version", "-"), "decision": latest.get("decision", "-"),
+                     "fid": latest.get("fid", "-"), "floor": latest.get("fid_real_floor", "-"),
+                     "coverage": latest.get("coverage", "-"), "collapse": latest.get("mode_collapse", "-"),
+                     "train": status.split(":")[0] if status else "-", "samples": samples_at})
+    from rich.table import Table
+
+    table = Table(title=f"genforge run on {dataset} ({time.perf_counter() - started:.0f} s)")
+    for col in rows[0]:
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    Console(width=max(out.width, 160)).print(table)
+    out.print("Review: [bold]genforge registry show <model>[/bold] or "
+              "[bold]mlflow ui --backend-store-uri sqlite:///mlflow.db[/bold] (http://127.0.0.1:5000)\n"
+              "Flow runs: [bold]prefect server start[/bold] with PREFECT_HOME=.prefect (http://127.0.0.1:4200)")
 
 
 def main() -> None:

@@ -1,0 +1,196 @@
+"""DCGAN (family "dcgan"): a small convolutional GAN for 28x28 / 8x8 (any even-sided) images.
+
+Radford et al. 2015 in the sizes MNIST needs: transposed-conv generator with batch norm and a
+tanh output, strided-conv discriminator with leaky ReLU, N(0, 0.02) init, Adam(0.5, 0.999), and
+the non-saturating generator loss. Optional spectral norm on the discriminator (then without
+batch norm, which it replaces). Images crossing the interface are N x C x H x W in [0, 1]; inside,
+the networks work in [-1, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
+
+
+@dataclass
+class DCGANConfig(ModelConfig):
+    latent_dim: int = 64
+    ngf: int = 32                   # generator channels at full resolution; doubles per level down
+    ndf: int = 32                   # discriminator channels after its first conv; doubles per level
+    spectral_norm: bool = False     # spectral norm on every discriminator layer (and no batch norm there)
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 64            # training defaults the trainer reads (overridable there)
+    epochs: int = 25
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)  # JSON gives a list back
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two floats, got {self.betas}")
+        if min(self.latent_dim, self.ngf, self.ndf) < 1:
+            raise ValueError("latent_dim, ngf and ndf must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["betas"] = list(self.betas)
+        return out
+
+
+def _dcgan_init(m: nn.Module) -> None:
+    """DCGAN's init: weights N(0, 0.02), batch-norm scales N(1, 0.02), biases 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def _init(m: nn.Module) -> nn.Module:
+    _dcgan_init(m)
+    return m
+
+
+def _levels(h: int, w: int) -> int:
+    """How many stride-2 stages fit: halve while both sides stay even and above 4 (28->14->7, 8->4)."""
+    n = 0
+    while h % 2 == 0 and w % 2 == 0 and min(h, w) > 4 and n < 4:
+        h, w, n = h // 2, w // 2, n + 1
+    return n
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        c_img, h, w = cfg.image_shape
+        n = _levels(h, w)
+        h, w = h // 2 ** n, w // 2 ** n
+        chans = [c_img] + [cfg.ngf * 2 ** i for i in range(n)]  # chans[i] = channels at level i
+        top = chans[-1] if n else cfg.ngf
+        # batch norm after the reshape: per channel (DCGAN), and it still trains on a batch of one
+        self.project = nn.Sequential(  # N x latent -> N x top x h x w
+            nn.Linear(cfg.latent_dim, top * h * w, bias=False), nn.Unflatten(1, (top, h, w)),
+            nn.BatchNorm2d(top), nn.ReLU())
+        layers: list[nn.Module] = []
+        for i in range(n, 1, -1):  # (chans[i], h, w) -> (chans[i-1], 2h, 2w)
+            layers += [nn.ConvTranspose2d(chans[i], chans[i - 1], 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(chans[i - 1]), nn.ReLU()]
+        # last stage to image channels (a 3x3 conv at full size when no stride-2 stage fits)
+        layers.append(nn.ConvTranspose2d(chans[1], c_img, 4, 2, 1) if n else nn.Conv2d(top, c_img, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
+
+    def forward(self, z):  # N x latent -> N x C x H x W in [-1, 1]
+        return torch.tanh(self.net(self.project(z)))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        c, h, w = cfg.image_shape
+        # initialise before spectral norm wraps a weight, so its power iteration starts from the final one
+        sn = (lambda m: _spectral_norm(_init(m))) if cfg.spectral_norm else _init
+        layers: list[nn.Module] = []
+        for i in range(max(1, _levels(h, w))):
+            out = cfg.ndf * 2 ** i
+            stride = 2 if h % 2 == 0 and w % 2 == 0 else 1
+            layers.append(sn(nn.Conv2d(c, out, 4 if stride == 2 else 3, stride, 1)))  # -> out x h/2 x w/2
+            # no batch norm on the first layer (DCGAN) nor with spectral norm, which replaces it
+            if i > 0 and not cfg.spectral_norm:
+                layers.append(_init(nn.BatchNorm2d(out)))
+            layers.append(nn.LeakyReLU(0.2))
+            c, h, w = out, h // stride, w // stride
+        layers += [nn.Flatten(), sn(nn.Linear(c * h * w, 1))]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):  # N x C x H x W in [-1, 1] -> N logits (real > 0)
+        return self.net(x).squeeze(1)
+
+
+class _GenerateImages(nn.Module):
+    """The exported graph: z -> image in [0, 1]."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z):
+        return (self.generator(z) + 1) * 0.5
+
+
+class DCGAN(GenerativeModel):
+    family: ClassVar[str] = "dcgan"
+    config_class: ClassVar[type[ModelConfig]] = DCGANConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset({"latent"})
+
+    def __init__(self, config: DCGANConfig):
+        super().__init__(config)
+        with torch.random.fork_rng(devices=[]):  # same config -> same weights; global RNG untouched
+            torch.manual_seed(config.seed)
+            self.generator = Generator(config)
+            self.discriminator = Discriminator(config)
+        fused = {"fused": True}  # one kernel per step instead of one per tensor: measurable on CPU
+        self._opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=config.betas, **fused)
+        self._opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=config.betas, **fused)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self._opt_g, "discriminator": self._opt_d}
+
+    def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
+        self.train()
+        real = x.to(self.device) * 2 - 1
+        # the global RNG (seeded and checkpointed by the trainer) is the only randomness here
+        z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
+        fake = self.generator(z)
+
+        # discriminator: real -> 1, fake -> 0; softplus(-l) = -log sigmoid(l), i.e. BCE on logits
+        logit_real = self.discriminator(real)
+        logit_fake = self.discriminator(fake.detach())
+        loss_d = F.softplus(-logit_real).mean() + F.softplus(logit_fake).mean()
+        self._opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self._opt_d.step()
+
+        # generator, non-saturating: maximise log D(G(z)) against the updated discriminator;
+        # D's weights are frozen for this backward so it costs no D parameter gradients
+        self.discriminator.requires_grad_(False)
+        loss_g = F.softplus(-self.discriminator(fake)).mean()
+        self._opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self._opt_g.step()
+        self.discriminator.requires_grad_(True)
+
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                "d_real": torch.sigmoid(logit_real).mean().item(),
+                "d_fake": torch.sigmoid(logit_fake).mean().item()}
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """N x C x H x W in [0, 1]; batch norm uses its running statistics (eval mode)."""
+        self.eval()
+        # draw on the generator's device, then move: a CPU generator gives the same z on any device
+        z = torch.randn(n, self.config.latent_dim, generator=generator,
+                        device=generator.device if generator is not None else self.device)
+        return (self.generator(z.to(self.device)) + 1) * 0.5
+
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        module = _GenerateImages(self.generator).eval()
+        z = torch.zeros(2, self.config.latent_dim, device=self.device)  # batch 2: dynamo must not specialise on 1
+        return [OnnxGraph(name="generator", module=module, example_inputs=(z,), input_names=["z"],
+                          output_names=["images"],
+                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}})]
+
+    def sampler(self) -> dict[str, Any]:
+        return {"kind": "direct", "graph": "generator",
+                "noise": {"name": "z", "shape": [self.config.latent_dim], "distribution": "normal"},
+                "conditional": False}

@@ -1,0 +1,223 @@
+"""Prefect flows: `retrain` (prepare -> validate -> per family: train -> evaluate -> export -> register ->
+promote) and `generate` (the ONNX Runtime batch generator).
+
+Each task wraps the very stage function the CLI and dvc.yaml call. Caching is keyed on content hashes
+of a stage's input files and its params (never on tensors), and a key is only reused while the stage's
+outputs are still on disk, so an unchanged stage is skipped (and logged as skipped) and a deleted output
+is rebuilt. Results persist under PREFECT_HOME (the project's .prefect/), not the user's home.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.context import TaskRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipelines.config import params_hash, section
+from pipelines.errors import GenforgeError
+from pipelines.prepare import dataset_name, prepared_dir
+
+CODE_VERSION = "1"  # bump to invalidate every cached stage result after a breaking change
+
+
+def _hash_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(str(p).encode())
+        if p.is_file():
+            with open(p, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+        else:
+            h.update(b"<missing>")
+    return h.hexdigest()
+
+
+def _source_files(params: dict[str, Any]) -> list[Path]:
+    kind, _, arg = str(section(params, "data").get("source", "mnist5k")).partition(":")
+    if kind in ("idx", "folder") and Path(arg).is_dir():
+        return [p for p in Path(arg).rglob("*") if p.is_file()]
+    return []
+
+
+def stage_io(stage: str, params: dict[str, Any], root: Path, family: str | None = None) -> tuple[list[Path], dict, list[Path]]:
+    """(input files, params that matter, output files) of a stage: what its cache key is made of."""
+    from pipelines.tracking import tracking_uri
+
+    name = dataset_name(params)
+    data = prepared_dir(root, params)
+    mdir = root / "models" / name / (family or "")
+    reports = root / "reports" / name
+    data_files = [data / "meta.json", data / "train.npz", data / "test.npz"]
+    if stage == "prepare":
+        return _source_files(params), section(params, "data"), data_files
+    if stage == "validate":
+        return data_files, section(params, "validation"), [reports / "validation.json"]
+    fam = {"model": (section(params, "model").get(family) or {}), "train": section(params, "train")}
+    if stage == "train":
+        return data_files, fam, [mdir / "model.pt", mdir / "train.json"]
+    if stage == "evaluate":
+        return [*data_files, mdir / "model.pt", mdir / "train.json"], {**fam, "evaluation": section(params, "evaluation")}, \
+            [reports / family / "metrics.json"]
+    if stage == "export":
+        return [mdir / "model.pt", mdir / "config.json"], section(params, "registry"), [mdir / "onnx" / "sampler.json"]
+    if stage == "register":
+        return [mdir / "model.pt", reports / family / "metrics.json", mdir / "onnx" / "parity.json"], \
+            {"tracking_uri": tracking_uri()}, [mdir / "registered.json"]
+    raise ValueError(stage)
+
+
+def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    stage, params, root, family = (parameters["stage"], parameters["params"], Path(parameters["root"]),
+                                   parameters.get("family"))
+    inputs, relevant, _ = stage_io(stage, params, root, family)
+    return f"{stage}-{family}-" + params_hash({"v": CODE_VERSION, "inputs": _hash_files(inputs), "params": relevant,
+                                                "root": str(root)})
+
+
+def _call(stage: str, params: dict[str, Any], root: Path, family: str | None) -> dict[str, Any]:
+    from pipelines import evaluate, prepare, registry, train, validate
+
+    if stage == "prepare":
+        return prepare.prepare(params, root)
+    if stage == "validate":
+        return validate.validate(params, root, prepared_dir(root, params))
+    fn = {"train": lambda: train.train(params, root, family, progress=False),
+          "evaluate": lambda: evaluate.evaluate(params, root, family),
+          "export": lambda: registry.export(params, root, family),
+          "register": lambda: registry.register(params, root, family),
+          "promote": lambda: registry.promote(params, root, family)}[stage]
+    return fn()
+
+
+@task(task_run_name="{stage}-{family}", cache_key_fn=stage_cache_key, persist_result=True, retries=0)
+def run_stage(stage: str, params: dict[str, Any], root: str, family: str | None = None) -> dict[str, Any]:
+    logger = get_run_logger()
+    logger.info("running %s%s", stage, f" for {family}" if family else "")
+    return _call(stage, params, Path(root), family)
+
+
+# register talks to the tracking store over the network when it is a server: retry it
+run_register = run_stage.with_options(retries=2, retry_delay_seconds=3)
+# promotion depends on the registry's current champion, so it is never cached
+run_promote = run_stage.with_options(cache_key_fn=None, cache_policy=None, persist_result=False)
+
+
+def _stage(stage: str, params: dict[str, Any], root: Path, family: str | None, results: dict[str, Any]) -> dict[str, Any]:
+    runner = {"register": run_register, "promote": run_promote}.get(stage, run_stage)
+    if stage != "promote" and not all(p.exists() for p in stage_io(stage, params, root, family)[2]):
+        runner = runner.with_options(refresh_cache=True)  # outputs gone: a cached result would be a lie
+    state = runner(stage, params, str(root), family, return_state=True)
+    key = f"{stage}:{family}" if family else stage
+    if state.is_failed():
+        results[key] = {"status": "failed", "error": str(state.message)}
+        exc = state.result(raise_on_failure=False)
+        raise exc if isinstance(exc, BaseException) else GenforgeError(str(state.message))
+    status = "skipped (cached: inputs and params unchanged)" if state.name == "Cached" else "ran"
+    if state.name == "Cached":
+        get_run_logger().info("%s skipped: cached, its inputs and params are unchanged", key)
+    results[key] = {"status": status, "result": state.result()}
+    return results[key]["result"]
+
+
+def _champion_matches(params: dict[str, Any], root: Path, family: str) -> str | None:
+    """Why training can be skipped: the current champion was made from this data with these params."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines import tracking
+    from pipelines.registry import model_name
+    from pipelines.train import plan_training
+
+    ds, _, _, fingerprint = plan_training(params, root, family)
+    try:
+        champion = tracking.client().get_model_version_by_alias(model_name(ds.name, family), "champion")
+    except MlflowException:
+        return None
+    tags = dict(champion.tags)
+    if tags.get("data_sha256") == ds.sha256 and tags.get("params_hash") == fingerprint:
+        return (f"champion {model_name(ds.name, family)}/{champion.version} was trained on data {ds.sha256[:12]} "
+                f"with params {fingerprint[:12]}: nothing new to train")
+    return None
+
+
+def _family_chain(params: dict[str, Any], root: Path, family: str, results: dict[str, Any]) -> None:
+    reason = _champion_matches(params, root, family)
+    if reason:
+        get_run_logger().info("%s: training skipped, %s", family, reason)
+        results[f"train:{family}"] = {"status": f"skipped: {reason}"}
+        return
+    for stage in ("train", "evaluate", "export", "register", "promote"):
+        _stage(stage, params, root, family, results)
+
+
+def families_of(params: dict[str, Any]) -> list[str]:
+    families = section(params, "model").get("families") or []
+    if isinstance(families, str):
+        families = [families]
+    if not families:
+        raise GenforgeError("model.families is empty; e.g. --set 'model.families=[vae,dcgan]'")
+    return [str(f) for f in families]
+
+
+@flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def retrain(params: dict[str, Any], root: str) -> dict[str, Any]:
+    root_path = Path(root)
+    results: dict[str, Any] = {}
+    _stage("prepare", params, root_path, None, results)
+    _stage("validate", params, root_path, None, results)
+    for family in families_of(params):
+        _family_chain(params, root_path, family, results)
+    return results
+
+
+@task(task_run_name="chain-{family}")
+def family_task(params: dict[str, Any], root: str, family: str) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    _family_chain(params, Path(root), family, results)
+    return results
+
+
+@flow(name="retrain-parallel", log_prints=True)
+def retrain_parallel(params: dict[str, Any], root: str) -> dict[str, Any]:
+    """The same stages with each family's chain as one task, so a Dask runner runs families in parallel."""
+    root_path = Path(root)
+    results: dict[str, Any] = {}
+    _stage("prepare", params, root_path, None, results)
+    _stage("validate", params, root_path, None, results)
+    futures = [family_task.submit(params, root, f) for f in families_of(params)]
+    for fut in futures:
+        results.update(fut.result())
+    return results
+
+
+@flow(name="generate", log_prints=True)
+def generate_flow(model_ref: str, n: int, seed: int, out_dir: str, root: str, batch_size: int = 256) -> dict[str, Any]:
+    from pipelines import tracking
+    from serving.generator import generate
+    from serving.resolve import fetch_onnx, resolve
+
+    resolved = resolve(tracking.client(), model_ref)
+    local = fetch_onnx(resolved, Path(root) / ".genforge" / "models")
+    result = generate(local, n, seed, Path(out_dir), batch_size=batch_size, model_id=resolved.model_id)
+    return {"model": f"{resolved.name}/{resolved.version}", "out_dir": out_dir, "n": n,
+            "provider": result.get("provider"), "seconds": result.get("run", {}).get("seconds")}
+
+
+def run_retrain(params: dict[str, Any], root: Path, task_runner: str = "thread") -> dict[str, Any]:
+    if task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(cluster_kwargs={"n_workers": len(families_of(params)), "threads_per_worker": 1,
+                                                "processes": False, "dashboard_address": None})
+        return retrain_parallel.with_options(task_runner=runner)(params, str(root))
+    if task_runner != "thread":
+        raise GenforgeError(f"--task-runner {task_runner!r}: use thread (default, sequential) or dask")
+    return retrain(params, str(root))
+
+
+def summarize(results: dict[str, Any]) -> str:
+    return json.dumps(results, indent=2, default=str)

@@ -1,0 +1,226 @@
+"""Stage `train`: fit one family on the validated data, checkpointing each epoch, resumable after a kill.
+
+Exact resume on CPU: every epoch reseeds torch from (seed, epoch) and draws its batch order from a
+generator seeded the same way, and a checkpoint holds the model's and optimisers' full state at the end
+of an epoch. So epoch k+1 after a restart sees the same weights, order and noise as without one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genmodels import GenerativeModel, get_family
+from pipelines.config import params_hash
+from pipelines.errors import GenforgeError
+from pipelines.prepare import prepared_dir
+from pipelines.validate import require_validated
+
+TRAIN_KEYS = ("epochs", "batch_size", "log_every", "grid_every")  # per-family overrides of train.*
+
+
+class TrainingDiverged(GenforgeError):
+    pass
+
+
+def model_dir(root: Path, dataset: str, family: str) -> Path:
+    return root / "models" / dataset / family
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise GenforgeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(requested)
+
+
+def family_class(family: str) -> type[GenerativeModel]:
+    try:
+        return get_family(family)
+    except KeyError as exc:
+        raise GenforgeError(str(exc.args[0])) from exc
+
+
+def family_settings(params: dict[str, Any], family: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model config values, training settings) for one family.
+
+    Precedence for epochs/batch size: `model.<family>.*`, then `train.*`, then the family's config
+    defaults (families tune their own). Keys the family's config also declares stay in its config.
+    """
+    section = dict(((params.get("model") or {}).get(family)) or {})
+    declared = {f.name: f.default for f in dataclasses.fields(family_class(family).config_class)}
+    settings = {"epochs": declared.get("epochs", 10), "batch_size": declared.get("batch_size", 128),
+                "log_every": 20, "seed": 0, "device": "auto", **(params.get("train") or {})}
+    for key in TRAIN_KEYS:
+        if key in section:
+            settings[key] = section[key] if key in declared else section.pop(key)
+    return section, settings
+
+
+def build_for_dataset(family: str, config_values: dict[str, Any], meta: dict[str, Any], seed: int) -> GenerativeModel:
+    values = {"image_shape": list(meta["shape"]), "num_classes": int(meta["num_classes"]), "seed": seed,
+              **config_values}
+    try:
+        return family_class(family).from_config(values)
+    except (TypeError, ValueError) as exc:
+        raise GenforgeError(f"model.{family}: {exc}") from exc
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    for path in sorted(ckpt_dir.glob("epoch-*.pt"), reverse=True):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a torn or foreign file: ignore it, an older one may be good
+            continue
+        if state.get("fingerprint") == fingerprint:
+            return state
+    return None
+
+
+def load_model(directory: Path, device: torch.device | str = "cpu") -> GenerativeModel:
+    """A trained model from `model.pt` (state dict) + `config.json`, loaded with weights_only=True."""
+    config_path, weights_path = directory / "config.json", directory / "model.pt"
+    if not config_path.exists() or not weights_path.exists():
+        raise GenforgeError(f"{directory}: no trained model (model.pt + config.json); run `genforge stage train` first")
+    spec = json.loads(config_path.read_text())
+    try:
+        model = family_class(spec["family"]).from_config(spec["config"])
+        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+        raise GenforgeError(f"{directory}: the saved model does not fit the current {spec.get('family')} code "
+                            f"({str(exc).splitlines()[0]}); retrain it") from exc
+    return model.to(device).eval()
+
+
+def plan_training(params: dict[str, Any], root: Path, family: str):
+    """(dataset, fresh model, settings, fingerprint): the fingerprint names exactly what training would do,
+    so a checkpoint, a cache or a registry version made with the same one needs no new training."""
+    ds = require_validated(root, prepared_dir(root, params))
+    config_values, settings = family_settings(params, family)
+    model = build_for_dataset(family, config_values, ds.meta, int(settings["seed"]))
+    settings_for_hash = {k: v for k, v in settings.items() if k not in ("device", "log_every")}
+    fingerprint = params_hash({"family": family, "config": model.config.to_dict(), "settings": settings_for_hash,
+                               "data": ds.sha256})
+    return ds, model, settings, fingerprint
+
+
+def train(params: dict[str, Any], root: Path, family: str, progress: bool = True) -> dict[str, Any]:
+    from evaluation.plots import save_image_grid
+    from pipelines import tracking
+
+    ds, model, settings, fingerprint = plan_training(params, root, family)
+    seed, epochs, batch_size = int(settings["seed"]), int(settings["epochs"]), int(settings["batch_size"])
+    device = select_device(str(settings["device"]))
+    model = model.to(device)
+
+    out = model_dir(root, ds.name, family)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resume = _latest_checkpoint(ckpt_dir, fingerprint)
+    if resume is None:  # stale checkpoints from other params or data would only confuse a later resume
+        for stale in ckpt_dir.glob("epoch-*.pt"):
+            stale.unlink()
+
+    images, labels = ds.load("train")
+    exclude = [int(c) for c in settings.get("holdout_classes") or []]
+    if exclude:
+        keep = ~torch.isin(torch.from_numpy(labels), torch.tensor(exclude))
+        images, labels = images[keep.numpy()], labels[keep.numpy()]
+    x_all = torch.from_numpy(images).float().div_(255.0).to(device)
+    y_all = torch.from_numpy(labels).to(device)
+    n = len(x_all)
+    steps_per_epoch = math.ceil(n / batch_size)
+
+    c = tracking.client()
+    if resume is not None:
+        model.load_training_state(resume["training_state"])
+        start_epoch, run_id, history = int(resume["epoch"]), str(resume["run_id"]), list(resume["history"])
+    else:
+        run = c.create_run(tracking.experiment_id(c, f"{ds.name}-{family}"),
+                           run_name=f"train-{family}", tags={"genforge.stage": "train", "genforge.family": family,
+                                                             "genforge.data_sha256": ds.sha256})
+        run_id, start_epoch, history = run.info.run_id, 0, []
+        tracking.log_params(c, run_id, {"family": family, "model": model.config.to_dict(), "train": settings,
+                                        "data": {"name": ds.name, "sha256": ds.sha256, "train_images": n}})
+    c.set_terminated(run_id, status="RUNNING")
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[losses]}"), disable=not progress, transient=False)
+    log_every = max(1, int(settings["log_every"]))
+    train_seconds, trained_images = 0.0, 0
+    with bar:
+        task = bar.add_task(f"{family} epoch {start_epoch + 1}/{epochs}", total=steps_per_epoch * (epochs - start_epoch),
+                            losses="")
+        for epoch in range(start_epoch, epochs):
+            bar.update(task, description=f"{family} epoch {epoch + 1}/{epochs}")
+            torch.manual_seed(_epoch_seed(seed, epoch))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch))).to(device)
+            model.train()
+            sums: dict[str, float] = {}
+            started = time.perf_counter()
+            pending: dict[str, float] = {}
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                losses = model.fit_step(x_all[idx], y_all[idx])
+                bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+                if bad:
+                    last = sorted(ckpt_dir.glob("epoch-*.pt"))
+                    c.set_terminated(run_id, status="FAILED")
+                    raise TrainingDiverged(
+                        f"{family}: non-finite loss {bad} at epoch {epoch + 1}, step {step + 1}; training stopped. "
+                        f"Last good checkpoint: {last[-1] if last else 'none (diverged in the first epoch)'}; "
+                        f"lower the learning rate (model.{family}.*) and rerun")
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                global_step = epoch * steps_per_epoch + step + 1
+                if global_step % log_every == 0:
+                    tracking.log_metrics(c, run_id, {f"train/{k}": v for k, v in losses.items()}, global_step)
+                bar.update(task, advance=1, losses="  ".join(f"{k} {v:.4g}" for k, v in losses.items()))
+            train_seconds += time.perf_counter() - started
+            trained_images += n
+            epoch_means = {k: v / steps_per_epoch for k, v in sums.items()}
+            history.append({"epoch": epoch + 1, **epoch_means})
+            tracking.log_metrics(c, run_id, {f"epoch/{k}": v for k, v in epoch_means.items()}, epoch + 1)
+
+            model.eval()
+            grid = out / "samples" / f"epoch-{epoch + 1:04d}.png"
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            save_image_grid(model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu(), grid, nrow=8)
+            tracking.log_artifact(c, run_id, grid, "samples")
+            _save_atomic({"training_state": model.training_state(), "epoch": epoch + 1, "run_id": run_id,
+                          "history": history, "fingerprint": fingerprint}, ckpt_dir / f"epoch-{epoch + 1:04d}.pt")
+
+    model.eval()
+    _save_atomic(model.state_dict(), out / "model.pt")
+    (out / "config.json").write_text(json.dumps({"family": family, "config": model.config.to_dict()}, indent=2) + "\n")
+    summary = {
+        "family": family, "dataset": ds.name, "data_sha256": ds.sha256, "run_id": run_id,
+        "params_hash": fingerprint, "epochs": epochs, "resumed_from_epoch": start_epoch, "device": str(device),
+        "train_images_per_s": round(trained_images / train_seconds, 1) if train_seconds else None,
+        "final": history[-1] if history else {}, "history": history,
+    }
+    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tracking.log_artifact(c, run_id, out / "config.json")
+    c.set_terminated(run_id, status="FINISHED")
+    return {k: summary[k] for k in ("family", "dataset", "run_id", "epochs", "resumed_from_epoch",
+                                    "train_images_per_s", "final", "device")} | {"model_dir": str(out)}

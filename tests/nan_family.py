@@ -1,0 +1,16 @@
+"""A VAE whose loss turns NaN at a set step: exercises the trainer's divergence handling."""
+import math
+
+from genmodels.vae import VAE
+
+
+class NaNAfterStepsVAE(VAE):
+    family = "nanvae"
+    steps_before_nan = 15  # digits with batch 128: 12 steps an epoch, so epoch 2 diverges
+
+    def fit_step(self, x, y):
+        self._steps = getattr(self, "_steps", 0) + 1
+        losses = super().fit_step(x, y)
+        if self._steps > self.steps_before_nan:
+            losses["loss"] = math.nan
+        return losses

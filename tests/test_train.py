@@ -1,0 +1,98 @@
+"""The trainer: checkpoints, exact resume after a real kill, NaN handling, MLflow logging."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pipelines.prepare import prepare
+from pipelines.train import TrainingDiverged, load_model, train
+from pipelines.validate import validate
+from tests.conftest import REPO, run_cli, tiny_args, tiny_params
+
+
+def _ready(project, *extra):
+    params = tiny_params(*extra)
+    prepare(params, project)
+    validate(params, project, project / "data" / "prepared" / "digits")
+    return params
+
+
+def _weights(project, family="vae"):
+    return torch.load(project / "models" / "digits" / family / "model.pt", weights_only=True)
+
+
+def test_train_writes_checkpoints_grid_and_mlflow_run(project):
+    params = _ready(project)
+    result = train(params, project, "vae", progress=False)
+    out = project / "models" / "digits" / "vae"
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
+    assert (out / "samples" / "epoch-0002.png").exists()
+    info = json.loads((out / "train.json").read_text())
+    assert info["epochs"] == 2 and len(info["history"]) == 2 and info["train_images_per_s"] > 0
+    model = load_model(out)
+    assert model.sample(3).shape == (3, 1, 8, 8)
+
+    from pipelines import tracking
+    c = tracking.client()
+    run = c.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.width"] == "4"
+    assert len(c.get_metric_history(result["run_id"], "train/loss")) >= 2
+    assert any(a.path == "samples" for a in c.list_artifacts(result["run_id"]))
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
+    extra = ("model.vae.epochs=3", "model.vae.batch_size=64")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        folder.mkdir()
+        (folder / "params.yaml").write_text((REPO / "params.yaml").read_text())
+        _ready(folder, *extra)
+    train(tiny_params(*extra), straight, "vae", progress=False)
+
+    args = ["stage", "train", "--family", "vae", *tiny_args(*extra)]
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=killed,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "models" / "digits" / "vae" / "checkpoints" / "epoch-0001.pt"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the run ended before its first checkpoint"
+    assert not (killed / "models" / "digits" / "vae" / "model.pt").exists(), "killed too late to test resume"
+
+    resumed = train(tiny_params(*extra), killed, "vae", progress=False)
+    assert resumed["resumed_from_epoch"] >= 1
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(project, monkeypatch):
+    import genmodels
+    monkeypatch.setitem(genmodels.FAMILIES, "nanvae", "tests.nan_family:NaNAfterStepsVAE")
+    params = _ready(project, "model.nanvae.width=4", "model.nanvae.latent_dim=2", "model.nanvae.epochs=3",
+                    "model.nanvae.batch_size=128")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss .* epoch 2.*Last good checkpoint: .*epoch-0001\.pt"):
+        train(params, project, "nanvae", progress=False)
+    ckpts = sorted(p.name for p in (project / "models" / "digits" / "nanvae" / "checkpoints").glob("*.pt"))
+    assert ckpts == ["epoch-0001.pt"]
+    state = torch.load(project / "models" / "digits" / "nanvae" / "checkpoints" / "epoch-0001.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["training_state"]["model"].values() if v.is_floating_point())
+    assert not (project / "models" / "digits" / "nanvae" / "model.pt").exists()
+
+
+def test_training_refuses_unvalidated_data_and_unknown_family(cli, project):
+    proc = cli(["stage", "train", "--family", "vae", *tiny_args()], project)
+    assert proc.returncode != 0 and "error:" in proc.stderr and "run `genforge stage prepare` first" in proc.stderr
+    _ready(project)
+    proc = cli(["stage", "train", "--family", "nosuch", *tiny_args()], project)
+    assert proc.returncode != 0 and "unknown model family 'nosuch'" in proc.stderr
+    proc = cli(["stage", "train", "--family", "vae", *tiny_args("model.vae.colour=3")], project)
+    assert proc.returncode != 0 and "unknown VAEConfig keys: colour" in proc.stderr
