@@ -14,3 +14,13 @@ class NaNAfterStepsVAE(VAE):
         if self._steps > self.steps_before_nan:
             losses["loss"] = math.nan
         return losses
+
+
+class CollapsedVAE(VAE):
+    """Every sample is the same image: the textbook mode collapse the gate must reject."""
+
+    family = "vae"
+
+    def sample(self, n, labels=None, generator=None):
+        one = super().sample(1, generator=generator)
+        return one.expand(n, *one.shape[1:]).clone()
