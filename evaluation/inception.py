@@ -94,7 +94,10 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def __call__(self, images: Any) -> np.ndarray:
-        x = images.detach().cpu() if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+        if isinstance(images, torch.Tensor):
+            x = images.detach().cpu()
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(images))
         if x.ndim != 4:
             raise ValueError(f"images must be N x C x H x W, got shape {tuple(x.shape)}")
         out = [np.zeros((0, INCEPTION_FEATURE_DIM))]

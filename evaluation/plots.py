@@ -40,7 +40,9 @@ def _to_uint8(images: Any) -> np.ndarray:
     return (np.clip(np.nan_to_num(x.astype(np.float64)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def image_grid(images: Any, nrow: int = 8, padding: int = 2, pad_value: int = 0, scale: int | None = None) -> np.ndarray:
+def image_grid(
+    images: Any, nrow: int = 8, padding: int = 2, pad_value: int = 0, scale: int | None = None
+) -> np.ndarray:
     """Tile ``N x C x H x W`` images (uint8 or float in [0, 1]) into one ``H' x W' x C`` uint8
     array, ``nrow`` images per row. ``scale``: integer nearest-neighbour upscaling of each image
     (default: enough for cells of at least 28 px, so 8x8 digits stay visible)."""

@@ -198,7 +198,7 @@ def test_mode_collapse_report_each_criterion_triggers():
     eight = np.repeat(np.arange(8), 60)
     low_cov = metrics.mode_collapse_report(eight, data, 10, recall=0.8, **kwargs)
     assert low_cov["class_coverage"] == pytest.approx(0.8)
-    assert low_cov["mode_collapse_reasons"] == [f"class_coverage 0.800 < 0.9"]
+    assert low_cov["mode_collapse_reasons"] == ["class_coverage 0.800 < 0.9"]
     # all classes present but very skewed: KL high, coverage fine
     skewed = np.concatenate([np.full(900, 0), np.repeat(np.arange(1, 10), 20)])
     high_kl = metrics.mode_collapse_report(skewed, data, 10, recall=0.8, **kwargs)
@@ -353,7 +353,8 @@ def test_plots_write_pngs(tmp_path):
     grid = plots.save_image_grid(rng.random((10, 1, 28, 28)), tmp_path / "grid.png", nrow=4, padding=2)
     with Image.open(grid) as im:
         assert im.size == (2 + 4 * 30, 2 + 3 * 30) and im.mode == "L"
-    rgb = plots.save_image_grid(rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8), tmp_path / "rgb.png", nrow=3, scale=1)
+    rgb_images = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    rgb = plots.save_image_grid(rgb_images, tmp_path / "rgb.png", nrow=3, scale=1)
     with Image.open(rgb) as im:
         assert im.size == (2 + 3 * 10, 12) and im.mode == "RGB"
     strip = plots.save_interpolation_strip(rng.random((2, 7, 1, 8, 8)), tmp_path / "interp.png")
