@@ -265,13 +265,13 @@ def class_histogram(labels: Any, num_classes: int) -> np.ndarray:
 
 
 def _default_min_share(num_classes: int) -> float:
-    return 0.1 / num_classes
+    return 0.5 / num_classes  # half the uniform share (params.yaml: min_share null)
 
 
 def class_coverage(sample_labels: Any, num_classes: int, min_share: float | None = None) -> float:
     """Share of the classes that hold at least ``min_share`` of the samples' predicted labels.
 
-    ``min_share`` defaults to ``0.1 / num_classes`` (a tenth of a uniform share).
+    ``min_share`` defaults to ``0.5 / num_classes`` (half the uniform share: 0.05 for 10 classes).
     """
     if min_share is None:
         min_share = _default_min_share(num_classes)

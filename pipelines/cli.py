@@ -242,6 +242,38 @@ def run_main(
               "Flow runs: [bold]prefect server start[/bold] with PREFECT_HOME=.prefect (http://127.0.0.1:4200)")
 
 
+@app.command("schedule")
+def schedule_cmd(
+    cron: str = typer.Option(..., "--cron", help='Cron expression, e.g. "0 3 * * *" (03:00 every day).'),
+    name: str = typer.Option("scheduled", "--name", help="Deployment name."),
+    set_: Optional[list[str]] = SetOption,
+    params_file: Optional[Path] = ParamsOption,
+) -> None:
+    """Serve the retrain flow as a Prefect deployment on a cron schedule (needs a Prefect API server)."""
+    from pipelines.flows import serve_schedule
+
+    _params(params_file, set_)  # fail now, not at 03:00, on a bad params file or --set
+    serve_schedule(project_root(), cron, name, str(params_file) if params_file else None, list(set_ or []))
+
+
+server_app = typer.Typer(help="A local Prefect API server (holds schedules; the ephemeral one cannot).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(port: int = typer.Option(4200, "--port"), host: str = typer.Option("127.0.0.1", "--host")) -> None:
+    """Start `prefect server start` on loopback with PREFECT_HOME under the project."""
+    import os
+    import subprocess
+
+    console.print(f"Prefect API at http://{host}:{port}/api; in another shell: "
+                  f"[bold]export PREFECT_API_URL=http://{host}:{port}/api[/bold]")
+    bin_dir = Path(sys.executable).parent
+    prefect = bin_dir / "prefect" if (bin_dir / "prefect").exists() else "prefect"
+    sys.exit(subprocess.call([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=os.environ))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.logging import get_logger
 from prefect.context import TaskRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -94,17 +95,24 @@ def _call(stage: str, params: dict[str, Any], root: Path, family: str | None) ->
     return fn()
 
 
-@task(task_run_name="{stage}-{family}", cache_key_fn=stage_cache_key, persist_result=True, retries=0)
-def run_stage(stage: str, params: dict[str, Any], root: str, family: str | None = None) -> dict[str, Any]:
-    logger = get_run_logger()
-    logger.info("running %s%s", stage, f" for {family}" if family else "")
+def _run_logged(stage: str, params: dict[str, Any], root: str, family: str | None) -> dict[str, Any]:
+    get_run_logger().info("running %s%s", stage, f" for {family}" if family else "")
     return _call(stage, params, Path(root), family)
 
 
-# register talks to the tracking store over the network when it is a server: retry it
+@task(task_run_name="{stage}-{family}", cache_key_fn=stage_cache_key, persist_result=True)
+def run_stage(stage: str, params: dict[str, Any], root: str, family: str | None = None) -> dict[str, Any]:
+    return _run_logged(stage, params, root, family)
+
+
+# register talks to the tracking store, over the network when it is a server: retry it
 run_register = run_stage.with_options(retries=2, retry_delay_seconds=3)
-# promotion depends on the registry's current champion, so it is never cached
-run_promote = run_stage.with_options(cache_key_fn=None, cache_policy=None, persist_result=False)
+
+
+@task(task_run_name="{stage}-{family}", persist_result=False)
+def run_promote(stage: str, params: dict[str, Any], root: str, family: str | None = None) -> dict[str, Any]:
+    """Never cached: the decision depends on the registry's current champion, not only on files."""
+    return _run_logged(stage, params, root, family)
 
 
 def _stage(stage: str, params: dict[str, Any], root: Path, family: str | None, results: dict[str, Any]) -> dict[str, Any]:
@@ -221,3 +229,49 @@ def run_retrain(params: dict[str, Any], root: Path, task_runner: str = "thread")
 
 def summarize(results: dict[str, Any]) -> str:
     return json.dumps(results, indent=2, default=str)
+
+
+@flow(name="scheduled-retrain", log_prints=True)
+def scheduled_retrain(root: str, params_file: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """What a schedule runs: params.yaml is read when the run starts, so edits apply to the next run."""
+    from pipelines.config import load_params
+
+    params = load_params(params_file or Path(root) / "params.yaml", overrides or [])
+    return retrain(params, root)
+
+
+def api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def check_api(url: str | None) -> str:
+    """Schedules live in a Prefect API server; the ephemeral one cannot hold them."""
+    import httpx
+
+    hint = ("scheduling needs a running Prefect API server (the ephemeral one cannot hold schedules). Start one "
+            "with `genforge server start` (loopback, port 4200) and `export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+    if not url:
+        raise GenforgeError(f"PREFECT_API_URL is not set: {hint}")
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise GenforgeError(f"no Prefect API server answers at {url} ({exc.__class__.__name__}): {hint}") from exc
+    return url
+
+
+def serve_schedule(root: Path, cron: str, name: str, params_file: str | None, overrides: list[str]) -> None:
+    from prefect.schedules import Cron
+
+    check_api(api_url())
+    try:
+        schedule = Cron(cron)
+        from prefect.client.schemas.schedules import CronSchedule
+
+        CronSchedule(cron=cron)
+    except ValueError as exc:
+        raise GenforgeError(f"--cron {cron!r}: not a valid cron expression ({exc})") from exc
+    get_logger().info("serving deployment scheduled-retrain/%s on %r; Ctrl-C stops it", name, cron)
+    scheduled_retrain.serve(name=name, schedule=schedule,
+                            parameters={"root": str(root), "params_file": params_file, "overrides": overrides})

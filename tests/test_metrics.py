@@ -183,6 +183,10 @@ def test_class_histogram_coverage_and_kl():
     skewed = np.concatenate([np.zeros(99, int), [1]])
     assert metrics.class_coverage(skewed, 2, min_share=0.01) == 1.0
     assert metrics.class_coverage(skewed, 2, min_share=0.05) == 0.5
+    # default min_share: half the uniform share (0.05 of the samples for 10 classes)
+    shares = np.concatenate([np.full(94, 0), np.full(3, 1), np.full(3, 2)])  # classes 1, 2 hold 3 %
+    assert metrics.class_coverage(shares, 10) == pytest.approx(0.1)
+    assert metrics.class_coverage(np.concatenate([np.full(88, 0), np.full(6, 1), np.full(6, 2)]), 10) == 0.3
     with pytest.raises(ValueError):
         metrics.class_histogram([0, 10], 10)
 

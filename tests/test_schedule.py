@@ -1,0 +1,85 @@
+"""Scheduled retraining against a real Prefect API server on a free loopback port."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import BIN, run_cli, tiny_args
+
+LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
+              "registry.forbid_mode_collapse=false", "model.families=[vae]")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_schedule_without_a_server_says_how_to_start_one(cli, project, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    proc = cli(["schedule", "--cron", "0 3 * * *"], project)
+    assert proc.returncode == 1 and "genforge server start" in proc.stderr and "PREFECT_API_URL" in proc.stderr
+
+
+def test_served_schedule_is_visible_and_a_triggered_run_completes(project, monkeypatch, tmp_path):
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_HOME": str(tmp_path / "server"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    served = None
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("the Prefect server did not start in 180 s")
+        monkeypatch.setenv("PREFECT_API_URL", api)
+        served = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "schedule", "--cron", "0 3 * * *",
+                                   "--name", "nightly", *tiny_args(*LOOSE_GATE)],
+                                  cwd=project, env={**os.environ, "PREFECT_API_URL": api}, start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+
+        deployment = None
+        deadline = time.time() + 120
+        with get_client(sync_client=True) as client:
+            while deployment is None and time.time() < deadline:
+                try:
+                    deployment = client.read_deployment_by_name("scheduled-retrain/nightly")
+                except Exception:
+                    assert served.poll() is None, "genforge schedule exited early"
+                    time.sleep(1)
+        assert deployment is not None, "the deployment never appeared"
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+        assert deployment.parameters["root"] == str(project)
+
+        flow_run = run_deployment("scheduled-retrain/nightly", timeout=420)
+        assert flow_run.state.is_completed(), flow_run.state
+        assert (project / "models" / "digits" / "vae" / "registered.json").exists()
+    finally:
+        if served is not None:
+            _stop(served)
+        _stop(server)
