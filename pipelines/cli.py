@@ -237,6 +237,7 @@ def run_main(
     for row in rows:
         table.add_row(*[str(v) for v in row.values()])
     Console(width=max(out.width, 160)).print(table)
+    _dvc_commit(root, pinned=not set_ and params_file is None)
     out.print("Review: [bold]genforge registry show <model>[/bold] or "
               "[bold]mlflow ui --backend-store-uri sqlite:///mlflow.db[/bold] (http://127.0.0.1:5000)\n"
               "Flow runs: [bold]prefect server start[/bold] with PREFECT_HOME=.prefect (http://127.0.0.1:4200)")
@@ -272,6 +273,25 @@ def server_start(port: int = typer.Option(4200, "--port"), host: str = typer.Opt
     bin_dir = Path(sys.executable).parent
     prefect = bin_dir / "prefect" if (bin_dir / "prefect").exists() else "prefect"
     sys.exit(subprocess.call([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=os.environ))
+
+
+def _dvc_commit(root: Path, pinned: bool) -> None:
+    """Record what the flow produced in dvc.lock, so `dvc repro` right after has nothing to do."""
+    import subprocess
+
+    if not (root / "dvc.yaml").exists() or not (root / ".dvc").is_dir():
+        return
+    if not pinned:
+        console.print("[yellow]dvc.lock not updated:[/yellow] this run used --set/--params, and dvc.yaml follows "
+                      "params.yaml; put the values in params.yaml to replay them with `dvc repro`")
+        return
+    dvc = Path(sys.executable).parent / "dvc"
+    proc = subprocess.run([str(dvc) if dvc.exists() else "dvc", "commit", "--force", "--quiet"], cwd=root,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        console.print(f"[yellow]dvc commit failed[/yellow] (dvc.lock not updated): {proc.stderr.strip()[:500]}")
+    else:
+        console.print("dvc.lock updated: `dvc repro` now has nothing to do until data, code or params change")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -115,9 +116,11 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
 
     pngs: list[Path] = []
     out = report_dir(root, ds.name, family)
-    out.mkdir(parents=True, exist_ok=True)
-    plots.save_image_grid(samples[:64], out / "samples.png", nrow=8)
-    pngs.append(out / "samples.png")
+    plot_dir = out / "plots"  # one folder, whatever plots the family's capabilities give (a DVC plots out)
+    shutil.rmtree(plot_dir, ignore_errors=True)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots.save_image_grid(samples[:64], plot_dir / "samples.png", nrow=8)
+    pngs.append(plot_dir / "samples.png")
 
     caps = model.capabilities
     if "nll" in caps:
@@ -134,10 +137,10 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
             z = model.encode(pair)
             steps = torch.linspace(0, 1, 10, device=device)[:, None]
             strip = model.decode(z[0:1] * (1 - steps) + z[1:2] * steps).cpu().numpy()
-        plots.save_interpolation_strip(strip, out / "interpolation.png")
-        pngs.append(out / "interpolation.png")
+        plots.save_interpolation_strip(strip, plot_dir / "interpolation.png")
+        pngs.append(plot_dir / "interpolation.png")
     if "score" in caps:
-        metrics.update(_anomaly(model, ev, test_x, test_y, holdout, device, out, pngs, setting, anomaly_lib, plots))
+        metrics.update(_anomaly(model, ev, test_x, test_y, holdout, device, plot_dir, pngs, setting, anomaly_lib, plots))
 
     inception = {"computed": False, "reason": "evaluation.inception_weights is not set (never downloaded)"}
     if ev.get("inception_weights"):

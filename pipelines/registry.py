@@ -219,9 +219,15 @@ def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     c = tracking.client()
     champion = _champion(c, name)
     champion_tags = dict(champion.tags) if champion is not None and str(champion.version) != version else None
-    if champion is not None and str(champion.version) == version:
-        return {"name": name, "version": version, "decision": "already champion"}
     gate = gate_settings(params, family)
+    if champion is not None and str(champion.version) == version:
+        record = {"name": name, "version": version, "decision": "already champion", "champion_before": version,
+                  "champion_after": version, "reasons": [f"version {version} already holds the champion alias"],
+                  "gate": gate, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        out = root / "reports" / ds.name / family / "promotion.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        return {k: record[k] for k in ("name", "version", "decision", "champion_before", "champion_after", "reasons")}
     decision = gate_decision(_version_tags(c, name, version), champion_tags, gate)
     record = {"name": name, "version": version, "champion_before": str(champion.version) if champion else None,
               "gate": gate, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **decision}

@@ -74,6 +74,9 @@ def test_cache_retrains_when_settings_differ(digits, tmp_path):
     (tmp_path / ("ef" * 32) / clf.WEIGHTS_FILE).write_bytes(b"garbage")
     _, redo = clf.load_or_train_classifier(tmp_path, "ef" * 32, epochs=2, **small)
     assert redo["cached"] is False
+    (tmp_path / ("ef" * 32) / clf.WEIGHTS_FILE).unlink()  # a JSON without its weights
+    _, again = clf.load_or_train_classifier(tmp_path, "ef" * 32, epochs=2, **small)
+    assert again["cached"] is False
 
 
 def test_training_is_deterministic_and_leaves_global_rng_alone(digits):

@@ -56,3 +56,36 @@ def test_dvc_repro_then_push_and_pull_into_a_fresh_clone(tmp_path):
     for name in ("train.npz", "test.npz", "meta.json"):
         pulled = clone / "data" / "prepared" / "mnist5k" / name
         assert pulled.read_bytes() == (work / "data" / "prepared" / "mnist5k" / name).read_bytes()
+
+
+def test_dvc_after_genforge_run_has_nothing_to_do_and_a_train_param_reruns_from_train(tmp_path):
+    """`genforge run` (the Prefect flow) records dvc.lock; `dvc repro` then agrees with it."""
+    import yaml
+
+    from tests.conftest import tiny_params
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"}
+    dvc, work = str(BIN / "dvc"), tmp_path / "work"
+    _copy_project(work)
+    params = tiny_params("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
+                         "registry.forbid_mode_collapse=false", "model.families=[vae,dcgan]")
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _sh(["git", "init", "-q", "-b", "main"], work, env)
+    _sh(["git", "add", "-A"], work, env)
+    _sh(["git", "commit", "-qm", "init"], work, env)
+
+    log = _sh([str(BIN / "genforge"), "run", "--samples", "100"], work, env)
+    assert "dvc.lock updated" in log
+    assert "Data and pipelines are up to date" in _sh([dvc, "status"], work, env)
+
+    params["model"]["vae"]["epochs"] = 3
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = _sh([dvc, "repro", "--dry"], work, env)
+    ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    assert "train@vae" in ran  # a dry run stops at the first changed stage of each chain
+    assert not ran & {"prepare", "validate", "train@dcgan", "evaluate@dcgan"}
+
+    metrics = _sh([dvc, "metrics", "show", "--json"], work, env)
+    assert "fid_ratio" in metrics

@@ -203,11 +203,12 @@ def test_mode_collapse_report_each_criterion_triggers():
     low_cov = metrics.mode_collapse_report(eight, data, 10, recall=0.8, **kwargs)
     assert low_cov["class_coverage"] == pytest.approx(0.8)
     assert low_cov["mode_collapse_reasons"] == ["class_coverage 0.800 < 0.9"]
-    # all classes present but very skewed: KL high, coverage fine
-    skewed = np.concatenate([np.full(900, 0), np.repeat(np.arange(1, 10), 20)])
+    # all classes present (>= 5 % each) but skewed: 55 % class 0, KL = 0.626 > 0.5, coverage fine
+    skewed = np.concatenate([np.full(550, 0), np.repeat(np.arange(1, 10), 50)])
     high_kl = metrics.mode_collapse_report(skewed, data, 10, recall=0.8, **kwargs)
     assert high_kl["class_coverage"] == 1.0
-    assert high_kl["class_kl"] > 0.5 and high_kl["mode_collapse"] is True
+    assert high_kl["class_kl"] == pytest.approx(0.55 * np.log(5.5) + 0.45 * np.log(0.5), abs=1e-4)
+    assert high_kl["mode_collapse_reasons"] == ["class_kl 0.626 > 0.5"]
 
 
 def _gaussian_clusters(rng, centers, n_per_class, std=1.0):

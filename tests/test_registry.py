@@ -92,7 +92,7 @@ def test_evaluation_report_has_every_metric_with_its_setting(registry_env):
     assert report["inception"]["computed"] is False and "not set" in report["inception"]["reason"]
     assert 0.0 <= report["summary"]["anomaly_auroc"] <= 1.0
     for png in ("samples.png", "interpolation.png", "roc.png", "score_histograms.png"):
-        assert (out / png).stat().st_size > 0
+        assert (out / "plots" / png).stat().st_size > 0
     run = tracking.client().get_run(report["run_id"])
     assert "eval/fid" in run.data.metrics
 
