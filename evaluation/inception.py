@@ -50,6 +50,7 @@ class InceptionFeatures:
         weights_path: str | os.PathLike,
         device: str | torch.device = "cpu",
         batch_size: int = 32,
+        num_threads: int | None = None,
     ) -> None:
         path = Path(weights_path)
         if not path.is_file():
@@ -74,6 +75,7 @@ class InceptionFeatures:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = int(batch_size)
+        self.num_threads = num_threads  # torch intra-op threads during __call__ (None: as set)
         self.weights_path = str(path)
 
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
@@ -101,9 +103,15 @@ class InceptionFeatures:
         if x.ndim != 4:
             raise ValueError(f"images must be N x C x H x W, got shape {tuple(x.shape)}")
         out = [np.zeros((0, INCEPTION_FEATURE_DIM))]
-        for start in range(0, x.shape[0], self.batch_size):
-            feats = self.model(self._prepare(x[start : start + self.batch_size]))
-            out.append(feats.double().cpu().numpy())
+        before = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(int(self.num_threads))
+        try:
+            for start in range(0, x.shape[0], self.batch_size):
+                feats = self.model(self._prepare(x[start : start + self.batch_size]))
+                out.append(feats.double().cpu().numpy())
+        finally:
+            torch.set_num_threads(before)
         return np.concatenate(out)
 
     features = __call__

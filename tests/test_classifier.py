@@ -146,7 +146,7 @@ def test_inception_features_from_local_state_dict(tmp_path):
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("AuxLogits.")}  # aux is optional
     path = tmp_path / "inception.pth"
     torch.save(state, path)
-    extractor = InceptionFeatures(path, batch_size=2)
+    extractor = InceptionFeatures(path, batch_size=2, num_threads=1)
     gray = np.random.default_rng(0).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
     feats = extractor(gray)
     assert feats.shape == (3, INCEPTION_FEATURE_DIM) and feats.dtype == np.float64
