@@ -9,6 +9,9 @@ from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
 FAMILIES: dict[str, str] = {
     "vae": "genmodels.vae:VAE",
     "dcgan": "genmodels.dcgan:DCGAN",
+    "ddpm": "genmodels.ddpm:DDPM",
+    "pixelcnn": "genmodels.pixelcnn:PixelCNN",
+    "realnvp": "genmodels.realnvp:RealNVP",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,9 @@ from pipelines.prepare import prepared_dir
 from pipelines.validate import require_validated
 
 TRAIN_KEYS = ("epochs", "batch_size", "log_every", "grid_every")  # per-family overrides of train.*
+
+
+log = logging.getLogger("genforge.train")
 
 
 class TrainingDiverged(GenforgeError):
@@ -84,15 +88,19 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+def _latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest checkpoint made with exactly this fingerprint, and why newer ones were passed over."""
+    skipped = []
     for path in sorted(ckpt_dir.glob("epoch-*.pt"), reverse=True):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a torn or foreign file: ignore it, an older one may be good
+        except Exception as exc:  # a torn or foreign file: an older one may still be good
+            skipped.append(f"{path.name}: unreadable ({exc.__class__.__name__})")
             continue
         if state.get("fingerprint") == fingerprint:
-            return state
-    return None
+            return state, skipped
+        skipped.append(f"{path.name}: made with other params or data")
+    return None, skipped
 
 
 def load_model(directory: Path, device: torch.device | str = "cpu") -> GenerativeModel:
@@ -134,7 +142,9 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     out = model_dir(root, ds.name, family)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    resume = _latest_checkpoint(ckpt_dir, fingerprint)
+    resume, passed_over = _latest_checkpoint(ckpt_dir, fingerprint)
+    for reason in passed_over:
+        log.warning("not resuming from %s", reason)
     if resume is None:  # stale checkpoints from other params or data would only confuse a later resume
         for stale in ckpt_dir.glob("epoch-*.pt"):
             stale.unlink()

@@ -172,3 +172,6 @@ def direct(spec, sessions, n, rng, labels):
             raise ValueError("conditional sampler needs labels")
         feed[spec.get("labels_input", "labels")] = labels
     return _to_unit_range(sess.run([_output_name(spec, sess)], feed)[0])
+from serving import sampler_ddim  # noqa: E402,F401  registers "ddim"
+from serving import sampler_autoregressive  # noqa: E402,F401
+from serving import sampler_flow  # noqa: E402,F401

@@ -64,7 +64,7 @@ def test_served_schedule_is_visible_and_a_triggered_run_completes(project, monke
         from prefect.deployments import run_deployment
 
         deployment = None
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         with get_client(sync_client=True) as client:
             while deployment is None and time.time() < deadline:
                 try:

@@ -45,7 +45,7 @@ def test_train_writes_checkpoints_grid_and_mlflow_run(project):
     assert any(a.path == "samples" for a in c.list_artifacts(result["run_id"]))
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, caplog):
     extra = ("model.vae.epochs=3", "model.vae.batch_size=64")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
@@ -67,7 +67,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     assert not (killed / "models" / "digits" / "vae" / "model.pt").exists(), "killed too late to test resume"
 
     resumed = train(tiny_params(*extra), killed, "vae", progress=False)
-    assert resumed["resumed_from_epoch"] >= 1
+    assert resumed["resumed_from_epoch"] >= 1, caplog.text
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()
     for key in a:

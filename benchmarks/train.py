@@ -1,0 +1,87 @@
+"""Training throughput (images/s) of each family on mnist5k, and the trainer's overhead against a bare
+PyTorch loop over the same model, batches and epochs (target: <= 10%).
+
+The trainer's figure is the whole `pipelines.train.train` call: MLflow logging every `log_every` steps,
+a sample grid and a checkpoint per epoch, the progress bar off. The MLflow store is created before timing
+(a one-off set-up, not a per-training cost). Both run back to back in this process, same threads.
+Usage: python benchmarks/train.py [--epochs N] [--families vae,dcgan]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def bare_loop(model, x_all, y_all, epochs: int, batch_size: int, seed: int) -> float:
+    import torch
+
+    from pipelines.train import _epoch_seed
+
+    n = len(x_all)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        torch.manual_seed(_epoch_seed(seed, epoch))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
+        model.train()
+        for step in range(math.ceil(n / batch_size)):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            model.fit_step(x_all[idx], y_all[idx])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--families", default="vae,dcgan")
+    args = ap.parse_args()
+
+    import torch
+
+    from benchmarks._common import print_table
+    from pipelines.config import load_params
+    from pipelines.env import apply_defaults
+    from pipelines.prepare import prepare
+    from pipelines.train import plan_training, train
+    from pipelines.validate import validate
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+        apply_defaults(root)
+        params = load_params(ROOT / "params.yaml")
+        prepare(params, root)
+        validate(params, root, root / "data" / "prepared" / "mnist5k")
+        from pipelines import tracking
+        tracking.client().search_experiments()  # create the store before timing
+        for family in args.families.split(","):
+            fam_params = load_params(ROOT / "params.yaml", [f"model.{family}.epochs={args.epochs}"])
+            ds, model, settings, _ = plan_training(fam_params, root, family)
+            images, labels = ds.load("train")
+            x = torch.from_numpy(images).float().div_(255.0)
+            y = torch.from_numpy(labels)
+            bare = bare_loop(model, x, y, args.epochs, int(settings["batch_size"]), int(settings["seed"]))
+            start = time.perf_counter()
+            train(fam_params, root, family, progress=False)
+            full = time.perf_counter() - start
+            n = len(x) * args.epochs
+            rows.append({"family": family, "epochs": args.epochs, "batch": settings["batch_size"],
+                         "bare s": f"{bare:.1f}", "trainer s": f"{full:.1f}",
+                         "bare img/s": f"{n / bare:.0f}", "trainer img/s": f"{n / full:.0f}",
+                         "overhead": f"{100 * (full - bare) / bare:+.1f}%"})
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', 'unset')}")
+    print_table(rows, list(rows[0]))
+    print("target: trainer overhead <= 10%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Noise schedules and the DDIM sampling loop in PyTorch (the "scheduler" half of family "ddpm").
+
+The network lives in ddpm.py; this module holds only the diffusion arithmetic, the diffusers
+model/scheduler split. serving/sampler_ddim.py is the same loop in NumPy around the ONNX denoiser,
+written step for step like ``ddim_sample`` below so the two give the same numbers for the same
+x_T (test: tests/test_ddpm.py). Change one, change the other.
+
+Conventions (Ho et al. 2020; Song et al. 2021, "DDIM"):
+- ``alphas_cumprod[t]`` = prod_{s<=t} (1 - beta_s) for t = 0..T-1, computed in float64;
+  x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps.
+- The S sampling steps are "trailing" (diffusers' timestep_spacing="trailing"):
+  t_i = round((i + 1) * T / S) - 1 for i = S-1 .. 0, so the loop starts at t = T-1 (pure noise,
+  no brightness bias) and the last step jumps to "t = -1", whose alpha is 1 (set_alpha_to_one).
+- One step, from t to the next (smaller) t' with a = a_t, a' = a_t' (eta = 0: deterministic):
+      x0    = (x_t - sqrt(1 - a) eps) / sqrt(a)          clipped to [-1, 1] when clip
+      eps   = (x_t - sqrt(a) x0) / sqrt(1 - a)           when clip (the clipped x0's noise)
+      sigma = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')
+      x_t'  = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z,   z ~ N(0, I)
+  The per-step scalars are computed in float64 and applied to float32 tensors.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+SCHEDULES = ("linear", "cosine")
+
+
+def alphas_cumprod(schedule: str, timesteps: int) -> list[float]:
+    """a_t for t = 0..T-1 as float64 Python floats.
+
+    linear: betas from 1e-4 to 0.02 at T = 1000, scaled by 1000/T for other T (so the total
+    noise stays the same; improved-DDPM's convention). cosine: Nichol & Dhariwal 2021,
+    a_t = f(t + 1) / f(0) with f(t) = cos((t/T + s) / (1 + s) * pi/2)^2, s = 0.008, betas capped at 0.999.
+    """
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    if schedule == "linear":
+        scale = 1000.0 / timesteps
+        lo, hi = scale * 1e-4, min(scale * 0.02, 0.999)
+        betas = [lo + (hi - lo) * i / max(timesteps - 1, 1) for i in range(timesteps)]
+    elif schedule == "cosine":
+        s = 0.008
+        f = [math.cos((t / timesteps + s) / (1 + s) * math.pi / 2) ** 2 for t in range(timesteps + 1)]
+        betas = [min(1 - f[t + 1] / f[t], 0.999) for t in range(timesteps)]
+    else:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    out, prod = [], 1.0
+    for b in betas:
+        prod *= 1.0 - b
+        out.append(prod)
+    return out
+
+
+def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
+    """The S timesteps the sampler visits, descending ("trailing" spacing): starts at T-1."""
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sample_steps must be in [1, timesteps={timesteps}], got {steps}")
+    return [round((i + 1) * timesteps / steps) - 1 for i in range(steps - 1, -1, -1)]
+
+
+def ddim_coefficients(acp: list[float], t: int, t_prev: int, eta: float) -> tuple[float, float, float, float, float]:
+    """(sqrt(a), sqrt(1-a), sqrt(a'), sqrt(1-a'-sigma^2), sigma) in float64 for one step t -> t_prev."""
+    a = acp[t]
+    a_prev = acp[t_prev] if t_prev >= 0 else 1.0
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(max(1 - a / a_prev, 0.0)) if eta else 0.0
+    return math.sqrt(a), math.sqrt(1 - a), math.sqrt(a_prev), math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)), sigma
+
+
+@torch.no_grad()
+def ddim_sample(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_t: torch.Tensor,
+                acp: list[float], steps: int, *, eta: float = 0.0, clip: bool = True,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run DDIM from x_T (N x C x H x W, float32) down to x_0 in [-1, 1] (clip) or unbounded.
+
+    ``denoiser(x, t)`` takes float32 x and int64 t of shape N and returns predicted eps.
+    ``generator`` supplies z when eta > 0 (unused at eta = 0).
+    """
+    seq = ddim_timesteps(len(acp), steps)
+    x = x_t.float()
+    n = x.shape[0]
+    for i, t in enumerate(seq):
+        t_prev = seq[i + 1] if i + 1 < len(seq) else -1
+        sa, s1a, sa_prev, dir_coef, sigma = ddim_coefficients(acp, t, t_prev, eta)
+        eps = denoiser(x, torch.full((n,), t, dtype=torch.int64, device=x.device)).float()
+        x0 = (x - eps * s1a) / sa
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - x0 * sa) / s1a
+        x = x0 * sa_prev + eps * dir_coef
+        if sigma > 0:
+            z = torch.randn(x.shape, generator=generator,
+                            device=generator.device if generator is not None else x.device).to(x)
+            x = x + z * sigma
+    return x

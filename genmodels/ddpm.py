@@ -1,0 +1,298 @@
+"""Denoising diffusion (family "ddpm"): a small UNet noise predictor, DDPM training, DDIM sampling.
+
+Ho et al. 2020 training (epsilon prediction, uniform t, plain MSE) on a small UNet in the DDPM
+layout: sinusoidal time embedding + MLP, residual blocks with GroupNorm and SiLU that add the time
+embedding, stride-2 conv downsampling, nearest + conv upsampling, skip connections, and one
+self-attention block at the lowest resolution. An exponential moving average (EMA) of the weights
+is kept as a second copy of the UNet (``self.ema``, so it is in state_dict and checkpoints);
+sampling and export use it. Sampling is DDIM (Song et al. 2021), eta = 0 by default, with the loop
+in genmodels/ddim.py (PyTorch) and serving/sampler_ddim.py (NumPy over the ONNX denoiser).
+
+Images crossing the interface are N x C x H x W in [0, 1]; the diffusion works in [-1, 1].
+Shapes: any H, W divisible by 2 ** (len(channel_mult) - 1): 28x28 -> 14 -> 7, 8x8 -> 4 -> 2.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
+from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample, ddim_timesteps
+
+
+@dataclass
+class DDPMConfig(ModelConfig):
+    base_channels: int = 32                     # UNet channels at full resolution
+    channel_mult: tuple[int, ...] = (1, 2, 2)   # channels per level = base * mult; one downsample between levels
+    num_res_blocks: int = 1                     # residual blocks per level, each way
+    attention: bool = True                      # one self-attention block in the middle (lowest resolution)
+    dropout: float = 0.0
+    schedule: str = "linear"                    # "linear" | "cosine" beta schedule
+    timesteps: int = 1000                       # T, training diffusion steps
+    sample_steps: int = 50                      # S, DDIM steps when sampling (serving reads it from sampler.json)
+    eta: float = 0.0                            # DDIM eta: 0 = deterministic given x_T
+    clip: bool = True                           # clip the predicted x0 to [-1, 1] at every step
+    ema_decay: float = 0.999                    # EMA of the weights, warmed up as min(decay, (1+k)/(10+k))
+    lr: float = 2e-3
+    weight_decay: float = 0.0                   # AdamW
+    warmup_steps: int = 100                     # linear learning-rate warm-up
+    grad_clip: float = 1.0                      # max gradient norm (0 = off)
+    batch_size: int = 64                        # training defaults the trainer reads (overridable there)
+    epochs: int = 20
+
+    def __post_init__(self):
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)  # JSON gives a list back
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.base_channels < 1 or not self.channel_mult or min(self.channel_mult) < 1 or self.num_res_blocks < 1:
+            raise ValueError("base_channels, channel_mult entries and num_res_blocks must be >= 1")
+        ddim_timesteps(self.timesteps, self.sample_steps)  # raises when 1 <= S <= T does not hold
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.eta < 0 or not 0.0 <= self.dropout < 1.0 or self.lr <= 0:
+            raise ValueError("eta must be >= 0, dropout in [0, 1), lr > 0")
+        _, h, w = self.image_shape
+        f = 2 ** (len(self.channel_mult) - 1)
+        if h % f or w % f:
+            raise ValueError(f"image {h}x{w} is not divisible by 2**(len(channel_mult)-1) = {f}; "
+                             "use fewer levels in channel_mult")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["channel_mult"] = list(self.channel_mult)
+        return out
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: the largest of 8, 4, 2, 1 that divides the channel count."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+class TimeEmbedding(nn.Module):
+    """int64 t (N) -> N x dim: sinusoidal features of t, then Linear-SiLU-Linear (the DDPM MLP)."""
+
+    def __init__(self, base: int, dim: int):
+        super().__init__()
+        half = base // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half),
+                             persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * half, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t):
+        args = t.to(torch.float32)[:, None] * self.freqs[None]  # N x half
+        return self.mlp(torch.cat([torch.sin(args), torch.cos(args)], dim=1))
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv, + time embedding, GN-SiLU-dropout-conv (zero-initialised), + skip (1x1 when channels change)."""
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.temb = nn.Linear(t_dim, c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (DDPM's init)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, temb):  # N x c_in x H x W, N x t_dim -> N x c_out x H x W
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over the H*W positions, residual (plain matmuls: exports cleanly)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(c), c)
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.proj = nn.Conv2d(c, c, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.scale = c ** -0.5
+
+    def forward(self, x):  # N x C x H x W -> same
+        q, k, v = self.qkv(self.norm(x)).flatten(2).chunk(3, dim=1)          # N x C x L each (L = H*W)
+        attn = torch.softmax(torch.bmm(q.transpose(1, 2), k) * self.scale, dim=2)  # N x L x L
+        out = torch.bmm(v, attn.transpose(1, 2))                              # N x C x L
+        return x + self.proj(out.reshape(x.shape))
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): N x C x H x W (in [-1, 1] scale) and int64 N -> predicted noise, N x C x H x W."""
+
+    def __init__(self, cfg: DDPMConfig):
+        super().__init__()
+        c_img = cfg.image_shape[0]
+        base = cfg.base_channels
+        chans = [base * m for m in cfg.channel_mult]
+        t_dim = 4 * base
+        self.time = TimeEmbedding(base, t_dim)
+        self.conv_in = nn.Conv2d(c_img, base, 3, padding=1)
+
+        self.down = nn.ModuleList()   # level i: num_res_blocks blocks at resolution H / 2**i
+        self.downsample = nn.ModuleList()
+        c = base
+        for i, ch in enumerate(chans):
+            self.down.append(nn.ModuleList([ResBlock(c if j == 0 else ch, ch, t_dim, cfg.dropout)
+                                             for j in range(cfg.num_res_blocks)]))
+            c = ch
+            if i < len(chans) - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))  # H x W -> H/2 x W/2
+
+        self.mid1 = ResBlock(c, c, t_dim, cfg.dropout)
+        self.mid_attn = Attention(c) if cfg.attention else nn.Identity()
+        self.mid2 = ResBlock(c, c, t_dim, cfg.dropout)
+
+        self.up = nn.ModuleList()     # level i (deepest first): concat the level's skip, then blocks
+        self.upsample = nn.ModuleList()
+        for i in reversed(range(len(chans))):
+            ch = chans[i]
+            self.up.append(nn.ModuleList([ResBlock((c + ch) if j == 0 else ch, ch, t_dim, cfg.dropout)
+                                           for j in range(cfg.num_res_blocks)]))
+            c = ch
+            if i > 0:  # after a 2x nearest upsampling; to the next level's width (half the cost at full size)
+                self.upsample.append(nn.Conv2d(c, chans[i - 1], 3, padding=1))
+                c = chans[i - 1]
+
+        self.norm_out = nn.GroupNorm(_groups(c), c)
+        self.conv_out = nn.Conv2d(c, c_img, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x, t):
+        temb = self.time(t)                          # N x 4*base
+        h = self.conv_in(x)                          # N x base x H x W
+        skips = []
+        for i, blocks in enumerate(self.down):
+            for block in blocks:
+                h = block(h, temb)
+            skips.append(h)                          # N x chans[i] x H/2**i x W/2**i
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
+        for i, blocks in enumerate(self.up):
+            h = torch.cat([h, skips.pop()], dim=1)
+            for block in blocks:
+                h = block(h, temb)
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))  # N x C x H x W
+
+
+class DDPM(GenerativeModel):
+    family: ClassVar[str] = "ddpm"
+    config_class: ClassVar[type[ModelConfig]] = DDPMConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: DDPMConfig):
+        super().__init__(config)
+        with torch.random.fork_rng(devices=[]):  # same config -> same weights; global RNG untouched
+            torch.manual_seed(config.seed)
+            self.unet = UNet(config)
+        self.ema = copy.deepcopy(self.unet).requires_grad_(False)  # in state_dict as "ema.*"
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))  # optimiser steps taken (EMA/warm-up)
+        self._acp = alphas_cumprod(config.schedule, config.timesteps)     # float64 list, length T
+        self.register_buffer("sqrt_acp", torch.tensor([math.sqrt(a) for a in self._acp]), persistent=False)
+        self.register_buffer("sqrt_1m_acp", torch.tensor([math.sqrt(1 - a) for a in self._acp]), persistent=False)
+        self._opt = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                      fused=True)
+
+    # --- training --------------------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adamw": self._opt}
+
+    def diffusion_loss(self, x0: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+        """Ho et al.'s simple loss: E_t,eps ||eps - eps_theta(sqrt(a_t) x0 + sqrt(1-a_t) eps, t)||^2, mean.
+
+        x0 in [-1, 1]; t and eps come from the global RNG (the trainer seeds and checkpoints it).
+        """
+        net = net or self.unet
+        t = torch.randint(0, self.config.timesteps, (x0.shape[0],), device=x0.device)
+        eps = torch.randn_like(x0)
+        x_t = self.sqrt_acp[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1m_acp[t].view(-1, 1, 1, 1) * eps
+        return F.mse_loss(net(x_t, t), eps)
+
+    def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
+        self.train()
+        cfg = self.config
+        step = int(self.step)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
+        for group in self._opt.param_groups:
+            group["lr"] = lr
+        loss = self.diffusion_loss(x.to(self.device) * 2 - 1)
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
+        self._opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.unet.parameters()), 1.0 - decay)
+        self.step += 1
+        return {"loss": loss.item()}
+
+    # --- inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def denoise_from(self, x_t: torch.Tensor, generator: torch.Generator | None = None,
+                     sample_steps: int | None = None) -> torch.Tensor:
+        """DDIM with the EMA weights from a given x_T (N x C x H x W): images in [0, 1]."""
+        self.ema.eval()
+        cfg = self.config
+        x0 = ddim_sample(self.ema, x_t.to(self.device), self._acp, sample_steps or cfg.sample_steps,
+                         eta=cfg.eta, clip=cfg.clip, generator=generator)
+        return ((x0 + 1) * 0.5).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """N x C x H x W in [0, 1]: x_T ~ N(0, I), then ``sample_steps`` DDIM steps with the EMA UNet."""
+        # draw on the generator's device, then move: a CPU generator gives the same x_T on any device
+        x_t = torch.randn(n, *self.config.image_shape, generator=generator,
+                          device=generator.device if generator is not None else self.device)
+        return self.denoise_from(x_t, generator)
+
+    # --- export / serving ------------------------------------------------------------------
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        module = _Denoiser(self.ema).eval()
+        c, h, w = self.config.image_shape
+        x = torch.zeros(2, c, h, w, device=self.device)  # batch 2: dynamo must not specialise on 1
+        # t spans [0, T-1]: export's parity check draws random timesteps from the example's range
+        t = torch.tensor([0, self.config.timesteps - 1], dtype=torch.int64, device=self.device)
+        return [OnnxGraph(name="denoiser", module=module, example_inputs=(x, t), input_names=["x", "t"],
+                          output_names=["eps"],
+                          dynamic_axes={"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}})]
+
+    def sampler(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"kind": "ddim", "graph": "denoiser",
+                "noise": {"name": "x", "shape": list(cfg.image_shape), "distribution": "normal"},
+                "timestep_input": "t", "output": "eps",
+                "conditional": False,
+                "prediction": "epsilon",
+                "timesteps": cfg.timesteps, "sample_steps": cfg.sample_steps, "timestep_spacing": "trailing",
+                "eta": float(cfg.eta), "clip": bool(cfg.clip), "schedule": cfg.schedule,
+                "alphas_cumprod": list(self._acp)}
+
+
+class _Denoiser(nn.Module):
+    """The exported graph: (x float32 N x C x H x W, t int64 N) -> eps, N x C x H x W."""
+
+    def __init__(self, unet: UNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t):
+        return self.unet(x, t)
