@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "mode_collapse": {"coverage_threshold": 0.9, "kl_threshold": 0.5, "recall_threshold": 0.2, "min_share": None},
     "anomaly": {"kinds": ["noise", "inversion", "occlusion"], "fpr": 0.05, "max_images": 500},
     "nll_max_images": 500,
+    # subsets smaller than N, or every subset is the whole set and the std says nothing
+    "kid": {"subsets": 20, "subset_size": 500},
     "inception_weights": None,
 }
 
@@ -93,10 +95,11 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     fake_feats, fake_logits = clf_lib.extract(classifier, samples)
     mc = ev["mode_collapse"]
     thresholds = {k: mc[k] for k in ("coverage_threshold", "kl_threshold", "recall_threshold")}
+    kid = {"kid_subsets": int(ev["kid"]["subsets"]), "kid_subset_size": max(2, min(int(ev["kid"]["subset_size"]), n // 2))}
     gen = metric_lib.generation_metrics(
         train_feats, fake_feats, real_labels=train_y, fake_pred_labels=fake_logits.argmax(1),
-        num_classes=ds.num_classes, seed=seed, min_share=mc.get("min_share"), extractor=extractor, **thresholds)
-    floor = metric_lib.generation_metrics(train_feats, test_feats, seed=seed, extractor=extractor)
+        num_classes=ds.num_classes, seed=seed, min_share=mc.get("min_share"), extractor=extractor, **thresholds, **kid)
+    floor = metric_lib.generation_metrics(train_feats, test_feats, seed=seed, extractor=extractor, **kid)
 
     setting = {"feature_extractor": extractor, "n_samples": n, "reference": f"{ds.name} train split ({len(train_x)})",
                "dataset": ds.name, "data_sha256": ds.sha256}
@@ -106,7 +109,10 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         metrics[name] = {"value": value, "setting": {**setting, **extra}}
 
     for key in ("fid", "kid", "precision", "recall", "density", "coverage"):
-        put(key, gen[key], **({"nearest_k": gen["nearest_k"]} if key in ("precision", "recall", "density", "coverage") else {}))
+        extra = {"nearest_k": gen["nearest_k"]} if key in ("precision", "recall", "density", "coverage") else {}
+        if key == "kid":
+            extra = {"subsets": gen["kid_subsets"], "subset_size": gen["kid_subset_size"], "std": gen["kid_std"]}
+        put(key, gen[key], **extra)
         put(f"{key}_real_floor", floor[key], compared="test split vs train split, same N")
     put("fid_ratio", gen["fid"] / max(floor["fid"], 1e-12), definition="fid / fid_real_floor")
     put("class_coverage", gen["class_coverage"], min_share=gen["min_share"])
