@@ -343,9 +343,9 @@ def test_bad_model_folders(vae_dir, tmp_path):
         generate(corrupt, 10, 0, tmp_path / "g1")
 
     spec["graphs"]["decoder"]["file"] = "decoder.onnx"
-    spec["kind"] = "ddim"
+    spec["kind"] = "teleport"
     (corrupt / "sampler.json").write_text(json.dumps(spec))
-    with pytest.raises(GenerationError, match="ddim.*not implemented"):
+    with pytest.raises(GenerationError, match="unknown sampler kind 'teleport'"):
         generate(corrupt, 10, 0, tmp_path / "g1")
     assert not (tmp_path / "g1").exists()
 
