@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 500,
     "seed": 0,
     "classifier": {"epochs": 8},
-    "mode_collapse": {"coverage_threshold": 0.9, "kl_threshold": 0.5, "recall_threshold": 0.2, "min_share": None},
+    "mode_collapse": {"coverage_threshold": 0.7, "kl_threshold": 0.5, "recall_threshold": 0.2, "min_share": None},
     "anomaly": {"kinds": ["noise", "inversion", "occlusion"], "fpr": 0.05, "max_images": 500},
     "nll_max_images": 500,
     # subsets smaller than N, or every subset is the whole set and the std says nothing
