@@ -17,8 +17,14 @@ Everything runs under the Makefile's GLIBC_TUNABLES (the script re-executes itse
 the variable is unset), which is printed. The machine is shared: the load average is printed;
 compare the two sides of one row, not rows of different runs.
 
+On a loaded 2-core machine PyTorch with 2 threads can be 5-10x SLOWER than with 1 (libgomp's
+threads spin-wait for each other while the other core runs someone else's work); ``--omp-passive``
+re-executes with OMP_WAIT_POLICY=PASSIVE, which removes that (the generator's ORT sessions already
+run with spinning off). Measured on the shared dev box, load ~5: default config, 2 threads:
+12-29 images/s by default, ~134 with PASSIVE; 1 thread: ~134-157 either way.
+
     python benchmarks/ddpm.py [--threads 1,2] [--batch 64] [--steps 50] [--rounds 3]
-                              [--full] [--out DIR] [--generate-n 1000] [--skip-train]
+                              [--full] [--out DIR] [--generate-n 1000] [--skip-train] [--omp-passive]
 """
 from __future__ import annotations
 
@@ -39,8 +45,15 @@ MAKEFILE_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1717986
 
 
 def _ensure_tunables() -> None:
+    """GLIBC_TUNABLES (and OMP_WAIT_POLICY with --omp-passive) are read at start-up: re-exec with them."""
+    again = False
     if "GLIBC_TUNABLES" not in os.environ:
         os.environ["GLIBC_TUNABLES"] = MAKEFILE_TUNABLES
+        again = True
+    if "--omp-passive" in sys.argv and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        again = True
+    if again:
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
@@ -105,6 +118,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="folder for the sample grid / trained weights (with --full)")
     ap.add_argument("--generate-n", type=int, default=1000)
     ap.add_argument("--set", action="append", default=[], help="config override key=JSON value")
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="run PyTorch with OMP_WAIT_POLICY=PASSIVE (no spin-waiting OpenMP threads; ORT's sessions "
+                         "already do not spin)")
     args = ap.parse_args()
     threads_list = sorted({int(t) for t in args.threads.split(",")})
 
@@ -123,7 +139,8 @@ def main() -> None:
     probe = build_model("ddpm", config)
     cfg = probe.config
     params = sum(p.numel() for p in probe.unet.parameters())
-    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}  (training, both samplers, generate)")
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}  OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset: libgomp spins)')}  (training, both samplers, generate)")
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"ddpm config: {json.dumps(cfg.to_dict())}\nUNet parameters: {params:,} (+ the same again as EMA)")

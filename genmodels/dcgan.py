@@ -1,4 +1,4 @@
-"""DCGAN (family "dcgan"): a small convolutional GAN for 28x28 / 8x8 (any even-sided) images.
+"""DCGAN (family "dcgan"): a small convolutional GAN for 28x28 and 8x8 (or other small) images.
 
 Radford et al. 2015 in the sizes MNIST needs: transposed-conv generator with batch norm and a
 tanh output, strided-conv discriminator with leaky ReLU, N(0, 0.02) init, Adam(0.5, 0.999), and
@@ -21,8 +21,10 @@ from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
 
 @dataclass
 class DCGANConfig(ModelConfig):
+    # Defaults: recognisable, varied digits after 25 epochs of mnist5k (1,575 steps), a few
+    # minutes on 2 CPU cores. Narrower nets (ngf=32, ndf=16) are cheaper but give malformed strokes.
     latent_dim: int = 64
-    ngf: int = 32                   # generator channels at full resolution; doubles per level down
+    ngf: int = 64                   # generator channels at half size (14x14 for 28x28); doubles per stage down
     ndf: int = 32                   # discriminator channels after its first conv; doubles per level
     spectral_norm: bool = False     # spectral norm on every discriminator layer (and no batch norm there)
     lr_g: float = 2e-4

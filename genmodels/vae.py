@@ -31,7 +31,7 @@ LOG_2PI = math.log(2 * math.pi)
 class VAEConfig(ModelConfig):
     # Defaults: on mnist5k these beat the pytorch/examples MLP VAE's test loss (138 nats/image
     # after 10 epochs) in about half its training time on 2 CPU cores, ~130 nats after 2 epochs
-    # (benchmarks/vae_reference.py). Train longer for better samples: ~122 nats at 6 epochs.
+    # (benchmarks/vae_reference.py). Train longer for better samples: ~118 nats at 6 epochs.
     latent_dim: int = 20
     width: int = 8                  # channels after the first stride-2 conv; doubles per level
     hidden: int = 0                 # optional fully connected layer between convs and latent (0 = none)

@@ -112,9 +112,8 @@ def ddim(spec, sessions, n, rng, labels):
         eps = np.asarray(sess.run([out_name], {x_name: x, t_name: np.full(n, t, dtype=t_dtype)})[0],
                          dtype=np.float32)
         x0 = (x - eps * s1a) / sa
-        if clip:
+        if clip:  # the direction term keeps the model's eps, as genmodels/ddim.py does
             np.clip(x0, -1.0, 1.0, out=x0)
-            eps = (x - x0 * sa) / s1a
         x = x0 * sa_prev + eps * dir_coef
         if sigma > 0:
             x += rng.standard_normal(x.shape, dtype=np.float32) * sigma

@@ -181,6 +181,26 @@ def test_fit_step_reduces_loss(digits):
     assert model.nll(digits[:200]).mean() / (64 * math.log(2)) < first - 0.5
 
 
+def test_actnorm_starts_from_the_first_batch_only(digits):
+    model = _tiny()
+    an = model.flow.actnorm
+    assert not an.initialized and torch.equal(an.log_scale, torch.zeros_like(an.log_scale))
+    model.nll(digits[:8])  # evaluation never initialises it
+    assert not an.initialized
+    torch.manual_seed(0)
+    model.fit_step(digits[:64])
+    assert an.initialized
+    scale = an.log_scale.detach().clone()
+    model.fit_step(digits[64:128])  # later steps only train it
+    assert (an.log_scale - scale).abs().max() < 0.1
+    # always-black corner pixels are nearly constant: their std is floored, so exp(log_scale) = 1 / floor
+    # (then one Adam step, which moves a parameter by about its lr = lr * actnorm_lr at most)
+    step = model.config.lr * model.config.actnorm_lr
+    assert abs(scale[0, 0, 0, 0].item() + math.log(model.config.actnorm_floor)) < 1.05 * step
+    plain = _tiny(actnorm=False)
+    assert plain.flow.actnorm is None and "flow.actnorm.loc" not in plain.state_dict()
+
+
 def test_resume_is_bit_identical(digits):
     xs = _batches(digits, 3, 32)
     torch.manual_seed(1234)
@@ -204,6 +224,7 @@ def test_resume_is_bit_identical(digits):
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], v) for k, v in first.state_dict().items())
+    assert straight._opt.param_groups[2]["lr"] == resumed._opt.param_groups[2]["lr"]  # the lr schedule too
 
 
 def test_checkpoint_is_a_state_dict_and_rng_is_left_alone(digits):
