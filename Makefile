@@ -13,6 +13,8 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 # faster PyTorch eager inference on CPU (fewer page faults on large activations)
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
+# OpenMP threads sleep instead of spinning when idle: on a busy 2-core machine spinning made torch 5-40x slower
+export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup run test test-all repro bench clean

@@ -16,7 +16,9 @@ train: 4,000 / 1,000):
   serving.samplers.run_sampler (the generator's own sessions) against PyTorch model.sample(),
   same batch and thread count, interleaved rounds, median; then the wall time of
   serving.generator.generate(n=1000) end to end (shards, checksums, manifest, preview) - the
-  PixelCNN target is <= 60 s.
+  PixelCNN target is <= 60 s. For PixelCNN also the plain loop (``cached=False``: the full
+  "logits" graph on the rows filled so far, once per pixel) on ``--plain-n`` samples, to show what
+  the row/pixel caches buy.
 
 Everything runs under the Makefile's GLIBC_TUNABLES (the script re-executes itself with it when
 unset), which is printed with the thread counts and the load average.
@@ -112,7 +114,7 @@ def _rate(fn, batch: int, seconds: float = 1.0) -> float:
     return reps * batch / elapsed
 
 
-def serving(model, family: str, threads: int, batch: int, rounds: int, work: Path) -> dict:
+def serving(model, family: str, threads: int, batch: int, rounds: int, work: Path, plain_n: int) -> dict:
     import numpy as np
     import torch
 
@@ -133,13 +135,22 @@ def serving(model, family: str, threads: int, batch: int, rounds: int, work: Pat
     for _ in range(rounds):
         ort_r.append(_rate(ort_fn, batch))
         torch_r.append(_rate(torch_fn, batch))
+    plain = None
+    if family == "pixelcnn" and plain_n > 0:
+        from serving.sampler_autoregressive import sample_from_uniforms
+
+        u = np.random.default_rng(0).random((plain_n, *spec["uniforms"]["shape"]), dtype=np.float32)
+        started = time.perf_counter()
+        slow = sample_from_uniforms(spec, sessions, u, cached=False)
+        plain = {"n": plain_n, "samples_per_s": plain_n / (time.perf_counter() - started),
+                 "same_images_as_cached": bool(np.array_equal(slow, sample_from_uniforms(spec, sessions, u)))}
     started = time.perf_counter()
     out = generate(model_dir, GENERATE_N, 0, work / f"{family}-gen-{threads}", threads=threads)
     gen_s = time.perf_counter() - started
     return {"parity_max_abs_error": report["max_abs_error"], "graphs": sorted(report["graphs"]),
             "ort_samples_per_s": statistics.median(ort_r), "torch_samples_per_s": statistics.median(torch_r),
             "generate_seconds": gen_s, "generate_n": GENERATE_N, "generate_batch_size": out["batch_size"],
-            "threads": threads, "batch": batch}
+            "threads": threads, "batch": batch, "plain_loop": plain}
 
 
 def main() -> None:
@@ -151,6 +162,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1", help="comma list of thread counts for the serving comparison")
     ap.add_argument("--batch", type=int, default=256, help="samples per call in the ORT/PyTorch comparison")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--plain-n", type=int, default=16, help="PixelCNN samples for the uncached loop (0: skip)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -174,7 +186,7 @@ def main() -> None:
             info.update(test_nll_nats=nats, test_bits_per_dim=nats / (784 * math.log(2)),
                         nll_variant=model.nll_variant, anchor=ANCHORS[family],
                         full_run=info["epochs"] == info["config_epochs"])
-            info["serving"] = [serving(model, family, int(t), args.batch, args.rounds, Path(tmp))
+            info["serving"] = [serving(model, family, int(t), args.batch, args.rounds, Path(tmp), args.plain_n)
                                for t in args.threads.split(",")]
             results[family] = info
 
@@ -195,6 +207,10 @@ def main() -> None:
             if family == "pixelcnn":
                 line += f"; target <= {PIXELCNN_TARGET_S:.0f} s: {'met' if s['generate_seconds'] <= PIXELCNN_TARGET_S else 'MISSED'}"
             print(line)
+            if s["plain_loop"]:
+                pl = s["plain_loop"]
+                print(f"   uncached loop (full graph per pixel, rows so far): {pl['samples_per_s']:.2f} samples/s on "
+                      f"{pl['n']}, same images as the cached loop: {pl['same_images_as_cached']}")
     if args.json:
         args.json.write_text(json.dumps({"env": {"GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"), "load": load,
                                                  "cpus": os.cpu_count()}, "results": results}, indent=2) + "\n")

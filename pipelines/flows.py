@@ -13,14 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.logging import get_logger
-from prefect.context import TaskRunContext
-from prefect.task_runners import ThreadPoolTaskRunner
+from pipelines.config import project_root
+from pipelines.env import apply_defaults
 
-from pipelines.config import params_hash, section
-from pipelines.errors import GenforgeError
-from pipelines.prepare import dataset_name, prepared_dir
+apply_defaults(project_root())  # before prefect reads its settings: no telemetry, state under the project
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.context import TaskRunContext  # noqa: E402
+from prefect.logging import get_logger  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from pipelines.config import params_hash, section  # noqa: E402
+from pipelines.errors import GenforgeError  # noqa: E402
+from pipelines.prepare import dataset_name, prepared_dir  # noqa: E402
 
 CODE_VERSION = "1"  # bump to invalidate every cached stage result after a breaking change
 

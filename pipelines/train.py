@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -188,7 +187,6 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
             model.train()
             sums: dict[str, float] = {}
             started = time.perf_counter()
-            pending: dict[str, float] = {}
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 losses = model.fit_step(x_all[idx], y_all[idx])

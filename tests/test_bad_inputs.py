@@ -1,9 +1,6 @@
 """Every malformed input: a one-line error naming the file, a non-zero exit, nothing half-written."""
-import gzip
-import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.data_factories import idx_bytes, write_idx_set, write_image_folder

@@ -1,25 +1,17 @@
 """Beyond one machine, by configuration alone, shown for real on loopback: an MLflow tracking server,
 an S3-compatible DVC remote (moto's server mode), and the Dask task runner."""
 import os
-import signal
-import socket
 import subprocess
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import BIN, tiny_params
+from tests.conftest import BIN, free_port, stop_process_group, tiny_params
 from tests.test_dvc import _copy_project, _sh
 
 LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
               "registry.forbid_mode_collapse=false")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], url: str, env: dict, cwd=None, timeout: float = 120) -> subprocess.Popen:
@@ -33,18 +25,10 @@ def _start(args: list[str], url: str, env: dict, cwd=None, timeout: float = 120)
             return proc
         except httpx.HTTPError:
             time.sleep(0.5)
-    _stop(proc)
+    stop_process_group(proc)
     pytest.fail(f"{args[0]} did not answer at {url} in {timeout} s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_stages_register_against_an_mlflow_tracking_server(project, monkeypatch, tmp_path):
@@ -55,7 +39,7 @@ def test_stages_register_against_an_mlflow_tracking_server(project, monkeypatch,
     from pipelines.train import train
     from pipelines.validate import validate
 
-    port = _free_port()
+    port = free_port()
     server = _start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                      "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                      "--artifacts-destination", str(tmp_path / "artifacts")],
@@ -77,11 +61,11 @@ def test_stages_register_against_an_mlflow_tracking_server(project, monkeypatch,
         assert list((tmp_path / "artifacts").rglob("decoder.onnx"))
         assert not (project / "mlartifacts").exists()
     finally:
-        _stop(server)
+        stop_process_group(server)
 
 
 def test_dvc_push_and_pull_through_an_s3_compatible_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     env = {**os.environ, **creds, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
@@ -114,7 +98,7 @@ def test_dvc_push_and_pull_through_an_s3_compatible_server(tmp_path):
             assert (clone / "data/prepared/mnist5k" / name).read_bytes() == \
                 (work / "data/prepared/mnist5k" / name).read_bytes()
     finally:
-        _stop(moto)
+        stop_process_group(moto)
 
 
 @pytest.mark.slow

@@ -1,7 +1,5 @@
 """Scheduled retraining against a real Prefect API server on a free loopback port."""
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -9,26 +7,12 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import BIN, run_cli, tiny_args
+from tests.conftest import BIN, free_port, stop_process_group, tiny_args
 
 LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
               "registry.forbid_mode_collapse=false", "model.families=[vae]")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_schedule_without_a_server_says_how_to_start_one(cli, project, monkeypatch):
@@ -38,7 +22,7 @@ def test_schedule_without_a_server_says_how_to_start_one(cli, project, monkeypat
 
 
 def test_served_schedule_is_visible_and_a_triggered_run_completes(project, monkeypatch, tmp_path):
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_HOME": str(tmp_path / "server"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
@@ -81,5 +65,5 @@ def test_served_schedule_is_visible_and_a_triggered_run_completes(project, monke
         assert (project / "models" / "digits" / "vae" / "registered.json").exists()
     finally:
         if served is not None:
-            _stop(served)
-        _stop(server)
+            stop_process_group(served)
+        stop_process_group(server)

@@ -11,7 +11,7 @@ import torch
 from pipelines.prepare import prepare
 from pipelines.train import TrainingDiverged, load_model, train
 from pipelines.validate import validate
-from tests.conftest import REPO, run_cli, tiny_args, tiny_params
+from tests.conftest import REPO, tiny_args, tiny_params
 
 
 def _ready(project, *extra):
