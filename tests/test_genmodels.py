@@ -75,6 +75,16 @@ def test_builds_and_samples_in_range(family, shape):
     assert tuple(g.module(*g.example_inputs).shape[1:]) == shape
 
 
+def test_capabilities_are_declared_and_honoured():
+    assert VAE.capabilities == {"score", "nll", "encode", "decode", "latent"}
+    assert not DCGAN.capabilities & {"score", "nll", "encode", "decode", "conditional"}
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(NotImplementedError):
+        _tiny("dcgan").nll(x)
+    with pytest.raises(NotImplementedError):
+        _tiny("dcgan").score(x)
+
+
 def test_default_configs_build_for_mnist():
     for family in ("vae", "dcgan"):
         model = build_model(family, {})

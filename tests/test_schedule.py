@@ -44,24 +44,30 @@ def test_served_schedule_is_visible_and_a_triggered_run_completes(project, monke
                                    "--name", "nightly", *tiny_args(*LOOSE_GATE)],
                                   cwd=project, env={**os.environ, "PREFECT_API_URL": api}, start_new_session=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from prefect.client.orchestration import get_client
-        from prefect.deployments import run_deployment
-
+        # Prefect's REST API, not its client: settings cached by earlier tests in this process would
+        # point a client at their ephemeral server
         deployment = None
         deadline = time.time() + 300
-        with get_client(sync_client=True) as client:
-            while deployment is None and time.time() < deadline:
-                try:
-                    deployment = client.read_deployment_by_name("scheduled-retrain/nightly")
-                except Exception:
-                    assert served.poll() is None, "genforge schedule exited early"
-                    time.sleep(1)
+        while deployment is None and time.time() < deadline:
+            assert served.poll() is None, "genforge schedule exited early"
+            reply = httpx.get(f"{api}/deployments/name/scheduled-retrain/nightly", timeout=10)
+            if reply.status_code == 200:
+                deployment = reply.json()
+            else:
+                time.sleep(1)
         assert deployment is not None, "the deployment never appeared"
-        assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
-        assert deployment.parameters["root"] == str(project)
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
+        assert deployment["parameters"]["root"] == str(project)
 
-        flow_run = run_deployment("scheduled-retrain/nightly", timeout=420)
-        assert flow_run.state.is_completed(), flow_run.state
+        run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10)
+        run.raise_for_status()
+        state, deadline = None, time.time() + 420
+        while time.time() < deadline:
+            state = httpx.get(f"{api}/flow_runs/{run.json()['id']}", timeout=10).json()["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert state == "COMPLETED", state
         assert (project / "models" / "digits" / "vae" / "registered.json").exists()
     finally:
         if served is not None:
