@@ -23,7 +23,7 @@ from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
 from pipelines.validate import require_validated
 
-TRAIN_KEYS = ("epochs", "batch_size", "log_every", "grid_every")  # per-family overrides of train.*
+TRAIN_KEYS = ("epochs", "batch_size", "log_every")  # per-family overrides of train.*
 
 
 log = logging.getLogger("genforge.train")
