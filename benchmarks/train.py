@@ -4,13 +4,17 @@ PyTorch loop over the same model, batches and epochs (target: <= 10%).
 The trainer's figure is the whole `pipelines.train.train` call: MLflow logging every `log_every` steps,
 a sample grid and a checkpoint per epoch, the progress bar off. The MLflow store is created before timing
 (a one-off set-up, not a per-training cost). Both run back to back in this process, same threads.
-Usage: python benchmarks/train.py [--epochs N] [--families vae,dcgan]
+Each pair runs `--repeats` times, alternating, and the medians are compared (a 2-core machine's timings
+wander by 10-20% from run to run). Usage: python benchmarks/train.py [--epochs N] [--families vae,dcgan]
+[--repeats R]
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--families", default="vae,dcgan")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
     import torch
@@ -68,12 +73,18 @@ def main() -> None:
             images, labels = ds.load("train")
             x = torch.from_numpy(images).float().div_(255.0)
             y = torch.from_numpy(labels)
-            bare = bare_loop(model, x, y, args.epochs, int(settings["batch_size"]), int(settings["seed"]))
-            start = time.perf_counter()
-            train(fam_params, root, family, progress=False)
-            full = time.perf_counter() - start
+            bares, fulls = [], []
+            for _ in range(args.repeats):
+                model = plan_training(fam_params, root, family)[1]
+                bares.append(bare_loop(model, x, y, args.epochs, int(settings["batch_size"]), int(settings["seed"])))
+                shutil.rmtree(root / "models" / ds.name / family, ignore_errors=True)  # no resume: train it all
+                start = time.perf_counter()
+                train(fam_params, root, family, progress=False)
+                fulls.append(time.perf_counter() - start)
+            bare, full = statistics.median(bares), statistics.median(fulls)
+            print(family, "bare", [round(b, 2) for b in bares], "trainer", [round(f, 2) for f in fulls])
             n = len(x) * args.epochs
-            rows.append({"family": family, "epochs": args.epochs, "batch": settings["batch_size"],
+            rows.append({"family": family, "epochs": args.epochs, "batch": settings["batch_size"], "repeats": args.repeats,
                          "bare s": f"{bare:.1f}", "trainer s": f"{full:.1f}",
                          "bare img/s": f"{n / bare:.0f}", "trainer img/s": f"{n / full:.0f}",
                          "overhead": f"{100 * (full - bare) / bare:+.1f}%"})

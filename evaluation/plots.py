@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
-from sklearn.metrics import roc_auc_score, roc_curve
+
+# matplotlib and scikit-learn are imported inside the chart writers: the trainer writes a grid every
+# epoch and should not pay their ~1.5 s import
 
 __all__ = [
     "image_grid",
@@ -96,9 +96,11 @@ def save_interpolation_strip(
     return save_image_grid(x.reshape(rows * steps, *x.shape[2:]), path, nrow=steps, padding=padding, scale=scale)
 
 
-def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+def _save_figure(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     fig.savefig(path, format="png", dpi=100)
     return path
@@ -122,6 +124,9 @@ def save_roc_curve(
     ``scores_anomalous`` is one array or a ``{name: scores}`` dict (one curve each, e.g. per
     corruption kind). Returns ``{name: auroc}``.
     """
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     normal = np.asarray(scores_normal, dtype=np.float64).ravel()
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot(1, 1, 1)
@@ -166,6 +171,8 @@ def save_score_histograms(
     if hi <= lo:
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
     ax.hist(normal, bins=edges, density=True, alpha=0.5, label="normal")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from genmodels import GenerativeModel, get_family
+from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
 from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
@@ -87,6 +88,15 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _write_epoch_grid(c, run_id: str, samples: torch.Tensor, path: Path) -> None:
+    from evaluation.plots import save_image_grid
+    from pipelines import tracking
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(samples, path, nrow=8)
+    tracking.log_artifact(c, run_id, path, "samples")
+
+
 def _latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> tuple[dict[str, Any] | None, list[str]]:
     """The newest checkpoint made with exactly this fingerprint, and why newer ones were passed over."""
     skipped = []
@@ -130,7 +140,6 @@ def plan_training(params: dict[str, Any], root: Path, family: str):
 
 
 def train(params: dict[str, Any], root: Path, family: str, progress: bool = True) -> dict[str, Any]:
-    from evaluation.plots import save_image_grid
     from pipelines import tracking
 
     ds, model, settings, fingerprint = plan_training(params, root, family)
@@ -177,7 +186,7 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
                    TextColumn("{task.fields[losses]}"), disable=not progress, transient=False)
     log_every = max(1, int(settings["log_every"]))
     train_seconds, trained_images = 0.0, 0
-    with bar:
+    with bar, BackgroundWriter() as writer:
         task = bar.add_task(f"{family} epoch {start_epoch + 1}/{epochs}", total=steps_per_epoch * (epochs - start_epoch),
                             losses="")
         for epoch in range(start_epoch, epochs):
@@ -192,6 +201,7 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
                 losses = model.fit_step(x_all[idx], y_all[idx])
                 bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                 if bad:
+                    writer.wait()  # the checkpoints already queued are the good ones
                     last = sorted(ckpt_dir.glob("epoch-*.pt"))
                     c.set_terminated(run_id, status="FAILED")
                     raise TrainingDiverged(
@@ -202,21 +212,21 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
                     sums[k] = sums.get(k, 0.0) + v
                 global_step = epoch * steps_per_epoch + step + 1
                 if global_step % log_every == 0:
-                    tracking.log_metrics(c, run_id, {f"train/{k}": v for k, v in losses.items()}, global_step)
+                    writer.submit(tracking.log_metrics, c, run_id, {f"train/{k}": v for k, v in losses.items()},
+                                  global_step)
                 bar.update(task, advance=1, losses="  ".join(f"{k} {v:.4g}" for k, v in losses.items()))
             train_seconds += time.perf_counter() - started
             trained_images += n
             epoch_means = {k: v / steps_per_epoch for k, v in sums.items()}
             history.append({"epoch": epoch + 1, **epoch_means})
-            tracking.log_metrics(c, run_id, {f"epoch/{k}": v for k, v in epoch_means.items()}, epoch + 1)
+            writer.submit(tracking.log_metrics, c, run_id, {f"epoch/{k}": v for k, v in epoch_means.items()}, epoch + 1)
 
             model.eval()
-            grid = out / "samples" / f"epoch-{epoch + 1:04d}.png"
-            grid.parent.mkdir(parents=True, exist_ok=True)
-            save_image_grid(model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu(), grid, nrow=8)
-            tracking.log_artifact(c, run_id, grid, "samples")
-            _save_atomic({"training_state": model.training_state(), "epoch": epoch + 1, "run_id": run_id,
-                          "history": history, "fingerprint": fingerprint}, ckpt_dir / f"epoch-{epoch + 1:04d}.pt")
+            samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
+            writer.submit(_write_epoch_grid, c, run_id, samples, out / "samples" / f"epoch-{epoch + 1:04d}.png")
+            checkpoint = {"training_state": snapshot(model.training_state()), "epoch": epoch + 1, "run_id": run_id,
+                          "history": list(history), "fingerprint": fingerprint}
+            writer.submit(_save_atomic, checkpoint, ckpt_dir / f"epoch-{epoch + 1:04d}.pt")
 
     model.eval()
     _save_atomic(model.state_dict(), out / "model.pt")

@@ -96,3 +96,26 @@ def test_training_refuses_unvalidated_data_and_unknown_family(cli, project):
     assert proc.returncode != 0 and "unknown model family 'nosuch'" in proc.stderr
     proc = cli(["stage", "train", "--family", "vae", *tiny_args("model.vae.colour=3")], project)
     assert proc.returncode != 0 and "unknown VAEConfig keys: colour" in proc.stderr
+
+
+def test_background_writer_keeps_order_and_raises_failures():
+    from pipelines.background import BackgroundWriter, snapshot
+
+    done = []
+    with BackgroundWriter() as writer:
+        for i in range(20):
+            writer.submit(done.append, i)
+    assert done == list(range(20))
+
+    def broken():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWriter() as writer:
+            writer.submit(broken)
+
+    # a snapshot does not follow later in-place updates (optimiser steps) of the tensors it copied
+    weights = torch.zeros(3)
+    state = snapshot({"model": {"w": weights}, "steps": [weights]})
+    weights.add_(1.0)
+    assert state["model"]["w"].sum().item() == 0.0 and state["steps"][0].sum().item() == 0.0
