@@ -8,7 +8,9 @@ from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
 # family name -> "module:Class"; modules import lazily so a family's import cost is paid only when used
 FAMILIES: dict[str, str] = {
     "vae": "genmodels.vae:VAE",
+    "cvae": "genmodels.cvae:CVAE",
     "dcgan": "genmodels.dcgan:DCGAN",
+    "wgan_gp": "genmodels.wgan_gp:WGANGP",
     "ddpm": "genmodels.ddpm:DDPM",
     "pixelcnn": "genmodels.pixelcnn:PixelCNN",
     "realnvp": "genmodels.realnvp:RealNVP",

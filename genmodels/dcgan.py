@@ -3,7 +3,9 @@
 Radford et al. 2015 in the sizes MNIST needs: transposed-conv generator with batch norm and a
 tanh output, strided-conv discriminator with leaky ReLU, N(0, 0.02) init, Adam(0.5, 0.999), and
 the non-saturating generator loss. Optional spectral norm on the discriminator (then without
-batch norm, which it replaces). Images crossing the interface are N x C x H x W in [0, 1]; inside,
+batch norm, which it replaces). With `conditional: true` it is a class-conditional GAN: the
+generator sees [z, one-hot(y)] and the discriminator is a projection discriminator (Miyato &
+Koyama 2018: logit = head(h) + <embed(y), h> over its features h), sampled by label. Images crossing the interface are N x C x H x W in [0, 1]; inside,
 the networks work in [-1, 1].
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ class DCGANConfig(ModelConfig):
     ngf: int = 32                   # generator channels at half size (14x14 for 28x28); doubles per stage down
     ndf: int = 32                   # discriminator channels after its first conv; doubles per level
     spectral_norm: bool = False     # spectral norm on every discriminator layer (and no batch norm there)
+    conditional: bool = False       # labels into generator and discriminator; sample(labels=...)
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -40,6 +43,8 @@ class DCGANConfig(ModelConfig):
             raise ValueError(f"betas must be two floats, got {self.betas}")
         if min(self.latent_dim, self.ngf, self.ndf) < 1:
             raise ValueError("latent_dim, ngf and ndf must be >= 1")
+        if self.conditional and self.num_classes < 1:
+            raise ValueError(f"conditional: true needs num_classes >= 1, got {self.num_classes}")
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -80,8 +85,9 @@ class Generator(nn.Module):
         chans = [c_img] + [cfg.ngf * 2 ** i for i in range(n)]  # chans[i] = channels at level i
         top = chans[-1] if n else cfg.ngf
         # batch norm after the reshape: per channel (DCGAN), and it still trains on a batch of one
-        self.project = nn.Sequential(  # N x latent -> N x top x h x w
-            nn.Linear(cfg.latent_dim, top * h * w, bias=False), nn.Unflatten(1, (top, h, w)),
+        inputs = cfg.latent_dim + (cfg.num_classes if cfg.conditional else 0)  # [z, one-hot(y)]
+        self.project = nn.Sequential(  # N x inputs -> N x top x h x w
+            nn.Linear(inputs, top * h * w, bias=False), nn.Unflatten(1, (top, h, w)),
             nn.BatchNorm2d(top), nn.ReLU())
         layers: list[nn.Module] = []
         for i in range(n, 1, -1):  # (chans[i], h, w) -> (chans[i-1], 2h, 2w)
@@ -92,42 +98,61 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
         self.apply(_dcgan_init)
 
-    def forward(self, z):  # N x latent -> N x C x H x W in [-1, 1]
+    def forward(self, z, onehot=None):  # N x latent (+ N x K) -> N x C x H x W in [-1, 1]
+        if onehot is not None:
+            z = torch.cat([z, onehot], dim=1)
         return torch.tanh(self.net(self.project(z)))
 
 
 class Discriminator(nn.Module):
-    def __init__(self, cfg: DCGANConfig):
+    """Strided convs to one logit. `norm`: "batch" (DCGAN), "layer" (per-sample, for WGAN-GP, whose
+    gradient penalty is per sample and breaks under batch norm), "spectral" (spectral norm on every
+    layer instead of a normalisation layer) or "none"."""
+
+    def __init__(self, cfg: DCGANConfig, norm: str = "batch", dcgan_init: bool = True):
         super().__init__()
+        if norm not in ("batch", "layer", "spectral", "none"):
+            raise ValueError(f"discriminator norm must be batch, layer, spectral or none, got {norm!r}")
         c, h, w = cfg.image_shape
         # initialise before spectral norm wraps a weight, so its power iteration starts from the final one
-        sn = (lambda m: _spectral_norm(_init(m))) if cfg.spectral_norm else _init
+        init = _init if dcgan_init else (lambda m: m)  # else PyTorch's default (Kaiming-uniform) init
+        sn = (lambda m: _spectral_norm(init(m))) if norm == "spectral" else init
         layers: list[nn.Module] = []
         for i in range(max(1, _levels(h, w))):
             out = cfg.ndf * 2 ** i
             stride = 2 if h % 2 == 0 and w % 2 == 0 else 1
             layers.append(sn(nn.Conv2d(c, out, 4 if stride == 2 else 3, stride, 1)))  # -> out x h/2 x w/2
-            # no batch norm on the first layer (DCGAN) nor with spectral norm, which replaces it
-            if i > 0 and not cfg.spectral_norm:
-                layers.append(_init(nn.BatchNorm2d(out)))
+            if i > 0 and norm == "batch":  # never on the first layer (DCGAN)
+                layers.append(init(nn.BatchNorm2d(out)))
+            elif i > 0 and norm == "layer":
+                layers.append(nn.GroupNorm(1, out))  # one group: layer norm over C x H x W
             layers.append(nn.LeakyReLU(0.2))
             c, h, w = out, h // stride, w // stride
-        layers += [nn.Flatten(), sn(nn.Linear(c * h * w, 1))]
-        self.net = nn.Sequential(*layers)
+        layers.append(nn.Flatten())
+        self.features = nn.Sequential(*layers)  # N x C x H x W -> N x F
+        self.head = sn(nn.Linear(c * h * w, 1))
+        # projection discriminator: a class embedding dotted with the features
+        self.embed = init(nn.Embedding(cfg.num_classes, c * h * w)) if cfg.conditional else None
 
-    def forward(self, x):  # N x C x H x W in [-1, 1] -> N logits (real > 0)
-        return self.net(x).squeeze(1)
+    def forward(self, x, labels=None):  # N x C x H x W in [-1, 1] (+ N labels) -> N logits (real > 0)
+        h = self.features(x)
+        logit = self.head(h).squeeze(1)
+        if self.embed is not None:
+            logit = logit + (self.embed(labels) * h).sum(1)
+        return logit
 
 
 class _GenerateImages(nn.Module):
-    """The exported graph: z -> image in [0, 1]."""
+    """The exported graph: z (+ labels) -> image in [0, 1]."""
 
-    def __init__(self, generator: Generator):
+    def __init__(self, generator: Generator, eye: torch.Tensor | None = None):
         super().__init__()
         self.generator = generator
+        self.eye = eye
 
-    def forward(self, z):
-        return (self.generator(z) + 1) * 0.5
+    def forward(self, z, labels=None):
+        onehot = None if self.eye is None else self.eye[labels]  # a Gather in ONNX
+        return (self.generator(z, onehot) + 1) * 0.5
 
 
 class DCGAN(GenerativeModel):
@@ -137,27 +162,67 @@ class DCGAN(GenerativeModel):
 
     def __init__(self, config: DCGANConfig):
         super().__init__(config)
+        if config.conditional:  # per instance: the class's set is what every dcgan can do
+            self.capabilities = self.capabilities | {"conditional"}
         with torch.random.fork_rng(devices=[]):  # same config -> same weights; global RNG untouched
             torch.manual_seed(config.seed)
             self.generator = Generator(config)
-            self.discriminator = Discriminator(config)
+            self.discriminator = Discriminator(config, self.discriminator_norm(), dcgan_init=self.dcgan_init_critic)
+        if config.conditional:
+            self.register_buffer("eye", torch.eye(config.num_classes), persistent=False)
+        self._opt_g, self._opt_d = self._build_optimizers()
+
+    dcgan_init_critic: ClassVar[bool] = True
+
+    def discriminator_norm(self) -> str:
+        return "spectral" if self.config.spectral_norm else "batch"
+
+    def _build_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        cfg = self.config
         fused = {"fused": True}  # one kernel per step instead of one per tensor: measurable on CPU
-        self._opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=config.betas, **fused)
-        self._opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=config.betas, **fused)
+        return (torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas, **fused),
+                torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas, **fused))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self._opt_g, "discriminator": self._opt_d}
 
+    # --- labels ----------------------------------------------------------------------------
+    def _train_labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if not self.config.conditional:
+            return None
+        if y is None:
+            raise ValueError(f"{self.family} with conditional: true trains on labelled data; fit_step got no labels")
+        return y.to(self.device).long()
+
+    def _sample_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """Requested labels, or every class in turn (0, 1, ..., K-1, 0, ...) as the generator does."""
+        if not self.config.conditional:
+            if labels is not None:
+                raise ValueError(f"{self.family} is unconditional (conditional: false); it takes no labels")
+            return None
+        if labels is None:
+            return torch.arange(n, device=self.device) % self.config.num_classes
+        labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
+        if labels.numel() != n or (n and (labels.min() < 0 or labels.max() >= self.config.num_classes)):
+            raise ValueError(f"need {n} labels in [0, {self.config.num_classes}), got {labels.tolist()[:10]}...")
+        return labels
+
+    def _generate(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """N x C x H x W in [-1, 1]."""
+        return self.generator(z, None if labels is None else self.eye[labels])
+
+    # --- training --------------------------------------------------------------------------
     def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         self.train()
         real = x.to(self.device) * 2 - 1
+        labels = self._train_labels(y, real.shape[0])  # fakes take the batch's labels: same class mix as the data
         # the global RNG (seeded and checkpointed by the trainer) is the only randomness here
         z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
-        fake = self.generator(z)
+        fake = self._generate(z, labels)
 
         # discriminator: real -> 1, fake -> 0; softplus(-l) = -log sigmoid(l), i.e. BCE on logits
-        logit_real = self.discriminator(real)
-        logit_fake = self.discriminator(fake.detach())
+        logit_real = self.discriminator(real, labels)
+        logit_fake = self.discriminator(fake.detach(), labels)
         loss_d = F.softplus(-logit_real).mean() + F.softplus(logit_fake).mean()
         self._opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -166,7 +231,7 @@ class DCGAN(GenerativeModel):
         # generator, non-saturating: maximise log D(G(z)) against the updated discriminator;
         # D's weights are frozen for this backward so it costs no D parameter gradients
         self.discriminator.requires_grad_(False)
-        loss_g = F.softplus(-self.discriminator(fake)).mean()
+        loss_g = F.softplus(-self.discriminator(fake, labels)).mean()
         self._opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self._opt_g.step()
@@ -176,24 +241,38 @@ class DCGAN(GenerativeModel):
                 "d_real": torch.sigmoid(logit_real).mean().item(),
                 "d_fake": torch.sigmoid(logit_fake).mean().item()}
 
+    # --- inference -------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """N x C x H x W in [0, 1]; batch norm uses its running statistics (eval mode)."""
         self.eval()
+        labels = self._sample_labels(labels, n)
         # draw on the generator's device, then move: a CPU generator gives the same z on any device
         z = torch.randn(n, self.config.latent_dim, generator=generator,
                         device=generator.device if generator is not None else self.device)
-        return (self.generator(z.to(self.device)) + 1) * 0.5
+        return self.from_noise(z, labels)
+
+    @torch.no_grad()
+    def from_noise(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """What the exported graph computes: N x latent (+ N labels) -> N x C x H x W in [0, 1]."""
+        self.eval()
+        return (self._generate(z.to(self.device), labels) + 1) * 0.5
 
     def onnx_graphs(self) -> list[OnnxGraph]:
-        module = _GenerateImages(self.generator).eval()
+        module = _GenerateImages(self.generator, self.eye if self.config.conditional else None).eval()
         z = torch.zeros(2, self.config.latent_dim, device=self.device)  # batch 2: dynamo must not specialise on 1
-        return [OnnxGraph(name="generator", module=module, example_inputs=(z,), input_names=["z"],
-                          output_names=["images"],
-                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}})]
+        inputs, names, axes = (z,), ["z"], {"z": {0: "batch"}, "images": {0: "batch"}}
+        if self.config.conditional:
+            inputs, names = (z, torch.zeros(2, dtype=torch.long, device=self.device)), ["z", "labels"]
+            axes["labels"] = {0: "batch"}
+        return [OnnxGraph(name="generator", module=module, example_inputs=inputs, input_names=names,
+                          output_names=["images"], dynamic_axes=axes)]
 
     def sampler(self) -> dict[str, Any]:
-        return {"kind": "direct", "graph": "generator",
+        spec = {"kind": "direct", "graph": "generator",
                 "noise": {"name": "z", "shape": [self.config.latent_dim], "distribution": "normal"},
-                "conditional": False}
+                "conditional": bool(self.config.conditional)}
+        if self.config.conditional:
+            spec["labels_input"] = "labels"
+        return spec

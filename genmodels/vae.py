@@ -170,15 +170,24 @@ class VAE(GenerativeModel):
             return torch.randn_like(like)
         return torch.randn(like.shape, generator=generator, device=generator.device).to(like)
 
-    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None):
+    # Conditioning hooks: the class-conditional VAE (genmodels/cvae.py) feeds labels to both
+    # networks through these two; here they pass the input through unchanged.
+    def _encoder_input(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return x
+
+    def _decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return z
+
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                   labels: torch.Tensor | None = None):
         """One-sample (recon, kl) per image in nats; recon = -log p(x|z), -ELBO = recon + kl.
 
         With the bernoulli likelihood recon is the summed continuous BCE, so recon + kl is the
         pytorch/examples VAE loss per image.
         """
-        mu, logvar = self.encoder(x)
+        mu, logvar = self.encoder(self._encoder_input(x, labels))
         z = mu + torch.exp(0.5 * logvar) * self._noise(mu, generator)  # reparameterisation
-        recon = -self.log_px(x, self.decoder(z))
+        recon = -self.log_px(x, self.decoder(self._decoder_input(z, labels)))
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)  # KL(q(z|x) || N(0, I)), closed form
         return recon, kl
 
@@ -188,7 +197,7 @@ class VAE(GenerativeModel):
 
     def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         self.train()
-        recon, kl = self.elbo_terms(x.to(self.device))
+        recon, kl = self.elbo_terms(x.to(self.device), labels=self._labels_for_fit(y))
         # mean over the batch, not sum: the loss reads in nats/image and lr does not depend on batch size
         loss = (recon + self.config.beta * kl).mean()
         self._opt.zero_grad(set_to_none=True)
@@ -202,17 +211,25 @@ class VAE(GenerativeModel):
         # global RNG that training resumes from
         return generator if generator is not None else torch.Generator(device=device).manual_seed(self.config.seed)
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior means: N x C x H x W -> N x latent_dim."""
-        self.eval()
-        return self.encoder(x.to(self.device))[0]
+    def _labels_for_fit(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        return None  # unconditional: the labels the trainer passes are not used
+
+    def _labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        return None
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior means: N x C x H x W -> N x latent_dim."""
+        self.eval()
+        x = x.to(self.device)
+        return self.encoder(self._encoder_input(x, self._labels(labels, len(x))))[0]
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images in [0, 1]: N x latent_dim -> N x C x H x W."""
         self.eval()
-        return torch.sigmoid(self.decoder(z.to(self.device)))
+        z = z.to(self.device)
+        return torch.sigmoid(self.decoder(self._decoder_input(z, self._labels(labels, len(z)))))
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
@@ -221,21 +238,14 @@ class VAE(GenerativeModel):
         # draw on the generator's device, then move: a CPU generator gives the same z on any device
         z = torch.randn(n, self.config.latent_dim, generator=generator,
                         device=generator.device if generator is not None else self.device)
-        return self.decode(z)
+        return self.decode(z, labels)
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Anomaly score per image (N), higher = more anomalous, in nats."""
         self.eval()
         x = x.to(self.device)
-        if self.config.score == "recon":
-            return -self.log_px(x, self.decoder(self.encoder(x)[0]))
-        g = self._eval_generator(generator, x.device)
-        total = torch.zeros(x.shape[0], device=x.device)
-        for _ in range(self.config.score_samples):
-            recon, kl = self.elbo_terms(x, g)
-            total += recon + kl
-        return total / self.config.score_samples
+        return self._score_given(x, None, self._eval_generator(generator, x.device))
 
     @torch.no_grad()
     def nll(self, x: torch.Tensor, k: int | None = None, generator: torch.Generator | None = None,
@@ -247,16 +257,31 @@ class VAE(GenerativeModel):
         """
         self.eval()
         x = x.to(self.device)
-        k = k or self.config.iwae_k
-        g = self._eval_generator(generator, x.device)
+        return self._nll_given(x, None, k or self.config.iwae_k, self._eval_generator(generator, x.device), chunk)
+
+    def _score_given(self, x: torch.Tensor, labels: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
+        if self.config.score == "recon":
+            mu = self.encoder(self._encoder_input(x, labels))[0]
+            return -self.log_px(x, self.decoder(self._decoder_input(mu, labels)))
+        total = torch.zeros(x.shape[0], device=x.device)
+        for _ in range(self.config.score_samples):
+            recon, kl = self.elbo_terms(x, g, labels)
+            total += recon + kl
+        return total / self.config.score_samples
+
+    def _nll_given(self, x: torch.Tensor, labels: torch.Tensor | None, k: int, g: torch.Generator,
+                   chunk: int) -> torch.Tensor:
         per = max(1, chunk // k)  # images per chunk, so at most ~chunk decodes at once
         out = []
-        for xb in x.split(per):
+        for i in range(0, x.shape[0], per):
+            xb = x[i:i + per]
+            yb = None if labels is None else labels[i:i + per]
             n = xb.shape[0]
-            mu, logvar = self.encoder(xb)
+            mu, logvar = self.encoder(self._encoder_input(xb, yb))
             eps = self._noise(mu.unsqueeze(1).expand(n, k, -1), g)        # N x K x D
             z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps
-            logits = self.decoder(z.reshape(n * k, -1))
+            yk = None if yb is None else yb.repeat_interleave(k, 0)
+            logits = self.decoder(self._decoder_input(z.reshape(n * k, -1), yk))
             log_px = self.log_px(xb.repeat_interleave(k, 0), logits).view(n, k)
             # log p(z) - log q(z|x); the 2*pi terms cancel
             log_w = log_px + (0.5 * eps.pow(2) - 0.5 * z.pow(2) + 0.5 * logvar.unsqueeze(1)).sum(2)

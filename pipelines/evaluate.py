@@ -49,10 +49,35 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _sample(model, n: int, batch_size: int, seed: int) -> np.ndarray:
+def _sample(model, n: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, requested labels or None). Conditional models get every class in turn, as the generator
+    gives them without --label, so class coverage measures the model and not the label draw."""
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    parts = [model.sample(min(batch_size, n - i), generator=gen).float().cpu().numpy() for i in range(0, n, batch_size)]
-    return np.concatenate(parts)
+    conditional = "conditional" in model.capabilities
+    labels = np.arange(n, dtype=np.int64) % model.config.num_classes if conditional else None
+    parts = [model.sample(min(batch_size, n - i), generator=gen,
+                          labels=None if labels is None else torch.from_numpy(labels[i:i + batch_size]).to(model.device)
+                          ).float().cpu().numpy() for i in range(0, n, batch_size)]
+    return np.concatenate(parts), labels
+
+
+@torch.no_grad()
+def _latent_traversal(model, x: torch.Tensor, labels: torch.Tensor | None, dims: int = 8, steps: int = 9,
+                      span: float = 3.0) -> tuple[np.ndarray, list[int]]:
+    """Rows = the `dims` latent units the encoder uses most (largest variance of posterior means over `x`),
+    columns = that unit swept over [-span, span] from the first image's code, the others held.
+    For a beta-VAE (beta > 1) each row should change one factor (slant, width, ...)."""
+    mu = model.encode(x, labels) if labels is not None else model.encode(x)
+    order = mu.var(0).argsort(descending=True)[:dims].tolist()
+    base = mu[0:1].repeat(steps, 1)
+    sweep = torch.linspace(-span, span, steps, device=mu.device)
+    rows = []
+    for d in order:
+        z = base.clone()
+        z[:, d] = sweep
+        row_labels = None if labels is None else labels[0:1].repeat(steps)
+        rows.append((model.decode(z, row_labels) if row_labels is not None else model.decode(z)).cpu().numpy())
+    return np.stack(rows), order
 
 
 @torch.no_grad()
@@ -89,7 +114,7 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     extractor = f"domain-classifier(data {ds.sha256[:12]}, test acc {clf_info['test_accuracy']:.4f})"
 
     n = min(int(ev["num_samples"]), len(test_x))
-    samples = _sample(model, n, int(ev["batch_size"]), seed)
+    samples, requested = _sample(model, n, int(ev["batch_size"]), seed)
     train_feats, _ = clf_lib.extract(classifier, train_x)
     test_feats, _ = clf_lib.extract(classifier, test_x[:n])
     fake_feats, fake_logits = clf_lib.extract(classifier, samples)
@@ -119,13 +144,19 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     put("class_kl", gen["class_kl"], definition="KL(sample class histogram || train class histogram)")
     put("mode_collapse", bool(gen["mode_collapse"]), reasons=gen["mode_collapse_reasons"], **thresholds)
     put("classifier_test_accuracy", clf_info["test_accuracy"], n_test=clf_info.get("n_test"))
+    if requested is not None:  # does the model draw the class it is asked for?
+        put("conditional_accuracy", float((fake_logits.argmax(1) == requested).mean()),
+            definition="share of samples the domain classifier assigns to the requested label",
+            labels="every class in turn")
 
     pngs: list[Path] = []
     out = report_dir(root, ds.name, family)
     plot_dir = out / "plots"  # one folder, whatever plots the family's capabilities give (a DVC plots out)
     shutil.rmtree(plot_dir, ignore_errors=True)
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plots.save_image_grid(samples[:64], plot_dir / "samples.png", nrow=8)
+    # conditional models: one column per class (every class in turn), so each column is one label
+    nrow = ds.num_classes if requested is not None and ds.num_classes <= 16 else 8
+    plots.save_image_grid(samples[:nrow * 8], plot_dir / "samples.png", nrow=nrow)
     pngs.append(plot_dir / "samples.png")
 
     caps = model.capabilities
@@ -138,13 +169,24 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         put("bits_per_dim", float(nll.mean() / (dims * math.log(2))), n_images=k, split="test",
             variant=getattr(model, "nll_variant", "model-defined"))
     if "encode" in caps and "decode" in caps:
+        cond = "conditional" in caps
         pair = torch.from_numpy(test_x[:2].astype(np.float32) / 255.0).to(device)
+        pair_labels = torch.from_numpy(test_y[:2]).long().to(device) if cond else None
         with torch.no_grad():
-            z = model.encode(pair)
+            # a conditional model interpolates the style code under the first image's label
+            z = model.encode(pair, pair_labels) if cond else model.encode(pair)
             steps = torch.linspace(0, 1, 10, device=device)[:, None]
-            strip = model.decode(z[0:1] * (1 - steps) + z[1:2] * steps).cpu().numpy()
+            mix = z[0:1] * (1 - steps) + z[1:2] * steps
+            strip = (model.decode(mix, pair_labels[:1].repeat(10)) if cond else model.decode(mix)).cpu().numpy()
         plots.save_interpolation_strip(strip, plot_dir / "interpolation.png")
         pngs.append(plot_dir / "interpolation.png")
+        probe = torch.from_numpy(test_x[:500].astype(np.float32) / 255.0).to(device)
+        traversal, units = _latent_traversal(model, probe, torch.from_numpy(test_y[:500]).long().to(device)
+                                             if cond else None)
+        plots.save_interpolation_strip(traversal, plot_dir / "latent_traversal.png")
+        pngs.append(plot_dir / "latent_traversal.png")
+        put("latent_traversal", units, plot="plots/latent_traversal.png", span=[-3.0, 3.0],
+            definition="latent units by variance of posterior means on 500 test images, most used first")
     if "score" in caps:
         metrics.update(_anomaly(model, ev, test_x, test_y, holdout, device, plot_dir, pngs, setting, anomaly_lib, plots))
 
@@ -176,7 +218,8 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     return {"family": family, "dataset": ds.name, "metrics": str(out / "metrics.json"), "seconds": report["seconds"],
             **{k: round(v, 4) for k, v in summary.items() if k in ("fid", "fid_real_floor", "fid_ratio", "coverage",
                                                                     "recall", "class_coverage", "mode_collapse",
-                                                                    "anomaly_auroc", "nll_nats")}}
+                                                                    "anomaly_auroc", "nll_nats",
+                                                                    "conditional_accuracy")}}
 
 
 def _anomaly(model, ev, test_x, test_y, holdout, device, out, pngs, setting, anomaly_lib, plots) -> dict[str, Any]:

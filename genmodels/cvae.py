@@ -1,0 +1,133 @@
+"""Class-conditional VAE (family "cvae"): the `vae` networks with the label fed to both.
+
+Sohn et al. 2015 (CVAE) in its simplest form: q(z | x, y) sees the image with the one-hot label
+broadcast as K extra channels, p(x | z, y) sees [z, one-hot(y)], and the prior stays N(0, I). So
+`sample(labels=...)` draws digits of the chosen class, and the latent code carries what the label does
+not (slant, thickness, style).
+
+Evaluation asks for p(x) without a label. Both `nll` and `score` marginalise the label under a uniform
+prior: -log p(x) = -log (1/K) sum_y p(x | y), each p(x | y) bounded by IWAE; K times the cost of the
+vae's bound, so it stays a bound in the same unit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from genmodels.base import ModelConfig, OnnxGraph
+from genmodels.vae import VAE, Decoder, Encoder, VAEConfig
+
+
+@dataclass
+class CVAEConfig(VAEConfig):
+    # Same tuned defaults as the vae (2 epochs of mnist5k): the label makes the decoder's job easier,
+    # so it reaches a lower bound in the same budget; a smaller latent is enough once it need not code the class.
+    latent_dim: int = 16
+
+
+class _DecodeImages(nn.Module):
+    """The exported graph: (z, labels) -> mean image in [0, 1]."""
+
+    def __init__(self, model: "CVAE"):
+        super().__init__()
+        self.decoder, self.eye = model.decoder, model.eye
+
+    def forward(self, z, labels):  # N x latent, N int64 -> N x C x H x W
+        return torch.sigmoid(self.decoder(torch.cat([z, self.eye[labels]], dim=1)))
+
+
+class CVAE(VAE):
+    family: ClassVar[str] = "cvae"
+    config_class: ClassVar[type[ModelConfig]] = CVAEConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset({"conditional", "score", "nll", "encode", "decode", "latent"})
+
+    def __init__(self, config: CVAEConfig):
+        nn.Module.__init__(self)  # VAE.__init__ would build unconditioned networks first
+        self.config = config
+        c, h, w = config.image_shape
+        k = config.num_classes
+        if k < 1:
+            raise ValueError(f"a conditional VAE needs num_classes >= 1, got {k}")
+        with torch.random.fork_rng(devices=[]):  # same config -> same weights; global RNG untouched
+            torch.manual_seed(config.seed)
+            self.encoder = Encoder(dataclasses.replace(config, image_shape=(c + k, h, w)))  # image + K label planes
+            self.decoder = Decoder(dataclasses.replace(config, latent_dim=config.latent_dim + k))  # [z, one-hot]
+        # one-hot rows gathered by label: a Gather in ONNX, no OneHot op needed
+        self.register_buffer("eye", torch.eye(k), persistent=False)
+        log_sigma = torch.full((c, 1, 1), math.log(config.sigma))
+        if config.likelihood == "gaussian" and config.learn_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr, fused=True)
+
+    # --- conditioning ----------------------------------------------------------------------
+    def _encoder_input(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        planes = self.eye[labels][:, :, None, None].expand(-1, -1, *x.shape[2:])  # N x K x H x W
+        return torch.cat([x, planes], dim=1)
+
+    def _decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([z, self.eye[labels]], dim=1)
+
+    def _labels_for_fit(self, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("cvae trains on labelled data; fit_step got no labels")
+        return y.to(self.device).long()
+
+    def _labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Requested labels, or every class in turn (0, 1, ..., K-1, 0, ...) as the generator does."""
+        if labels is None:
+            return torch.arange(n, device=self.device) % self.config.num_classes
+        labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
+        if labels.numel() != n:
+            raise ValueError(f"got {labels.numel()} labels for {n} images")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.config.num_classes}), got {labels.unique().tolist()}")
+        return labels
+
+    # --- label-free likelihood and score: marginalise y under a uniform prior --------------
+    def _per_class(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """fn(x, y) for every class y: K x N."""
+        return torch.stack([fn(x, torch.full((x.shape[0],), y, device=x.device, dtype=torch.long))
+                            for y in range(self.config.num_classes)])
+
+    @torch.no_grad()
+    def nll(self, x: torch.Tensor, k: int | None = None, generator: torch.Generator | None = None,
+            chunk: int = 4096, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """-log p(x) bound in nats/image; with `labels`, -log p(x | y) instead."""
+        self.eval()
+        x = x.to(self.device)
+        k, g = k or self.config.iwae_k, self._eval_generator(generator, x.device)
+        if labels is not None:
+            return self._nll_given(x, self._labels(labels, len(x)), k, g, chunk)
+        per_class = self._per_class(lambda xb, y: self._nll_given(xb, y, k, g, chunk), x)
+        return math.log(self.config.num_classes) - torch.logsumexp(-per_class, dim=0)
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Anomaly score (N), label-free: the -ELBO marginalised over classes, or the best class's recon error."""
+        self.eval()
+        x = x.to(self.device)
+        g = self._eval_generator(generator, x.device)
+        per_class = self._per_class(lambda xb, y: self._score_given(xb, y, g), x)
+        if self.config.score == "recon":
+            return per_class.min(dim=0).values
+        return math.log(self.config.num_classes) - torch.logsumexp(-per_class, dim=0)
+
+    # --- export / serving ------------------------------------------------------------------
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        z = torch.zeros(2, self.config.latent_dim, device=self.device)  # batch 2: dynamo must not specialise on 1
+        labels = torch.zeros(2, dtype=torch.long, device=self.device)
+        return [OnnxGraph(name="decoder", module=_DecodeImages(self).eval(), example_inputs=(z, labels),
+                          input_names=["z", "labels"], output_names=["images"],
+                          dynamic_axes={"z": {0: "batch"}, "labels": {0: "batch"}, "images": {0: "batch"}})]
+
+    def sampler(self) -> dict[str, Any]:
+        return {"kind": "direct", "graph": "decoder",
+                "noise": {"name": "z", "shape": [self.config.latent_dim], "distribution": "normal"},
+                "conditional": True, "labels_input": "labels"}
