@@ -19,7 +19,7 @@ is bounded by the batch, not by N) and its end-to-end samples/s, disk writes INC
 Everything runs under the Makefile's GLIBC_TUNABLES (the script re-executes itself with it when
 the variable is unset; glibc reads it at start-up), which is printed.
 
-    python benchmarks/generate.py [--families vae,dcgan] [--batch-size 256] [--threads 1,2]
+    python benchmarks/generate.py [--families 'vae,cvae,dcgan[conditional=true]'] [--batch-size 256] [--threads 1,2]
                                   [--rounds 5] [--rss-n 100000] [--tune]
 
 ``--tune`` adds the session options and batch sizes tried before settling (spinning on/off,
@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,7 +87,9 @@ def _compare(model, spec, sessions, batch: int, threads: int, rounds: int) -> tu
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
-    ort_fn = lambda: run_sampler(spec, sessions, batch, rng)  # noqa: E731
+    # conditional models: every class in turn on both sides (model.sample's default without labels)
+    labels = np.arange(batch, dtype=np.int64) % model.config.num_classes if spec.get("conditional") else None
+    ort_fn = lambda: run_sampler(spec, sessions, batch, rng, labels)  # noqa: E731
     torch_fn = lambda: model.sample(batch, generator=g)  # noqa: E731
     for _ in range(2):  # warm-up: allocator, ORT arena, oneDNN primitives
         ort_fn(), torch_fn()
@@ -146,14 +150,18 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     rows, rss_rows, tune_rows = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for family in args.families.split(","):
+        for entry in args.families.split(","):
+            # "dcgan[conditional=true]": a family with config values (YAML scalars), e.g. its conditional mode
+            family, _, extra = entry.partition("[")
+            values = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in extra.rstrip("]").split(";") if kv)}
             try:
                 cls = get_family(family)
             except (ImportError, KeyError) as e:
                 print(f"{family}: not available ({e})")
                 continue
-            model = cls.from_config({"seed": 0}).eval()
-            model_dir = Path(tmp) / family
+            model = cls.from_config({"seed": 0, **values}).eval()
+            family = entry
+            model_dir = Path(tmp) / "".join(c if c.isalnum() else "_" for c in entry)
             report = export_model(model, model_dir)
             params = sum(p.numel() for p in model.parameters())
             shape = "x".join(map(str, model.config.image_shape))
