@@ -70,6 +70,10 @@ TINY_SETS = [
     "model.vae.width=4", "model.vae.latent_dim=4", "model.vae.epochs=2", "model.vae.batch_size=128",
     "model.vae.iwae_k=4", "model.vae.score_samples=2",
     "model.dcgan.epochs=2", "model.dcgan.batch_size=128",
+    "model.cvae.width=4", "model.cvae.epochs=2", "model.cvae.batch_size=128", "model.cvae.iwae_k=4",
+    "model.cvae.score_samples=2",
+    "model.wgan_gp.epochs=2", "model.wgan_gp.batch_size=128", "model.wgan_gp.ngf=8", "model.wgan_gp.ndf=8",
+    "model.wgan_gp.n_critic=2",
     "evaluation.num_samples=200", "evaluation.classifier.epochs=2", "evaluation.anomaly.max_images=100",
     "evaluation.nll_max_images=100",
 ]

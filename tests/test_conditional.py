@@ -235,3 +235,63 @@ def test_ort_sampler_reproduces_pytorch_for_the_same_noise(tmp_path, digits, nam
     want = from_noise(z, None if labels is None else torch.from_numpy(labels))
     assert got.shape == (n, 1, 8, 8)
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+# --- through the stages ---------------------------------------------------------------------------
+LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
+              "registry.forbid_mode_collapse=false")
+
+
+def test_cvae_through_the_stages_and_served_by_label(project, cli):
+    """train -> evaluate (conditional accuracy, latent traversal) -> export -> register -> promote, then
+    `genforge generate --label` from the registry."""
+    from pipelines.evaluate import evaluate
+    from pipelines.prepare import prepare
+    from pipelines.registry import export, promote, register
+    from pipelines.train import train
+    from pipelines.validate import validate
+    from tests.conftest import tiny_params
+
+    params = tiny_params(*LOOSE_GATE)
+    prepare(params, project)
+    validate(params, project, project / "data" / "prepared" / "digits")
+    train(params, project, "cvae", progress=False)
+    evaluate(params, project, "cvae")
+    report = json.loads((project / "reports" / "digits" / "cvae" / "metrics.json").read_text())
+    assert 0.0 <= report["summary"]["conditional_accuracy"] <= 1.0
+    assert report["metrics"]["conditional_accuracy"]["setting"]["labels"] == "every class in turn"
+    units = report["metrics"]["latent_traversal"]["value"]
+    assert sorted(units) == list(range(4))  # latent 4: every unit, most used first
+    assert (project / "reports" / "digits" / "cvae" / "plots" / "latent_traversal.png").stat().st_size > 0
+    assert "nll_nats" in report["summary"] and "anomaly_auroc" in report["summary"]
+    export(params, project, "cvae")
+    register(params, project, "cvae")
+    assert promote(params, project, "cvae")["decision"] == "promoted"
+
+    out = project / "outputs" / "sevens"
+    proc = cli(["generate", "digits-cvae@champion", "-n", "12", "--label", "7", "--out", str(out)], project)
+    assert proc.returncode == 0, proc.stderr
+    shards = sorted((out / "shards").glob("shard-*.npz"))
+    labels = np.concatenate([np.load(p)["labels"] for p in shards])
+    assert labels.tolist() == [7] * 12
+    bad = cli(["generate", "digits-cvae@champion", "-n", "5", "--label", "10", "--out", str(project / "outputs" / "x")],
+              project)
+    assert bad.returncode != 0 and "outside [0, 10)" in bad.stderr + bad.stdout
+    assert not (project / "outputs" / "x").exists()
+
+
+def test_wgan_gp_trains_and_resumes_its_critic_counter_through_the_trainer(project):
+    from pipelines.prepare import prepare
+    from pipelines.train import train
+    from pipelines.validate import validate
+    from tests.conftest import tiny_params
+
+    params = tiny_params()
+    prepare(params, project)
+    validate(params, project, project / "data" / "prepared" / "digits")
+    summary = train(params, project, "wgan_gp", progress=False)
+    assert summary["epochs"] == 2 and set(summary["final"]) >= {"loss_d", "loss_g", "gp", "wasserstein"}
+    ckpt = torch.load(project / "models" / "digits" / "wgan_gp" / "checkpoints" / "epoch-0001.pt", weights_only=True)
+    n_train = json.loads((project / "data" / "prepared" / "digits" / "meta.json").read_text())["counts"]["train"]
+    # the critic-step counter is saved with the weights: one per batch of the first epoch
+    assert int(ckpt["training_state"]["model"]["critic_steps"]) == -(-n_train // 128)
