@@ -42,6 +42,19 @@ def _isolated_state(tmp_path_factory, monkeypatch, _mlflow_template):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Model tests on 8x8 tensors gain nothing from intra-op threads, and on a shared machine two threads
+    that wait on each other make every op ~10x slower. Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`; restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def project(tmp_path) -> Path:
     """A throwaway project folder holding the repository's params.yaml: outputs land here."""
@@ -70,7 +83,7 @@ TINY_SETS = [
     "model.vae.width=4", "model.vae.latent_dim=4", "model.vae.epochs=2", "model.vae.batch_size=128",
     "model.vae.iwae_k=4", "model.vae.score_samples=2",
     "model.dcgan.epochs=2", "model.dcgan.batch_size=128",
-    "model.cvae.width=4", "model.cvae.epochs=2", "model.cvae.batch_size=128", "model.cvae.iwae_k=4",
+    "model.cvae.width=4", "model.cvae.latent_dim=4", "model.cvae.epochs=2", "model.cvae.batch_size=128", "model.cvae.iwae_k=4",
     "model.cvae.score_samples=2",
     "model.wgan_gp.epochs=2", "model.wgan_gp.batch_size=128", "model.wgan_gp.ngf=8", "model.wgan_gp.ndf=8",
     "model.wgan_gp.n_critic=2",

@@ -26,13 +26,7 @@ TINY = dict(image_shape=(1, 8, 8), base_channels=8, channel_mult=(1, 2), timeste
             warmup_steps=5, lr=3e-3, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors gain nothing from intra-op threads and lose a lot on a shared machine; restored after
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,7 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 8x8 tensors gain nothing from intra-op threads, and on a shared machine two threads that wait
-    # on each other make every op ~10x slower; restored so other test files keep their setting
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ from serving.sampler_autoregressive import sample_from_uniforms
 TINY = dict(image_shape=(1, 8, 8), channels=8, layers=3, head_channels=16, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()  # 8x8 tensors gain nothing from intra-op threads
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
