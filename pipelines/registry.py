@@ -24,6 +24,7 @@ GATE_DEFAULTS: dict[str, Any] = {
     "min_coverage": 0.03,           # PRDC coverage
     "min_class_coverage": 0.7,
     "forbid_mode_collapse": True,
+    "min_conditional_accuracy": 0.5,  # conditional models only: share of samples of the requested class
     "max_parity_error": 1e-4,
     "primary_metric": "fid_ratio",
     "direction": "minimize",        # minimize | maximize
@@ -152,6 +153,10 @@ def gate_decision(tags: dict[str, str], champion_tags: dict[str, str] | None, ga
           class_cov, gate["min_class_coverage"])
     if gate["forbid_mode_collapse"]:
         check("no mode collapse", collapse == 0.0, bool(collapse) if collapse is not None else None, False)
+    cond_acc = _metric(tags, "conditional_accuracy")
+    if cond_acc is not None:  # only conditional models report it
+        check("conditional_accuracy >= min_conditional_accuracy", cond_acc >= gate["min_conditional_accuracy"],
+              cond_acc, gate["min_conditional_accuracy"])
     check("parity error <= max_parity_error", parity <= gate["max_parity_error"], parity, gate["max_parity_error"])
     check("data validated", tags.get("validated") == "true", tags.get("validated"), "true")
 

@@ -130,6 +130,11 @@ def test_gate_hard_thresholds_each_block_promotion():
                      ("metric.mode_collapse", "1"), ("parity_max_abs_error", "0.01"), ("validated", "false")):
         decision = gate_decision({**good, key: bad}, None, gate)
         assert not decision["promoted"], key
+    # conditional models also answer for drawing the class they are asked for
+    gate["min_conditional_accuracy"] = 0.5
+    assert gate_decision({**good, "metric.conditional_accuracy": "0.8"}, None, gate)["promoted"]
+    decision = gate_decision({**good, "metric.conditional_accuracy": "0.3"}, None, gate)
+    assert not decision["promoted"] and any("conditional_accuracy" in r for r in decision["reasons"])
     champion = {**good, "metric.fid_ratio": "2.05"}
     assert not gate_decision(good, champion, gate)["promoted"]  # better, but not by the margin
     assert gate_decision(good, {**good, "metric.fid_ratio": "3.0"}, gate)["promoted"]
