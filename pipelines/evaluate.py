@@ -63,12 +63,14 @@ def _sample(model, n: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.n
 
 @torch.no_grad()
 def _latent_traversal(model, x: torch.Tensor, labels: torch.Tensor | None, dims: int = 8, steps: int = 9,
-                      span: float = 3.0) -> tuple[np.ndarray, list[int]]:
+                      span: float = 3.0) -> tuple[np.ndarray, list[int], int]:
     """Rows = the `dims` latent units the encoder uses most (largest variance of posterior means over `x`),
     columns = that unit swept over [-span, span] from the first image's code, the others held.
-    For a beta-VAE (beta > 1) each row should change one factor (slant, width, ...)."""
+    For a beta-VAE (beta > 1) each row should change one factor (slant, width, ...). Also returns the number of
+    active units (Burda et al. 2016: variance of the posterior mean over the data above 0.01)."""
     mu = model.encode(x, labels) if labels is not None else model.encode(x)
-    order = mu.var(0).argsort(descending=True)[:dims].tolist()
+    variance = mu.var(0)
+    order = variance.argsort(descending=True)[:dims].tolist()
     base = mu[0:1].repeat(steps, 1)
     sweep = torch.linspace(-span, span, steps, device=mu.device)
     rows = []
@@ -77,7 +79,7 @@ def _latent_traversal(model, x: torch.Tensor, labels: torch.Tensor | None, dims:
         z[:, d] = sweep
         row_labels = None if labels is None else labels[0:1].repeat(steps)
         rows.append((model.decode(z, row_labels) if row_labels is not None else model.decode(z)).cpu().numpy())
-    return np.stack(rows), order
+    return np.stack(rows), order, int((variance > 0.01).sum())
 
 
 @torch.no_grad()
@@ -181,12 +183,14 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         plots.save_interpolation_strip(strip, plot_dir / "interpolation.png")
         pngs.append(plot_dir / "interpolation.png")
         probe = torch.from_numpy(test_x[:500].astype(np.float32) / 255.0).to(device)
-        traversal, units = _latent_traversal(model, probe, torch.from_numpy(test_y[:500]).long().to(device)
+        traversal, units, active = _latent_traversal(model, probe, torch.from_numpy(test_y[:500]).long().to(device)
                                              if cond else None)
         plots.save_interpolation_strip(traversal, plot_dir / "latent_traversal.png")
         pngs.append(plot_dir / "latent_traversal.png")
         put("latent_traversal", units, plot="plots/latent_traversal.png", span=[-3.0, 3.0],
             definition="latent units by variance of posterior means on 500 test images, most used first")
+        put("active_units", active, latent_dim=int(model.config.latent_dim), n_images=len(probe),
+            definition="latent units whose posterior mean varies over the data: Var_x E[z|x] > 0.01")
     if "score" in caps:
         metrics.update(_anomaly(model, ev, test_x, test_y, holdout, device, plot_dir, pngs, setting, anomaly_lib, plots))
 

@@ -257,6 +257,7 @@ def test_cvae_through_the_stages_and_served_by_label(project, cli):
     assert report["metrics"]["conditional_accuracy"]["setting"]["labels"] == "every class in turn"
     units = report["metrics"]["latent_traversal"]["value"]
     assert sorted(units) == list(range(4))  # latent 4: every unit, most used first
+    assert 0 <= report["summary"]["active_units"] <= 4
     assert (project / "reports" / "digits" / "cvae" / "plots" / "latent_traversal.png").stat().st_size > 0
     assert "nll_nats" in report["summary"] and "anomaly_auroc" in report["summary"]
     export(params, project, "cvae")
