@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -15,10 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from genmodels import build_model, get_family
+from genmodels import build_model
 from genmodels.cvae import CVAE, CVAEConfig
 from genmodels.wgan_gp import WGANGP, WGANGPConfig
 from serving.samplers import run_sampler
+from tests.conftest import LOOSE_GATE, tiny_params
 
 GAN = dict(image_shape=(1, 8, 8), num_classes=10, latent_dim=8, ngf=8, ndf=8, seed=0)
 TINY = {
@@ -233,8 +233,6 @@ def test_ort_sampler_reproduces_pytorch_for_the_same_noise(tmp_path, digits, nam
 
 
 # --- through the stages ---------------------------------------------------------------------------
-LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
-              "registry.forbid_mode_collapse=false")
 
 
 def test_cvae_through_the_stages_and_served_by_label(project, cli):
@@ -245,7 +243,6 @@ def test_cvae_through_the_stages_and_served_by_label(project, cli):
     from pipelines.registry import export, promote, register
     from pipelines.train import train
     from pipelines.validate import validate
-    from tests.conftest import tiny_params
 
     params = tiny_params(*LOOSE_GATE)
     prepare(params, project)
@@ -280,7 +277,6 @@ def test_wgan_gp_trains_and_resumes_its_critic_counter_through_the_trainer(proje
     from pipelines.prepare import prepare
     from pipelines.train import train
     from pipelines.validate import validate
-    from tests.conftest import tiny_params
 
     params = tiny_params()
     prepare(params, project)

@@ -6,10 +6,8 @@ import pytest
 from pipelines import tracking
 from pipelines.flows import generate_flow, run_retrain
 from pipelines.registry import show
-from tests.conftest import tiny_params
+from tests.conftest import LOOSE_GATE, tiny_params
 
-LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
-              "registry.forbid_mode_collapse=false")
 
 
 def test_retrain_flow_end_to_end_then_generate(project):

@@ -12,10 +12,8 @@ from pipelines.prepare import prepare
 from pipelines.registry import export, gate_decision, manual_promote, promote, register, rollback, show
 from pipelines.train import train
 from pipelines.validate import validate
-from tests.conftest import REPO, tiny_params
+from tests.conftest import LOOSE_GATE, REPO, tiny_params
 
-LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
-              "registry.forbid_mode_collapse=false")
 
 
 def _chain(params, root, family="vae"):

@@ -7,11 +7,9 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import BIN, free_port, stop_process_group, tiny_params
+from tests.conftest import BIN, LOOSE_GATE, free_port, stop_process_group, tiny_params
 from tests.test_dvc import _copy_project, _sh
 
-LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
-              "registry.forbid_mode_collapse=false")
 
 
 def _start(args: list[str], url: str, env: dict, cwd=None, timeout: float = 120) -> subprocess.Popen:
