@@ -211,3 +211,20 @@ def test_generate_refuses_another_jobs_folder_and_bad_n(registry_env, cli, tmp_p
     assert proc.returncode == 1 and "n must be" in proc.stderr
     proc = cli(["generate", "digits-vae/1", "-n", "5", "--label", "3", "--out", str(tmp_path / "lab")], root)
     assert proc.returncode == 1 and "error:" in proc.stderr
+
+
+def test_likelihood_families_compete_on_bits_per_dim_by_default():
+    from pipelines.config import load_params
+    from pipelines.registry import gate_settings
+
+    params = load_params(REPO / "params.yaml")
+    for family in ("pixelcnn", "realnvp"):
+        assert gate_settings(params, family)["primary_metric"] == "bits_per_dim"
+    assert gate_settings(params, "dcgan")["primary_metric"] == "fid_ratio"
+    gate = gate_settings(params, "pixelcnn")
+    tags = {"metric.fid_ratio": "100", "metric.coverage": "0.2", "metric.class_coverage": "1.0",
+            "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}
+    # a worse FID but a better likelihood still wins for a likelihood model
+    challenger = {**tags, "metric.fid_ratio": "150", "metric.bits_per_dim": "0.12"}
+    assert gate_decision(challenger, {**tags, "metric.bits_per_dim": "0.13"}, gate)["promoted"]
+    assert not gate_decision(challenger, {**tags, "metric.bits_per_dim": "0.11"}, gate)["promoted"]
