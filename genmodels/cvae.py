@@ -70,6 +70,10 @@ class CVAE(VAE):
             self.register_buffer("log_sigma", log_sigma)
         self._opt = torch.optim.Adam(self.parameters(), lr=config.lr, fused=True)
 
+    @property
+    def nll_variant(self) -> str:
+        return f"{super().nll_variant}; label marginalised: -log (1/K) sum_y p(x|y), K={self.config.num_classes}"
+
     # --- conditioning ----------------------------------------------------------------------
     def _encoder_input(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         planes = self.eye[labels][:, :, None, None].expand(-1, -1, *x.shape[2:])  # N x K x H x W
