@@ -60,7 +60,8 @@ class GenerativeModel(nn.Module):
 
     family: ClassVar[str] = ""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
-    # subset of {"conditional", "score", "nll", "encode", "decode", "latent"}
+    # subset of {"conditional", "score", "nll", "encode", "decode", "latent"}; with "encode"/"decode" the model
+    # has encode(x, labels=None) -> z and decode(z, labels=None) -> images (labels used when "conditional")
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ModelConfig):

@@ -215,6 +215,8 @@ class VAE(GenerativeModel):
         return None  # unconditional: the labels the trainer passes are not used
 
     def _labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if labels is not None:
+            raise ValueError(f"{self.family} is unconditional; it takes no labels (cvae does)")
         return None
 
     @torch.no_grad()

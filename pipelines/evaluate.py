@@ -68,7 +68,7 @@ def _latent_traversal(model, x: torch.Tensor, labels: torch.Tensor | None, dims:
     columns = that unit swept over [-span, span] from the first image's code, the others held.
     For a beta-VAE (beta > 1) each row should change one factor (slant, width, ...). Also returns the number of
     active units (Burda et al. 2016: variance of the posterior mean over the data above 0.01)."""
-    mu = model.encode(x, labels) if labels is not None else model.encode(x)
+    mu = model.encode(x, labels)
     variance = mu.var(0)
     order = variance.argsort(descending=True)[:dims].tolist()
     base = mu[0:1].repeat(steps, 1)
@@ -77,8 +77,7 @@ def _latent_traversal(model, x: torch.Tensor, labels: torch.Tensor | None, dims:
     for d in order:
         z = base.clone()
         z[:, d] = sweep
-        row_labels = None if labels is None else labels[0:1].repeat(steps)
-        rows.append((model.decode(z, row_labels) if row_labels is not None else model.decode(z)).cpu().numpy())
+        rows.append(model.decode(z, None if labels is None else labels[0:1].repeat(steps)).cpu().numpy())
     return np.stack(rows), order, int((variance > 0.01).sum())
 
 
@@ -176,10 +175,10 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         pair_labels = torch.from_numpy(test_y[:2]).long().to(device) if cond else None
         with torch.no_grad():
             # a conditional model interpolates the style code under the first image's label
-            z = model.encode(pair, pair_labels) if cond else model.encode(pair)
+            z = model.encode(pair, pair_labels)
             steps = torch.linspace(0, 1, 10, device=device)[:, None]
             mix = z[0:1] * (1 - steps) + z[1:2] * steps
-            strip = (model.decode(mix, pair_labels[:1].repeat(10)) if cond else model.decode(mix)).cpu().numpy()
+            strip = model.decode(mix, None if pair_labels is None else pair_labels[:1].repeat(10)).cpu().numpy()
         plots.save_interpolation_strip(strip, plot_dir / "interpolation.png")
         pngs.append(plot_dir / "interpolation.png")
         probe = torch.from_numpy(test_x[:500].astype(np.float32) / 255.0).to(device)

@@ -74,6 +74,9 @@ def test_conditional_models_sample_by_label(name):
 
 
 def test_unconditional_gans_refuse_labels():
+    vae = build_model("vae", {"image_shape": (1, 8, 8), "latent_dim": 4, "width": 4})
+    with pytest.raises(ValueError, match="unconditional"):
+        vae.sample(2, labels=torch.zeros(2, dtype=torch.long))
     for model in (_tiny("wgan_gp"), build_model("dcgan", GAN)):
         assert "conditional" not in model.capabilities and model.sampler()["conditional"] is False
         with pytest.raises(ValueError, match="unconditional"):
