@@ -93,6 +93,17 @@ class GenerativeModel(nn.Module):
         for k, opt in self.optimizers().items():
             opt.load_state_dict(state["optimizers"][k])
 
+    def requested_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Conditional models: the `n` labels asked for, checked against num_classes, or every class in
+        turn (0, 1, ..., K-1, 0, ...) when none are given, as the ONNX generator does without --label."""
+        k = self.config.num_classes
+        if labels is None:
+            return torch.arange(n, device=self.device) % k
+        labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
+        if labels.numel() != n or (n and (labels.min() < 0 or labels.max() >= k)):
+            raise ValueError(f"need {n} labels in [0, {k}), got {labels.numel()}: {labels.tolist()[:10]}")
+        return labels
+
     # --- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,

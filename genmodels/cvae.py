@@ -88,15 +88,7 @@ class CVAE(VAE):
         return y.to(self.device).long()
 
     def _labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
-        """Requested labels, or every class in turn (0, 1, ..., K-1, 0, ...) as the generator does."""
-        if labels is None:
-            return torch.arange(n, device=self.device) % self.config.num_classes
-        labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
-        if labels.numel() != n:
-            raise ValueError(f"got {labels.numel()} labels for {n} images")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.config.num_classes}), got {labels.unique().tolist()}")
-        return labels
+        return self.requested_labels(labels, n)
 
     # --- label-free likelihood and score: marginalise y under a uniform prior --------------
     def _per_class(self, fn, x: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ tanh output, strided-conv discriminator with leaky ReLU, N(0, 0.02) init, Adam(0
 the non-saturating generator loss. Optional spectral norm on the discriminator (then without
 batch norm, which it replaces). With `conditional: true` it is a class-conditional GAN: the
 generator sees [z, one-hot(y)] and the discriminator is a projection discriminator (Miyato &
-Koyama 2018: logit = head(h) + <embed(y), h> over its features h), sampled by label. Images crossing the interface are N x C x H x W in [0, 1]; inside,
-the networks work in [-1, 1].
+Koyama 2018: logit = head(h) + <embed(y), h> over its features h), sampled by label. Images
+crossing the interface are N x C x H x W in [0, 1]; inside, the networks work in [-1, 1].
 """
 from __future__ import annotations
 
@@ -170,24 +170,20 @@ class DCGAN(GenerativeModel):
             self.discriminator = Discriminator(config, self.discriminator_norm(), dcgan_init=self.dcgan_init_critic)
         if config.conditional:
             self.register_buffer("eye", torch.eye(config.num_classes), persistent=False)
-        self._opt_g, self._opt_d = self._build_optimizers()
+        fused = {"fused": True}  # one kernel per step instead of one per tensor: measurable on CPU
+        self._opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=config.betas, **fused)
+        self._opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=config.betas, **fused)
 
     dcgan_init_critic: ClassVar[bool] = True
 
     def discriminator_norm(self) -> str:
         return "spectral" if self.config.spectral_norm else "batch"
 
-    def _build_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        cfg = self.config
-        fused = {"fused": True}  # one kernel per step instead of one per tensor: measurable on CPU
-        return (torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas, **fused),
-                torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas, **fused))
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self._opt_g, "discriminator": self._opt_d}
 
     # --- labels ----------------------------------------------------------------------------
-    def _train_labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    def _train_labels(self, y: torch.Tensor | None) -> torch.Tensor | None:
         if not self.config.conditional:
             return None
         if y is None:
@@ -195,17 +191,11 @@ class DCGAN(GenerativeModel):
         return y.to(self.device).long()
 
     def _sample_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
-        """Requested labels, or every class in turn (0, 1, ..., K-1, 0, ...) as the generator does."""
         if not self.config.conditional:
             if labels is not None:
                 raise ValueError(f"{self.family} is unconditional (conditional: false); it takes no labels")
             return None
-        if labels is None:
-            return torch.arange(n, device=self.device) % self.config.num_classes
-        labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
-        if labels.numel() != n or (n and (labels.min() < 0 or labels.max() >= self.config.num_classes)):
-            raise ValueError(f"need {n} labels in [0, {self.config.num_classes}), got {labels.tolist()[:10]}...")
-        return labels
+        return self.requested_labels(labels, n)
 
     def _generate(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """N x C x H x W in [-1, 1]."""
@@ -215,7 +205,7 @@ class DCGAN(GenerativeModel):
     def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         self.train()
         real = x.to(self.device) * 2 - 1
-        labels = self._train_labels(y, real.shape[0])  # fakes take the batch's labels: same class mix as the data
+        labels = self._train_labels(y)  # fakes take the batch's labels: same class mix as the data
         # the global RNG (seeded and checkpointed by the trainer) is the only randomness here
         z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
         fake = self._generate(z, labels)

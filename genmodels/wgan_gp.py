@@ -72,7 +72,7 @@ class WGANGP(DCGAN):
     def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         self.train()
         real = x.to(self.device) * 2 - 1
-        labels = self._train_labels(y, real.shape[0])
+        labels = self._train_labels(y)
         z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
         update_g = (int(self.critic_steps) + 1) % self.config.n_critic == 0
         fake = self._generate(z, labels) if update_g else None
