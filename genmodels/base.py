@@ -7,6 +7,7 @@ discovered with ``hasattr``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -130,3 +131,37 @@ class GenerativeModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+class LikelihoodModel(GenerativeModel):
+    """A family trained by minimising its own negative log-likelihood (pixelcnn, realnvp): Adam in
+    `self._opt` with a learning-rate schedule in `self._sched`, stepped once per batch, gradients clipped
+    at `config.grad_clip` (0: no clipping). The family supplies `training_nll(x)`: N nats, differentiable."""
+
+    _opt: torch.optim.Optimizer
+    _sched: torch.optim.lr_scheduler.LRScheduler
+
+    def training_nll(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": self._opt}
+
+    def training_state(self) -> dict[str, Any]:
+        return {**super().training_state(), "scheduler": self._sched.state_dict()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        super().load_training_state(state)
+        self._sched.load_state_dict(state["scheduler"])
+
+    def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
+        self.train()
+        loss = self.training_nll(x.to(self.device)).mean()  # nats per image
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
+        self._opt.step()
+        self._sched.step()
+        dims = math.prod(self.config.image_shape)
+        return {"loss": loss.item(), "bits_per_dim": loss.item() / (dims * math.log(2))}

@@ -49,7 +49,6 @@ x = k / 255.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
+from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph
 
 
 @dataclass
@@ -265,7 +264,7 @@ def draw_pixels(logits: torch.Tensor, u: torch.Tensor, binary: bool) -> torch.Te
     return k.to(torch.float32) / 255.0
 
 
-class PixelCNN(GenerativeModel):
+class PixelCNN(LikelihoodModel):
     family: ClassVar[str] = "pixelcnn"
     config_class: ClassVar[type[ModelConfig]] = PixelCNNConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({"nll", "score"})
@@ -315,28 +314,8 @@ class PixelCNN(GenerativeModel):
         return _Logits(self.net, self.prep, self.config.image_shape[0], self.binary)(x.to(self.device))
 
     # --- training --------------------------------------------------------------------------
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"adam": self._opt}
-
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "scheduler": self._sched.state_dict()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        super().load_training_state(state)
-        self._sched.load_state_dict(state["scheduler"])
-
-    def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        self.train()
-        nll = self.nll_per_image(x.to(self.device))
-        loss = nll.mean()  # nats per image
-        self._opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
-        self._opt.step()
-        self._sched.step()
-        dims = math.prod(self.config.image_shape)
-        return {"loss": loss.item(), "bits_per_dim": loss.item() / (dims * math.log(2))}
+    def training_nll(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nll_per_image(x)
 
     # --- inference -------------------------------------------------------------------------
     @torch.no_grad()

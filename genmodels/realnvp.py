@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
+from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -268,7 +268,7 @@ class _Inverse(nn.Module):
         return ((y * 256.0 - 0.5) / 255.0).clamp(0.0, 1.0)   # round(255 x) = floor(256 y)
 
 
-class RealNVP(GenerativeModel):
+class RealNVP(LikelihoodModel):
     family: ClassVar[str] = "realnvp"
     config_class: ClassVar[type[ModelConfig]] = RealNVPConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({"nll", "score"})
@@ -329,28 +329,8 @@ class RealNVP(GenerativeModel):
         return _Inverse(self.flow, self.config.alpha)(z.to(self.device))
 
     # --- training --------------------------------------------------------------------------
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"adam": self._opt}
-
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "scheduler": self._sched.state_dict()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        super().load_training_state(state)
-        self._sched.load_state_dict(state["scheduler"])
-
-    def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        self.train()
-        nll = self.nll_dequantized(x.to(self.device))
-        loss = nll.mean()  # nats per image
-        self._opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
-        self._opt.step()
-        self._sched.step()
-        dims = math.prod(self.config.image_shape)
-        return {"loss": loss.item(), "bits_per_dim": loss.item() / (dims * math.log(2))}
+    def training_nll(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nll_dequantized(x)
 
     # --- inference -------------------------------------------------------------------------
     @torch.no_grad()
