@@ -1,6 +1,7 @@
 """The `genforge` command line: every stage, the main job, and (later) registry and serving commands."""
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -89,44 +90,30 @@ def stage_train(family: str = FamilyOption, set_: Optional[list[str]] = SetOptio
     _report(f"train {family}", train(params, root, family), started)
 
 
-@stage_app.command("evaluate")
-def stage_evaluate(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
-                   params_file: Optional[Path] = ParamsOption) -> None:
-    """Evaluate a trained family: reports/<dataset>/<family>/metrics.json and plots, logged to MLflow."""
-    from pipelines.evaluate import evaluate
+def _family_stage(name: str, target: str, doc: str) -> None:
+    """Add `genforge stage NAME --family F`, running `module:function(params, root, family)`."""
+    def command(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
+                params_file: Optional[Path] = ParamsOption) -> None:
+        module, function = target.split(":")
+        stage = getattr(importlib.import_module(module), function)  # imported on use: a fast --help
+        params, root = _params(params_file, set_), project_root()
+        _run_stage(f"{name} {family}", lambda: stage(params, root, family))
 
-    params, root = _params(params_file, set_), project_root()
-    _run_stage(f"evaluate {family}", lambda: evaluate(params, root, family))
-
-
-@stage_app.command("export")
-def stage_export(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
-                 params_file: Optional[Path] = ParamsOption) -> None:
-    """Export the family's ONNX graphs and check parity with PyTorch (max abs error <= 1e-4)."""
-    from pipelines.registry import export
-
-    params, root = _params(params_file, set_), project_root()
-    _run_stage(f"export {family}", lambda: export(params, root, family))
+    command.__doc__ = doc
+    stage_app.command(name)(command)
 
 
-@stage_app.command("register")
-def stage_register(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
-                   params_file: Optional[Path] = ParamsOption) -> None:
-    """Register the trained, evaluated, exported model in MLflow as <dataset>-<family> @challenger."""
-    from pipelines.registry import register
-
-    params, root = _params(params_file, set_), project_root()
-    _run_stage(f"register {family}", lambda: register(params, root, family))
-
-
-@stage_app.command("promote")
-def stage_promote(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
-                  params_file: Optional[Path] = ParamsOption) -> None:
-    """Run the promotion gate (params.yaml: registry) on the latest registered version."""
-    from pipelines.registry import promote
-
-    params, root = _params(params_file, set_), project_root()
-    _run_stage(f"promote {family}", lambda: promote(params, root, family))
+for _name, _target, _doc in (
+    ("evaluate", "pipelines.evaluate:evaluate",
+     "Evaluate a trained family: reports/<dataset>/<family>/metrics.json and plots, logged to MLflow."),
+    ("export", "pipelines.registry:export",
+     "Export the family's ONNX graphs and check parity with PyTorch (max abs error <= 1e-4)."),
+    ("register", "pipelines.registry:register",
+     "Register the trained, evaluated, exported model in MLflow as <dataset>-<family> @challenger."),
+    ("promote", "pipelines.registry:promote",
+     "Run the promotion gate (params.yaml: registry) on the latest registered version."),
+):
+    _family_stage(_name, _target, _doc)
 
 
 registry_app = typer.Typer(help="Review and steer the MLflow model registry.", no_args_is_help=True)
