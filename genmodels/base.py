@@ -40,6 +40,15 @@ class ModelConfig:
         return out
 
 
+def stride2_levels(h: int, w: int) -> int:
+    """How many stride-2 stages fit a conv net: halve while both sides stay even and above 4
+    (28->14->7, 8->4). The vae and dcgan networks size themselves with it."""
+    n = 0
+    while h % 2 == 0 and w % 2 == 0 and min(h, w) > 4 and n < 4:
+        h, w, n = h // 2, w // 2, n + 1
+    return n
+
+
 @dataclass
 class OnnxGraph:
     """One graph to export: serving feeds ``input_names`` and reads ``output_names``."""

@@ -51,24 +51,17 @@ class CVAE(VAE):
     capabilities: ClassVar[frozenset[str]] = frozenset({"conditional", "score", "nll", "encode", "decode", "latent"})
 
     def __init__(self, config: CVAEConfig):
-        nn.Module.__init__(self)  # VAE.__init__ would build unconditioned networks first
-        self.config = config
+        if config.num_classes < 1:
+            raise ValueError(f"a conditional VAE needs num_classes >= 1, got {config.num_classes}")
+        super().__init__(config)
+        # one-hot rows gathered by label: a Gather in ONNX, no OneHot op needed
+        self.register_buffer("eye", torch.eye(config.num_classes), persistent=False)
+
+    def _networks(self, config: CVAEConfig) -> tuple[Encoder, Decoder]:
         c, h, w = config.image_shape
         k = config.num_classes
-        if k < 1:
-            raise ValueError(f"a conditional VAE needs num_classes >= 1, got {k}")
-        with torch.random.fork_rng(devices=[]):  # same config -> same weights; global RNG untouched
-            torch.manual_seed(config.seed)
-            self.encoder = Encoder(dataclasses.replace(config, image_shape=(c + k, h, w)))  # image + K label planes
-            self.decoder = Decoder(dataclasses.replace(config, latent_dim=config.latent_dim + k))  # [z, one-hot]
-        # one-hot rows gathered by label: a Gather in ONNX, no OneHot op needed
-        self.register_buffer("eye", torch.eye(k), persistent=False)
-        log_sigma = torch.full((c, 1, 1), math.log(config.sigma))
-        if config.likelihood == "gaussian" and config.learn_sigma:
-            self.log_sigma = nn.Parameter(log_sigma)
-        else:
-            self.register_buffer("log_sigma", log_sigma)
-        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr, fused=True)
+        return (Encoder(dataclasses.replace(config, image_shape=(c + k, h, w))),  # image + K label planes
+                Decoder(dataclasses.replace(config, latent_dim=config.latent_dim + k)))  # [z, one-hot]
 
     @property
     def nll_variant(self) -> str:

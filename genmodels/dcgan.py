@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, stride2_levels
 
 
 @dataclass
@@ -68,19 +68,11 @@ def _init(m: nn.Module) -> nn.Module:
     return m
 
 
-def _levels(h: int, w: int) -> int:
-    """How many stride-2 stages fit: halve while both sides stay even and above 4 (28->14->7, 8->4)."""
-    n = 0
-    while h % 2 == 0 and w % 2 == 0 and min(h, w) > 4 and n < 4:
-        h, w, n = h // 2, w // 2, n + 1
-    return n
-
-
 class Generator(nn.Module):
     def __init__(self, cfg: DCGANConfig):
         super().__init__()
         c_img, h, w = cfg.image_shape
-        n = _levels(h, w)
+        n = stride2_levels(h, w)
         h, w = h // 2 ** n, w // 2 ** n
         chans = [c_img] + [cfg.ngf * 2 ** i for i in range(n)]  # chans[i] = channels at level i
         top = chans[-1] if n else cfg.ngf
@@ -118,7 +110,7 @@ class Discriminator(nn.Module):
         init = _init if dcgan_init else (lambda m: m)  # else PyTorch's default (Kaiming-uniform) init
         sn = (lambda m: _spectral_norm(init(m))) if norm == "spectral" else init
         layers: list[nn.Module] = []
-        for i in range(max(1, _levels(h, w))):
+        for i in range(max(1, stride2_levels(h, w))):
             out = cfg.ndf * 2 ** i
             stride = 2 if h % 2 == 0 and w % 2 == 0 else 1
             layers.append(sn(nn.Conv2d(c, out, 4 if stride == 2 else 3, stride, 1)))  # -> out x h/2 x w/2

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, stride2_levels
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -57,20 +57,12 @@ class VAEConfig(ModelConfig):
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
 
 
-def _levels(h: int, w: int) -> int:
-    """How many stride-2 stages fit: halve while both sides stay even and above 4 (28->14->7, 8->4)."""
-    n = 0
-    while h % 2 == 0 and w % 2 == 0 and min(h, w) > 4 and n < 4:
-        h, w, n = h // 2, w // 2, n + 1
-    return n
-
-
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         c, h, w = cfg.image_shape
         layers: list[nn.Module] = []
-        for i in range(_levels(h, w)):
+        for i in range(stride2_levels(h, w)):
             out = cfg.width * 2 ** i
             # ELU, not ReLU: with ReLU this small net sits near 200 nats/image for its first ~200
             # steps on mnist5k (167 at step 300); with ELU it is at 133 by then
@@ -94,7 +86,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         c_img, h, w = cfg.image_shape
-        n = _levels(h, w)
+        n = stride2_levels(h, w)
         h, w = h // 2 ** n, w // 2 ** n
         chans = [c_img] + [cfg.width * 2 ** i for i in range(n)]  # chans[i] = channels at level i
         features = cfg.latent_dim
@@ -137,14 +129,17 @@ class VAE(GenerativeModel):
         super().__init__(config)
         with torch.random.fork_rng(devices=[]):  # same config -> same weights; global RNG untouched
             torch.manual_seed(config.seed)
-            self.encoder = Encoder(config)
-            self.decoder = Decoder(config)
+            self.encoder, self.decoder = self._networks(config)
         log_sigma = torch.full((config.image_shape[0], 1, 1), math.log(config.sigma))
         if config.likelihood == "gaussian" and config.learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer("log_sigma", log_sigma)
         self._opt = torch.optim.Adam(self.parameters(), lr=config.lr, fused=True)
+
+    def _networks(self, config: VAEConfig) -> tuple[Encoder, Decoder]:
+        """(encoder, decoder); the conditional VAE widens their inputs for the label."""
+        return Encoder(config), Decoder(config)
 
     @property
     def nll_variant(self) -> str:
