@@ -7,7 +7,8 @@ is built for: a family receives a ``DataSpec``, not an image shape.
   ``vocab``).
 - ``shape``: the shape of one sample (C, H, W for images; T for tokens).
 - ``dtype``, ``value_range``: how the samples are stored (inclusive range).
-- ``num_classes``, ``class_names``: labels are int64 in ``0 .. num_classes-1``; names in label order.
+- ``num_classes``, ``class_names``: labels are int64 in ``0 .. num_classes-1`` (0 classes: unlabelled, -1);
+  names in label order.
 - ``vocab``: the token strings, for the tokens modality only.
 
 Data sets prepared before the modality layer (``meta.json`` without ``modality``) read as images.
@@ -44,8 +45,8 @@ class DataSpec:
             object.__setattr__(self, "vocab", tuple(self.vocab))
         if any(s < 1 for s in self.shape) or not self.shape:
             raise ConfigError("shape", f"every dimension must be >= 1, got {list(self.shape)}")
-        if self.num_classes < 1:
-            raise ConfigError("num_classes", f"must be >= 1, got {self.num_classes}")
+        if self.num_classes < 0:
+            raise ConfigError("num_classes", f"must be >= 0 (0: unlabelled), got {self.num_classes}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ConfigError("class_names", f"{len(self.class_names)} names for {self.num_classes} classes")
         if self.modality == "image" and len(self.shape) != 3:

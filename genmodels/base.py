@@ -6,7 +6,9 @@ discovered with ``hasattr``.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -14,30 +16,104 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from contracts.data import DataSpec
+
+
+# Field kinds (dataclasses.field metadata "kind"). Architecture (the default) fixes the weights' shapes and
+# meaning. "training" fields steer the optimisation (learning rates, schedule, loss weights, epochs, batch
+# size): the trainer records the values it really used once, in config.json's "training" and train.json.
+# "evaluation" fields only change how a trained model is scored (importance samples of nll(), the anomaly
+# score): neither kind of change is a new architecture, and evaluation fields are not part of the
+# training fingerprint, so changing one keeps the checkpoints.
+def training(default: Any) -> Any:
+    """A config field that steers training only."""
+    return field(default=default, metadata={"kind": "training"})
+
+
+def evaluation(default: Any) -> Any:
+    """A config field that only changes how a trained model is scored (never its weights)."""
+    return field(default=default, metadata={"kind": "evaluation"})
+
 
 @dataclass
 class ModelConfig:
-    """Fields every family shares; families subclass this dataclass with their own fields."""
+    """Fields every family shares; families subclass this dataclass with their own fields.
 
-    image_shape: tuple[int, int, int] = (1, 28, 28)  # C, H, W
-    num_classes: int = 10
+    ``data`` is the ``DataSpec`` the model is built for (modality, sample shape, classes). ``image_shape``
+    and ``num_classes`` are accepted for compatibility (config.json files written before contracts v2, and
+    ``from_config({"image_shape": ..., "num_classes": ...})``): given, they override the spec's shape and
+    class count; after construction they mirror ``data``. Sampling settings (DDIM steps, temperature, ...)
+    are not config fields: they are arguments of ``sample`` with the family's defaults.
+    """
+
+    data: DataSpec | None = None
+    image_shape: tuple[int, ...] | None = None  # C, H, W (image modality); mirrors data.shape
+    num_classes: int | None = None              # mirrors data.num_classes
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        spec = self.data
+        if isinstance(spec, dict):
+            spec = DataSpec.from_dict(spec)
+        if spec is None:
+            spec = DataSpec.image(tuple(self.image_shape or (1, 28, 28)),
+                                  10 if self.num_classes is None else int(self.num_classes))
+        else:
+            changes: dict[str, Any] = {}
+            if self.image_shape is not None and tuple(int(v) for v in self.image_shape) != spec.shape:
+                changes["shape"] = tuple(int(v) for v in self.image_shape)
+            if self.num_classes is not None and int(self.num_classes) != spec.num_classes:
+                changes["num_classes"] = int(self.num_classes)
+                if spec.class_names:
+                    changes["class_names"] = ()
+            if changes:
+                spec = dataclasses.replace(spec, **changes)
+        self.data = spec
+        self.image_shape = spec.shape if spec.modality == "image" else None
+        self.num_classes = spec.num_classes
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """From config.json's "config" (+ optional "training") or a params section; unknown keys are a
+        ValueError naming them and the known ones."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         values = dict(values)
-        if "image_shape" in values:
+        if isinstance(values.get("data"), dict):
+            values["data"] = DataSpec.from_dict(values["data"])
+        if values.get("image_shape") is not None:
             values["image_shape"] = tuple(int(v) for v in values["image_shape"])
         return cls(**values)
 
+    @classmethod
+    def fields_of_kind(cls, kind: str) -> tuple[str, ...]:
+        """Names of the fields of one kind: "training", "evaluation" or "architecture"."""
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if f.metadata.get("kind", "architecture") == kind and f.name not in ("data", "image_shape", "num_classes"))
+
+    def _values(self, kind: str) -> dict[str, Any]:
+        return json.loads(json.dumps({name: getattr(self, name) for name in self.fields_of_kind(kind)}, default=list))
+
+    def architecture(self) -> dict[str, Any]:
+        """What fixes the weights' shapes and meaning: the data spec, the seed and every architecture field."""
+        return {**self._values("architecture"), "data": self.data.to_dict()}
+
+    def training_settings(self) -> dict[str, Any]:
+        """The training fields (learning rates, schedule, loss weights, epochs, batch size)."""
+        return self._values("training")
+
+    def evaluation_settings(self) -> dict[str, Any]:
+        return self._values("evaluation")
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What training depends on: architecture + training fields (evaluation fields excluded)."""
+        return {**self.architecture(), **self.training_settings()}
+
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["image_shape"] = list(self.image_shape)
-        return out
+        """Every field, JSON types: what ``from_dict`` rebuilds the same config from."""
+        return {**self.fingerprint_fields(), **self.evaluation_settings()}
 
 
 def stride2_levels(h: int, w: int) -> int:
@@ -61,21 +137,28 @@ class OnnxGraph:
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
-class GenerativeModel(nn.Module):
-    """Base class of every family.
+class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of every family (as pytorch-generative's ``models/base.py``: the methods every family
+    must have are abstract, so an incomplete family fails when it is built, not at export).
 
-    Images crossing this interface are float tensors in [0, 1] of shape N x C x H x W;
-    labels are int64 tensors of shape N.
+    Samples crossing this interface are what the data's modality module makes of stored arrays
+    (``contracts.modalities``): for images float tensors in [0, 1] of shape N x C x H x W; labels are
+    int64 tensors of shape N. A family declares the modalities it accepts in ``modalities``; building it
+    for other data is a ValueError.
     """
 
     family: ClassVar[str] = ""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
     # subset of {"conditional", "score", "nll", "encode", "decode", "latent"}; with "encode"/"decode" the model
     # has encode(x, labels=None) -> z and decode(z, labels=None) -> images (labels used when "conditional")
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.data.modality not in self.modalities:
+            raise ValueError(f"{self.family or type(self).__name__} models {', '.join(sorted(self.modalities))} data, "
+                             f"not {config.data.modality}")
         self.config = config
 
     @classmethod
@@ -83,10 +166,12 @@ class GenerativeModel(nn.Module):
         return cls(cls.config_class.from_dict(values))
 
     # --- training -------------------------------------------------------------------------
+    @abc.abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Named optimisers the model owns (checkpointed with the weights)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def fit_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns losses as plain floats."""
         raise NotImplementedError
@@ -115,6 +200,7 @@ class GenerativeModel(nn.Module):
         return labels
 
     # --- inference ------------------------------------------------------------------------
+    @abc.abstractmethod
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -130,9 +216,11 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError(f"{self.family} has no likelihood")
 
     # --- export / serving -----------------------------------------------------------------
+    @abc.abstractmethod
     def onnx_graphs(self) -> list[OnnxGraph]:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def sampler(self) -> dict[str, Any]:
         """How serving runs the graphs; written to sampler.json. Always has "kind"."""
         raise NotImplementedError
@@ -172,5 +260,5 @@ class LikelihoodModel(GenerativeModel):
             torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
         self._opt.step()
         self._sched.step()
-        dims = math.prod(self.config.image_shape)
+        dims = self.config.data.dims
         return {"loss": loss.item(), "bits_per_dim": loss.item() / (dims * math.log(2))}

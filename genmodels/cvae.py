@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from genmodels.base import ModelConfig, OnnxGraph
+from genmodels.base import ModelConfig, OnnxGraph, training
 from genmodels.vae import VAE, Decoder, Encoder, VAEConfig
 
 
@@ -31,7 +31,7 @@ class CVAEConfig(VAEConfig):
     # draws one style per class (latent 4, 8 epochs: 91%, recall 0.08, flagged as mode collapse). Latent 8
     # learns to use the label with time: 72% / recall 0.26 at 8 epochs, 86% / 0.37 at 16.
     latent_dim: int = 8
-    epochs: int = 20
+    epochs: int = training(20)
 
 
 class _DecodeImages(nn.Module):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, stride2_levels
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, stride2_levels, training
 
 
 @dataclass
@@ -31,13 +31,14 @@ class DCGANConfig(ModelConfig):
     ndf: int = 32                   # discriminator channels after its first conv; doubles per level
     spectral_norm: bool = False     # spectral norm on every discriminator layer (and no batch norm there)
     conditional: bool = False       # labels into generator and discriminator; sample(labels=...)
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    batch_size: int = 32            # training defaults the trainer reads (overridable there)
-    epochs: int = 25
+    lr_g: float = training(2e-4)
+    lr_d: float = training(2e-4)
+    betas: tuple[float, float] = training((0.5, 0.999))
+    batch_size: int = training(32)            # training defaults the trainer reads (overridable there)
+    epochs: int = training(25)
 
     def __post_init__(self):
+        super().__post_init__()
         self.betas = tuple(float(b) for b in self.betas)  # JSON gives a list back
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two floats, got {self.betas}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, training
 from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample, ddim_timesteps
 
 
@@ -43,15 +43,16 @@ class DDPMConfig(ModelConfig):
     # every step, DDPM-like: after the default 20-epoch mnist5k run, visibly cleaner digits than eta = 0
     eta: float = 0.0
     clip: bool = True                           # clip the predicted x0 to [-1, 1] at every step
-    ema_decay: float = 0.999                    # EMA of the weights, warmed up as min(decay, (1+k)/(10+k))
-    lr: float = 2e-3
-    weight_decay: float = 0.0                   # AdamW
-    warmup_steps: int = 100                     # linear learning-rate warm-up
-    grad_clip: float = 1.0                      # max gradient norm (0 = off)
-    batch_size: int = 64                        # training defaults the trainer reads (overridable there)
-    epochs: int = 20
+    ema_decay: float = training(0.999)                    # EMA of the weights, warmed up as min(decay, (1+k)/(10+k))
+    lr: float = training(2e-3)
+    weight_decay: float = training(0.0)                   # AdamW
+    warmup_steps: int = training(100)                     # linear learning-rate warm-up
+    grad_clip: float = training(1.0)                      # max gradient norm (0 = off)
+    batch_size: int = training(64)                        # training defaults the trainer reads (overridable there)
+    epochs: int = training(20)
 
     def __post_init__(self):
+        super().__post_init__()
         self.channel_mult = tuple(int(m) for m in self.channel_mult)  # JSON gives a list back
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")

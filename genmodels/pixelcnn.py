@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph
+from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, training
 
 
 @dataclass
@@ -68,15 +68,16 @@ class PixelCNNConfig(ModelConfig):
     kernel: int = 3                 # odd >= 3: vertical (k//2+1) x k, horizontal 1 x (k//2+1)
     first_kernel: int = 7           # odd >= 3: the first layer's k
     head_channels: int = 64         # the hidden 1x1 layer of the output head
-    lr: float = 2e-3
-    lr_decay: float = 0.9995        # per-step exponential decay of the learning rate
-    grad_clip: float = 1.0          # max global gradient norm (0 = none); the loss is in nats/image, norms
+    lr: float = training(2e-3)
+    lr_decay: float = training(0.9995)        # per-step exponential decay of the learning rate
+    grad_clip: float = training(1.0)          # max global gradient norm (0 = none); the loss is in nats/image, norms
                                     # run ~100-400 on MNIST, so 1.0 rescales every step (Adam on unit-norm
                                     # gradients, which trained stably)
-    batch_size: int = 32            # training defaults the trainer reads (overridable there)
-    epochs: int = 10
+    batch_size: int = training(32)            # training defaults the trainer reads (overridable there)
+    epochs: int = training(10)
 
     def __post_init__(self):
+        super().__post_init__()
         self.pixels = str(self.pixels)  # YAML may give 256 as an int
         if self.pixels not in ("binary", "256"):
             raise ValueError(f"pixels must be 'binary' or '256', got {self.pixels!r}")

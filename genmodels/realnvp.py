@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph
+from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, evaluation, training
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -58,16 +58,17 @@ class RealNVPConfig(ModelConfig):
     alpha: float = 0.05             # logit transform: logit(alpha + (1 - 2 alpha) y), as in the paper
     actnorm: bool = True            # a per-pixel affine on the logits first, initialised from the first batch
     actnorm_floor: float = 0.05     # smallest per-pixel std the data-dependent init divides by
-    actnorm_lr: float = 10.0        # its learning rate, as a multiple of lr
-    nll_samples: int = 1            # dequantisation draws averaged by nll()
-    lr: float = 3e-3
-    lr_decay: float = 0.9995        # per-step exponential decay of the learning rate
-    weight_decay: float = 5e-5      # L2 on the weights (the paper uses 5e-5)
-    grad_clip: float = 100.0        # max gradient norm (0 = no clipping)
-    batch_size: int = 32            # training defaults the trainer reads (overridable there)
-    epochs: int = 18
+    actnorm_lr: float = training(10.0)        # its learning rate, as a multiple of lr
+    nll_samples: int = evaluation(1)            # dequantisation draws averaged by nll()
+    lr: float = training(3e-3)
+    lr_decay: float = training(0.9995)        # per-step exponential decay of the learning rate
+    weight_decay: float = training(5e-5)      # L2 on the weights (the paper uses 5e-5)
+    grad_clip: float = training(100.0)        # max gradient norm (0 = no clipping)
+    batch_size: int = training(32)            # training defaults the trainer reads (overridable there)
+    epochs: int = training(18)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.hidden < 1 or self.blocks < 0 or self.scales < 1 or self.nll_samples < 1:
             raise ValueError("hidden, scales and nll_samples must be >= 1, blocks >= 0")
         if not 0.0 < self.lr_decay <= 1.0:

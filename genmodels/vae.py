@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, stride2_levels
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, evaluation, stride2_levels, training
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -38,15 +38,16 @@ class VAEConfig(ModelConfig):
     likelihood: str = "bernoulli"   # "bernoulli" (continuous BCE on logits) | "gaussian"
     learn_sigma: bool = True        # gaussian only: learn one sigma per channel ...
     sigma: float = 0.1              # ... starting here (or fixed at this value when not learned)
-    beta: float = 1.0               # weight on the KL term (beta-VAE); 1 = the true ELBO
-    score: str = "elbo"             # anomaly score: "elbo" (negative ELBO) | "recon" (recon. error at z = mu)
-    score_samples: int = 8          # posterior samples averaged by score="elbo"
-    iwae_k: int = 64                # importance samples in nll()
-    lr: float = 6e-3                # high for Adam, fine with ELU and a small net; the budget is ~250 steps
-    batch_size: int = 32            # training defaults the trainer reads (overridable there)
-    epochs: int = 2
+    beta: float = training(1.0)               # weight on the KL term (beta-VAE); 1 = the true ELBO
+    score: str = evaluation("elbo")             # anomaly score: "elbo" (negative ELBO) | "recon" (recon. error at z = mu)
+    score_samples: int = evaluation(8)          # posterior samples averaged by score="elbo"
+    iwae_k: int = evaluation(64)                # importance samples in nll()
+    lr: float = training(6e-3)                # high for Adam, fine with ELU and a small net; the budget is ~250 steps
+    batch_size: int = training(32)            # training defaults the trainer reads (overridable there)
+    epochs: int = training(2)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
         if self.score not in ("elbo", "recon"):

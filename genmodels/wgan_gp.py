@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from genmodels.base import ModelConfig
+from genmodels.base import ModelConfig, training
 from genmodels.dcgan import DCGAN, DCGANConfig
 
 
@@ -25,14 +25,14 @@ from genmodels.dcgan import DCGAN, DCGANConfig
 class WGANGPConfig(DCGANConfig):
     # Defaults: 60 epochs of mnist5k in batches of 64 = 3,780 critic and 756 generator steps,
     # ~5 min on 2 CPU cores (benchmarks/train.py). Fewer generator steps than dcgan's per epoch, so more epochs.
-    n_critic: int = 5               # critic updates per generator update
-    gp_weight: float = 10.0         # lambda of the gradient penalty
+    n_critic: int = training(5)               # critic updates per generator update
+    gp_weight: float = training(10.0)         # lambda of the gradient penalty
     critic_norm: str = "layer"      # "layer" | "none" (never batch norm: the penalty is per sample)
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.9)
-    batch_size: int = 64
-    epochs: int = 60
+    lr_g: float = training(2e-4)
+    lr_d: float = training(2e-4)
+    betas: tuple[float, float] = training((0.5, 0.9))
+    batch_size: int = training(64)
+    epochs: int = training(60)
 
     def __post_init__(self):
         super().__post_init__()

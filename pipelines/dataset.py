@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from contracts.data import DataSpec
 from contracts.io import atomic_dir, sha256_file, write_npz_deterministic  # noqa: F401 (re-exported)
+from contracts.modalities import get_modality
 from pipelines.errors import DataError, GenforgeError
 
 SPLITS = ("train", "test")
@@ -43,8 +45,13 @@ class PreparedDataset:
         return int(self.meta["num_classes"])
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.meta["shape"])  # type: ignore[return-value]
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["shape"])
+
+    @property
+    def spec(self) -> DataSpec:
+        """The typed meta.json: modality, sample shape, classes (data sets from before modalities: images)."""
+        return DataSpec.from_meta(self.meta)
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in SPLITS:
@@ -52,7 +59,7 @@ class PreparedDataset:
         path = self.root / f"{split}.npz"
         try:
             with np.load(path, allow_pickle=False) as npz:
-                return npz["images"], npz["labels"]
+                return npz[get_modality(self.spec.modality).SAMPLE_KEY], npz["labels"]
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise DataError(path, f"cannot read prepared split ({exc.__class__.__name__}: {exc})") from exc
 

@@ -73,6 +73,8 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
         meta = {
             "name": out.name,
             "source": source,
+            "modality": "image",
+            "value_range": [0, 255],
             "shape": [int(s) for s in raw.train_images.shape[1:]],
             "dtype": "uint8",
             "num_classes": num_classes,

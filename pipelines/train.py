@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+from contracts.data import DataSpec
+from contracts.io import atomic_write_json
+from contracts.modalities import get_modality
 from genmodels import GenerativeModel, get_family
 from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
@@ -57,7 +60,8 @@ def family_settings(params: dict[str, Any], family: str) -> tuple[dict[str, Any]
     """(model config values, training settings) for one family.
 
     Precedence for epochs/batch size: `model.<family>.*`, then `train.*`, then the family's config
-    defaults (families tune their own). Keys the family's config also declares stay in its config.
+    defaults (families tune their own). The values used end up in the model config too, so config.json,
+    train.json and the fingerprint all record the same numbers.
     """
     section = dict(((params.get("model") or {}).get(family)) or {})
     declared = {f.name: f.default for f in dataclasses.fields(family_class(family).config_class)}
@@ -66,12 +70,15 @@ def family_settings(params: dict[str, Any], family: str) -> tuple[dict[str, Any]
     for key in TRAIN_KEYS:
         if key in section:
             settings[key] = section[key] if key in declared else section.pop(key)
+    for key in ("epochs", "batch_size"):
+        if key in declared:
+            section[key] = settings[key]
     return section, settings
 
 
 def build_for_dataset(family: str, config_values: dict[str, Any], meta: dict[str, Any], seed: int) -> GenerativeModel:
-    values = {"image_shape": list(meta["shape"]), "num_classes": int(meta["num_classes"]), "seed": seed,
-              **config_values}
+    """A fresh model of `family` for the prepared data described by `meta` (its DataSpec)."""
+    values = {"data": DataSpec.from_meta(meta), "seed": seed, **config_values}
     try:
         return family_class(family).from_config(values)
     except (TypeError, ValueError) as exc:
@@ -119,7 +126,7 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> Generativ
         raise GenforgeError(f"{directory}: no trained model (model.pt + config.json); run `genforge stage train` first")
     spec = json.loads(config_path.read_text())
     try:
-        model = family_class(spec["family"]).from_config(spec["config"])
+        model = family_class(spec["family"]).from_config({**spec["config"], **spec.get("training", {})})
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     except (ValueError, TypeError, RuntimeError, KeyError) as exc:
         raise GenforgeError(f"{directory}: the saved model does not fit the current {spec.get('family')} code "
@@ -134,8 +141,8 @@ def plan_training(params: dict[str, Any], root: Path, family: str):
     config_values, settings = family_settings(params, family)
     model = build_for_dataset(family, config_values, ds.meta, int(settings["seed"]))
     settings_for_hash = {k: v for k, v in settings.items() if k not in ("device", "log_every")}
-    fingerprint = params_hash({"family": family, "config": model.config.to_dict(), "settings": settings_for_hash,
-                               "data": ds.sha256})
+    fingerprint = params_hash({"family": family, "config": model.config.fingerprint_fields(),
+                               "settings": settings_for_hash, "data": ds.sha256})
     return ds, model, settings, fingerprint
 
 
@@ -162,7 +169,7 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     if exclude:
         keep = ~torch.isin(torch.from_numpy(labels), torch.tensor(exclude))
         images, labels = images[keep.numpy()], labels[keep.numpy()]
-    x_all = torch.from_numpy(images).float().div_(255.0).to(device)
+    x_all = torch.from_numpy(get_modality(model.config.data.modality).to_model(images)).to(device)
     y_all = torch.from_numpy(labels).to(device)
     n = len(x_all)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -230,7 +237,9 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
 
     model.eval()
     _save_atomic(model.state_dict(), out / "model.pt")
-    (out / "config.json").write_text(json.dumps({"family": family, "config": model.config.to_dict()}, indent=2) + "\n")
+    atomic_write_json(out / "config.json", {"family": family,
+                                            "config": {**model.config.architecture(), **model.config.evaluation_settings()},
+                                            "training": model.config.training_settings()})
     summary = {
         "family": family, "dataset": ds.name, "data_sha256": ds.sha256, "run_id": run_id,
         "params_hash": fingerprint, "epochs": epochs, "resumed_from_epoch": start_epoch, "device": str(device),

@@ -5,7 +5,6 @@ it passes or not: later stages refuse a dataset whose latest report failed or is
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contracts.modalities import get_modality
 from pipelines.dataset import SPLITS, PreparedDataset, open_prepared, sha256_file
 from pipelines.errors import GenforgeError, ValidationFailed
 
@@ -25,16 +25,10 @@ def report_path(root: Path, dataset: str) -> Path:
     return root / "reports" / dataset / "validation.json"
 
 
-def summary_table(images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
-    """One row per image: label, mean/min/max intensity, content hash."""
-    flat = images.reshape(len(images), -1).astype(np.float64, copy=False)
-    return pd.DataFrame({
-        "label": labels.astype(np.int64),
-        "mean": flat.mean(axis=1) if flat.size else np.zeros(0),
-        "min": flat.min(axis=1) if flat.size else np.zeros(0),
-        "max": flat.max(axis=1) if flat.size else np.zeros(0),
-        "hash": [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).hexdigest() for im in images],
-    })
+def summary_table(samples: np.ndarray, labels: np.ndarray, modality: str = "image") -> pd.DataFrame:
+    """One row per sample, the columns the modality defines (images: label, mean/min/max intensity, content
+    hash); every modality has "label" and "hash"."""
+    return pd.DataFrame(get_modality(modality).summary_table(samples, labels))
 
 
 def _array_checks(ds: PreparedDataset, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
@@ -52,8 +46,8 @@ def _array_checks(ds: PreparedDataset, arrays: dict[str, tuple[np.ndarray, np.nd
               "sha256 of " + file_name, recorded)
         check("dtype_matches_meta", split, str(images.dtype) == meta.get("dtype", "uint8"),
               str(images.dtype), meta.get("dtype", "uint8"))
-        check("shape_matches_meta", split, list(images.shape[1:]) == list(meta["shape"]) and images.ndim == 4,
-              list(images.shape), ["N", *meta["shape"]])
+        problem = get_modality(ds.spec.modality).check_stored(images, ds.spec.shape)
+        check("shape_matches_meta", split, problem is None, list(images.shape), ["N", *meta["shape"]])
         check("labels_match_image_count", split, labels.shape == (len(images),),
               list(labels.shape), [len(images)])
         finite = bool(np.isfinite(images).all()) if images.dtype.kind == "f" else True
@@ -62,7 +56,7 @@ def _array_checks(ds: PreparedDataset, arrays: dict[str, tuple[np.ndarray, np.nd
 
 
 def _gx_validate(tables: dict[str, pd.DataFrame], shares: pd.DataFrame, num_classes: int,
-                 thresholds: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
+                 thresholds: dict[str, Any], modality: str = "image") -> tuple[list[dict], dict[str, Any]]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -76,13 +70,10 @@ def _gx_validate(tables: dict[str, pd.DataFrame], shares: pd.DataFrame, num_clas
 
     def image_suite(split: str) -> "gx.ExpectationSuite":
         suite = gx.ExpectationSuite(name=f"images_{split}")
+        own = [getattr(gxe, name)(**kwargs) for name, kwargs in get_modality(modality).expectations(thresholds)]
         for exp in (
             gxe.ExpectTableRowCountToBeBetween(min_value=int(thresholds[f"min_{split}_samples"])),
-            gxe.ExpectColumnValuesToNotBeNull(column="mean"),
-            gxe.ExpectColumnValuesToBeBetween(column="min", min_value=thresholds["pixel_min"],
-                                              max_value=thresholds["pixel_max"]),
-            gxe.ExpectColumnValuesToBeBetween(column="max", min_value=thresholds["pixel_min"],
-                                              max_value=thresholds["pixel_max"]),
+            *own,
             gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=num_classes - 1),
             gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(range(num_classes))),
             gxe.ExpectColumnSumToBeBetween(column="leaked", min_value=0,
@@ -118,14 +109,14 @@ def validate(params: dict[str, Any], root: Path, dataset_dir: Path) -> dict[str,
     arrays = {split: ds.load(split) for split in SPLITS}
     checks = _array_checks(ds, arrays)
 
-    tables = {split: summary_table(*arrays[split]) for split in SPLITS}
+    tables = {split: summary_table(*arrays[split], modality=ds.spec.modality) for split in SPLITS}
     train_hashes, test_hashes = set(tables["train"]["hash"]), set(tables["test"]["hash"])
     tables["train"]["leaked"] = tables["train"]["hash"].isin(test_hashes).astype(np.int64)
     tables["test"]["leaked"] = tables["test"]["hash"].isin(train_hashes).astype(np.int64)
     shares = pd.DataFrame([
         {"split": split, "class": c, "share": float((tables[split]["label"] == c).mean()) if len(tables[split]) else 0.0}
         for split in SPLITS for c in range(ds.num_classes)])
-    gx_checks, gx_raw = _gx_validate(tables, shares, ds.num_classes, thresholds)
+    gx_checks, gx_raw = _gx_validate(tables, shares, ds.num_classes, thresholds, ds.spec.modality)
     checks += gx_checks
 
     failed = [c for c in checks if not c["success"]]

@@ -15,3 +15,11 @@ def _modules_after(statement: str) -> set[str]:
 def test_genmodels_imports_no_orchestration(statement):
     loaded = _modules_after(statement)
     assert not loaded & {"mlflow", "prefect", "great_expectations", "dvc", "onnxruntime", "pipelines"}
+
+
+@pytest.mark.parametrize("statement", ["import contracts.errors, contracts.io, contracts.data",
+                                       "from contracts.modalities import get_modality; get_modality('image')"])
+def test_contracts_are_torch_free(statement):
+    loaded = _modules_after(statement)
+    assert not loaded & {"torch", "mlflow", "prefect", "great_expectations", "dvc", "onnxruntime", "pipelines",
+                         "genmodels", "evaluation", "serving"}

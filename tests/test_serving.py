@@ -44,7 +44,20 @@ class _CondNet(nn.Module):
         return torch.sigmoid(self.fc(z) + self.emb(labels)).view(-1, *self.shape)
 
 
-class TinyConditional(GenerativeModel):
+class _ExportOnly(GenerativeModel):
+    """Test doubles that are only exported and served: training and torch sampling are not theirs."""
+
+    def optimizers(self):
+        return {}
+
+    def fit_step(self, x, y=None):
+        raise NotImplementedError("an export-only test double")
+
+    def sample(self, n, labels=None, generator=None):
+        raise NotImplementedError("an export-only test double")
+
+
+class TinyConditional(_ExportOnly):
     """z ~ U(-1, 1)^4, labels -> 3 x 8 x 8 RGB image: exercises labels, uniform noise, colour previews."""
 
     family = "tinycond"
@@ -86,7 +99,7 @@ class _IgnoresLabels(nn.Module):
         return torch.sigmoid(self.fc(z)).view(-1, 1, 8, 8)
 
 
-class TinyModule(GenerativeModel):
+class TinyModule(_ExportOnly):
     """Wraps any module z (N x 4) [, labels] -> N x 1 x 8 x 8 as a one-graph direct model."""
 
     family = "tiny"
