@@ -163,6 +163,13 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
 
     @classmethod
     def from_config(cls, values: dict[str, Any]) -> "GenerativeModel":
+        """Build from config values (config.json's, or params'); a ValueError for data of a modality the
+        family does not model, before the config is built."""
+        spec = values.get("data")
+        modality = spec.get("modality", "image") if isinstance(spec, dict) else getattr(spec, "modality", "image")
+        if modality not in cls.modalities:
+            raise ValueError(f"{cls.family or cls.__name__} models {', '.join(sorted(cls.modalities))} data, "
+                             f"not {modality}")
         return cls(cls.config_class.from_dict(values))
 
     # --- training -------------------------------------------------------------------------
