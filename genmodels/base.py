@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from contracts.samplers import SamplerSpec
+
 
 @dataclass
 class ModelConfig:
@@ -73,14 +75,44 @@ class GenerativeModel(nn.Module):
     # subset of {"conditional", "score", "nll", "encode", "decode", "latent"}; with "encode"/"decode" the model
     # has encode(x, labels=None) -> z and decode(z, labels=None) -> images (labels used when "conditional")
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # generate-time sampling options and the family's defaults, e.g. {"steps": 50, "eta": 0.0}: call arguments
+    # of sample(), recorded in sampler() as its defaults, never part of the (fingerprinted) config
+    sampling_options: ClassVar[dict[str, Any]] = {}
+    # config keys from before sampling settings left the config -> option name (old config.json / params files)
+    legacy_sampling_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.sampling: dict[str, Any] = dict(self.sampling_options)  # this model's defaults
 
     @classmethod
-    def from_config(cls, values: dict[str, Any]) -> "GenerativeModel":
-        return cls(cls.config_class.from_dict(values))
+    def from_config(cls, values: dict[str, Any], sampling: dict[str, Any] | None = None) -> "GenerativeModel":
+        """A model from config values; sampling options found among them (``sampling_options`` names or
+        ``legacy_sampling_keys``) and ``sampling`` become its sampling defaults. ValueError for bad values."""
+        config_values, found = cls.split_sampling(values)
+        model = cls(cls.config_class.from_dict(config_values))
+        model.set_sampling_defaults(**found, **(sampling or {}))
+        return model
+
+    @classmethod
+    def split_sampling(cls, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(config values, sampling options) of a dict that may mix both, as config.json and params did."""
+        config_values, found = {}, {}
+        for key, value in values.items():
+            option = cls.legacy_sampling_keys.get(key, key if key in cls.sampling_options else None)
+            (found if option else config_values)[option or key] = value
+        return config_values, found
+
+    def set_sampling_defaults(self, **options: Any) -> None:
+        """Change this model's sampling defaults; validated through its sampler spec (SamplerSpecError, a
+        ValueError, for an unknown option or a bad value)."""
+        if options:
+            self.sampling = self.sampler().with_sampling(**options).sampling_defaults()
+
+    def sampling_spec(self, sampling: dict[str, Any]) -> SamplerSpec:
+        """The sampler spec with call-time ``sampling`` options over the defaults (validated)."""
+        return self.sampler().with_sampling(**sampling)
 
     # --- training -------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -117,8 +149,9 @@ class GenerativeModel(nn.Module):
     # --- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """N images in [0, 1], N x C x H x W."""
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
+        """N images in [0, 1], N x C x H x W. ``sampling``: the family's options (``sampling_options``)
+        overriding its defaults for this call; an option it does not take is a SamplerSpecError."""
         raise NotImplementedError
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,8 +166,9 @@ class GenerativeModel(nn.Module):
     def onnx_graphs(self) -> list[OnnxGraph]:
         raise NotImplementedError
 
-    def sampler(self) -> dict[str, Any]:
-        """How serving runs the graphs; written to sampler.json. Always has "kind"."""
+    def sampler(self) -> SamplerSpec:
+        """How serving runs the graphs, with ``self.sampling`` as its sampling defaults; export writes
+        ``sampler().to_json()`` to sampler.json."""
         raise NotImplementedError
 
     @property

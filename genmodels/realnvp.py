@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contracts.samplers import FlowSpec, Noise
 from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph
 
 LOG_2PI = math.log(2 * math.pi)
@@ -271,6 +272,7 @@ class _Inverse(nn.Module):
 class RealNVP(LikelihoodModel):
     family: ClassVar[str] = "realnvp"
     config_class: ClassVar[type[ModelConfig]] = RealNVPConfig
+    sampling_options: ClassVar[dict[str, Any]] = {"temperature": 1.0}  # z ~ N(0, temperature^2 I)
     capabilities: ClassVar[frozenset[str]] = frozenset({"nll", "score"})
 
     def __init__(self, config: RealNVPConfig):
@@ -356,11 +358,15 @@ class RealNVP(LikelihoodModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """z ~ N(0, I) (torch.randn, N x C x H x W) through the inverse: N x C x H x W in [0, 1]."""
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
+        """z ~ N(0, I) (torch.randn, N x C x H x W), times ``temperature`` (option, default
+        ``self.sampling``), through the inverse: N x C x H x W in [0, 1]."""
+        temperature = self.sampling_spec(sampling).temperature
         # draw on the generator's device, then move: a CPU generator gives the same z on any device
         z = torch.randn((n, *self.config.image_shape), generator=generator,
                         device=generator.device if generator is not None else self.device)
+        if temperature != 1.0:  # float32, as serving's images_from_noise scales it
+            z = z * torch.tensor(temperature, dtype=torch.float32)
         return self.inverse_images(z)
 
     # --- export / serving ------------------------------------------------------------------
@@ -370,7 +376,7 @@ class RealNVP(LikelihoodModel):
         return [OnnxGraph(name="inverse", module=module, example_inputs=(z,), input_names=["z"],
                           output_names=["images"], dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}})]
 
-    def sampler(self) -> dict[str, Any]:
-        return {"kind": "flow", "graph": "inverse", "output": "images",
-                "noise": {"name": "z", "shape": [int(v) for v in self.config.image_shape], "distribution": "normal"},
-                "conditional": False}
+    def sampler(self) -> FlowSpec:
+        return FlowSpec(graph="inverse", output="images",
+                        noise=Noise(name="z", shape=tuple(int(v) for v in self.config.image_shape)),
+                        temperature=self.sampling["temperature"], conditional=False)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contracts.samplers import DirectSpec, Noise
 from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, stride2_levels
 
 LOG_2PI = math.log(2 * math.pi)
@@ -230,8 +231,9 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
         """Decoder means at z ~ N(0, I) (pixel noise would only add salt): N x C x H x W in [0, 1]."""
+        self.sampling_spec(sampling)  # the direct sampler takes no option: any is an error
         # draw on the generator's device, then move: a CPU generator gives the same z on any device
         z = torch.randn(n, self.config.latent_dim, generator=generator,
                         device=generator.device if generator is not None else self.device)
@@ -293,7 +295,5 @@ class VAE(GenerativeModel):
                           output_names=["images"],
                           dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}})]
 
-    def sampler(self) -> dict[str, Any]:
-        return {"kind": "direct", "graph": "decoder",
-                "noise": {"name": "z", "shape": [self.config.latent_dim], "distribution": "normal"},
-                "conditional": False}
+    def sampler(self) -> DirectSpec:
+        return DirectSpec(graph="decoder", noise=Noise(name="z", shape=(self.config.latent_dim,)), conditional=False)
