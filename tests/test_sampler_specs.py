@@ -1,15 +1,13 @@
-"""Typed sampler specs (contracts/samplers.py): JSON round trips, every validation error per kind,
-sampler.json files exported before the specs were typed, the torch/numpy loop twins, and sampling
-options at generate time (python API, the `genforge generate` CLI, the training fingerprint)."""
+"""Typed sampler specs (contracts/samplers.py): JSON round trips, every validation error per kind as
+one exact message, and sampler.json files exported before the specs were typed (tests/fixtures/
+sampler_specs/: the export of each family at commit e6f24ad). Loop twins and sampling options at
+generate time: tests/test_sampling_options.py."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
-import torch
 
 from contracts.errors import GenforgeError, ServingError
 from contracts.samplers import (EXPORT_KEYS, SPEC_KINDS, AutoregressiveSpec, DDIMSpec, DirectSpec, FlowSpec,
