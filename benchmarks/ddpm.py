@@ -111,7 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", default=f"1,{os.cpu_count() or 1}", help="comma list")
     ap.add_argument("--batch", type=int, default=64, help="sampling batch")
-    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the config's sample_steps)")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's sampling default)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="train every default epoch (measured) at the largest thread count")
     ap.add_argument("--skip-train", action="store_true")
@@ -187,9 +187,8 @@ def main() -> None:
         model = build_model("ddpm", config)
     model.eval()
 
-    steps = args.steps or cfg.sample_steps
-    if steps != cfg.sample_steps:
-        model.config.sample_steps = steps
+    steps = args.steps or model.sampling["steps"]
+    model.set_sampling_defaults(steps=steps)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "ddpm"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from contracts.data import DataSpec
+from contracts.samplers import SamplerSpec
 
 
 # Field kinds (dataclasses.field metadata "kind"). Architecture (the default) fixes the weights' shapes and
@@ -153,6 +154,11 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
     # subset of {"conditional", "score", "nll", "encode", "decode", "latent"}; with "encode"/"decode" the model
     # has encode(x, labels=None) -> z and decode(z, labels=None) -> images (labels used when "conditional")
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # generate-time sampling options and the family's defaults, e.g. {"steps": 50, "eta": 0.0}: call arguments
+    # of sample(), recorded in sampler() as its defaults, never part of the (fingerprinted) config
+    sampling_options: ClassVar[dict[str, Any]] = {}
+    # config keys from before sampling settings left the config -> option name (old config.json / params files)
+    legacy_sampling_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -160,17 +166,41 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"{self.family or type(self).__name__} models {', '.join(sorted(self.modalities))} data, "
                              f"not {config.data.modality}")
         self.config = config
+        self.sampling: dict[str, Any] = dict(self.sampling_options)  # this model's defaults
 
     @classmethod
-    def from_config(cls, values: dict[str, Any]) -> "GenerativeModel":
-        """Build from config values (config.json's, or params'); a ValueError for data of a modality the
-        family does not model, before the config is built."""
+    def from_config(cls, values: dict[str, Any], sampling: dict[str, Any] | None = None) -> "GenerativeModel":
+        """A model from config values (config.json's, or params'). Sampling options found among them
+        (``sampling_options`` names or ``legacy_sampling_keys``) and ``sampling`` become its sampling
+        defaults. ValueError for bad values, and for data of a modality the family does not model (before
+        the config is built)."""
         spec = values.get("data")
         modality = spec.get("modality", "image") if isinstance(spec, dict) else getattr(spec, "modality", "image")
         if modality not in cls.modalities:
             raise ValueError(f"{cls.family or cls.__name__} models {', '.join(sorted(cls.modalities))} data, "
                              f"not {modality}")
-        return cls(cls.config_class.from_dict(values))
+        config_values, found = cls.split_sampling(values)
+        model = cls(cls.config_class.from_dict(config_values))
+        model.set_sampling_defaults(**found, **(sampling or {}))
+        return model
+    @classmethod
+    def split_sampling(cls, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(config values, sampling options) of a dict that may mix both, as config.json and params did."""
+        config_values, found = {}, {}
+        for key, value in values.items():
+            option = cls.legacy_sampling_keys.get(key, key if key in cls.sampling_options else None)
+            (found if option else config_values)[option or key] = value
+        return config_values, found
+
+    def set_sampling_defaults(self, **options: Any) -> None:
+        """Change this model's sampling defaults; validated through its sampler spec (SamplerSpecError, a
+        ValueError, for an unknown option or a bad value)."""
+        if options:
+            self.sampling = self.sampler().with_sampling(**options).sampling_defaults()
+
+    def sampling_spec(self, sampling: dict[str, Any]) -> SamplerSpec:
+        """The sampler spec with call-time ``sampling`` options over the defaults (validated)."""
+        return self.sampler().with_sampling(**sampling)
 
     # --- training -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -210,8 +240,9 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """N images in [0, 1], N x C x H x W."""
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
+        """N images in [0, 1], N x C x H x W. ``sampling``: the family's options (``sampling_options``)
+        overriding its defaults for this call; an option it does not take is a SamplerSpecError."""
         raise NotImplementedError
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,8 +259,9 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
         raise NotImplementedError
 
     @abc.abstractmethod
-    def sampler(self) -> dict[str, Any]:
-        """How serving runs the graphs; written to sampler.json. Always has "kind"."""
+    def sampler(self) -> SamplerSpec:
+        """How serving runs the graphs, with ``self.sampling`` as its sampling defaults; export writes
+        ``sampler().to_json()`` to sampler.json."""
         raise NotImplementedError
 
     @property

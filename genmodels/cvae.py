@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from contracts.samplers import DirectSpec, Noise
 from genmodels.base import ModelConfig, OnnxGraph, training
 from genmodels.vae import VAE, Decoder, Encoder, VAEConfig
 
@@ -120,7 +121,6 @@ class CVAE(VAE):
                           input_names=["z", "labels"], output_names=["images"],
                           dynamic_axes={"z": {0: "batch"}, "labels": {0: "batch"}, "images": {0: "batch"}})]
 
-    def sampler(self) -> dict[str, Any]:
-        return {"kind": "direct", "graph": "decoder",
-                "noise": {"name": "z", "shape": [self.config.latent_dim], "distribution": "normal"},
-                "conditional": True, "labels_input": "labels"}
+    def sampler(self) -> DirectSpec:
+        return DirectSpec(graph="decoder", noise=Noise(name="z", shape=(self.config.latent_dim,)), conditional=True,
+                          labels_input="labels")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from contracts.samplers import DirectSpec, Noise
 from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, stride2_levels, training
 
 
@@ -34,7 +35,7 @@ class DCGANConfig(ModelConfig):
     lr_g: float = training(2e-4)
     lr_d: float = training(2e-4)
     betas: tuple[float, float] = training((0.5, 0.999))
-    batch_size: int = training(32)            # training defaults the trainer reads (overridable there)
+    batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(25)
 
     def __post_init__(self):
@@ -227,8 +228,9 @@ class DCGAN(GenerativeModel):
     # --- inference -------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
         """N x C x H x W in [0, 1]; batch norm uses its running statistics (eval mode)."""
+        self.sampling_spec(sampling)  # the direct sampler takes no option: any is an error
         self.eval()
         labels = self._sample_labels(labels, n)
         # draw on the generator's device, then move: a CPU generator gives the same z on any device
@@ -252,10 +254,6 @@ class DCGAN(GenerativeModel):
         return [OnnxGraph(name="generator", module=module, example_inputs=inputs, input_names=names,
                           output_names=["images"], dynamic_axes=axes)]
 
-    def sampler(self) -> dict[str, Any]:
-        spec = {"kind": "direct", "graph": "generator",
-                "noise": {"name": "z", "shape": [self.config.latent_dim], "distribution": "normal"},
-                "conditional": bool(self.config.conditional)}
-        if self.config.conditional:
-            spec["labels_input"] = "labels"
-        return spec
+    def sampler(self) -> DirectSpec:
+        return DirectSpec(graph="generator", noise=Noise(name="z", shape=(self.config.latent_dim,)),
+                          conditional=bool(self.config.conditional), labels_input="labels")

@@ -1,9 +1,10 @@
 """Noise schedules and the DDIM sampling loop in PyTorch (the "scheduler" half of family "ddpm").
 
 The network lives in ddpm.py; this module holds only the diffusion arithmetic, the diffusers
-model/scheduler split. serving/sampler_ddim.py is the same loop in NumPy around the ONNX denoiser,
-written step for step like ``ddim_sample`` below so the two give the same numbers for the same
-x_T (test: tests/test_ddpm.py). Change one, change the other.
+model/scheduler split. The schedule, the timesteps and the per-step coefficients live in
+contracts/diffusion.py (torch-free), shared with serving/sampler_ddim.py, whose ``ddim_loop`` is
+this loop's update in NumPy: tests/test_sampler_specs.py feeds the same eps and z through both and
+fails when their trajectories drift apart (1e-5).
 
 Conventions (Ho et al. 2020; Song et al. 2021, "DDIM"):
 - ``alphas_cumprod[t]`` = prod_{s<=t} (1 - beta_s) for t = 0..T-1, computed in float64;
@@ -23,53 +24,14 @@ Conventions (Ho et al. 2020; Song et al. 2021, "DDIM"):
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
-SCHEDULES = ("linear", "cosine")
+# the schedule arithmetic is written once, torch-free, and shared with serving/sampler_ddim.py
+from contracts.diffusion import SCHEDULES, alphas_cumprod, ddim_coefficients, ddim_timesteps
 
-
-def alphas_cumprod(schedule: str, timesteps: int) -> list[float]:
-    """a_t for t = 0..T-1 as float64 Python floats.
-
-    linear: betas from 1e-4 to 0.02 at T = 1000, scaled by 1000/T for other T (so the total
-    noise stays the same; improved-DDPM's convention). cosine: Nichol & Dhariwal 2021,
-    a_t = f(t + 1) / f(0) with f(t) = cos((t/T + s) / (1 + s) * pi/2)^2, s = 0.008, betas capped at 0.999.
-    """
-    if timesteps < 1:
-        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-    if schedule == "linear":
-        scale = 1000.0 / timesteps
-        lo, hi = scale * 1e-4, min(scale * 0.02, 0.999)
-        betas = [lo + (hi - lo) * i / max(timesteps - 1, 1) for i in range(timesteps)]
-    elif schedule == "cosine":
-        s = 0.008
-        f = [math.cos((t / timesteps + s) / (1 + s) * math.pi / 2) ** 2 for t in range(timesteps + 1)]
-        betas = [min(1 - f[t + 1] / f[t], 0.999) for t in range(timesteps)]
-    else:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    out, prod = [], 1.0
-    for b in betas:
-        prod *= 1.0 - b
-        out.append(prod)
-    return out
-
-
-def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
-    """The S timesteps the sampler visits, descending ("trailing" spacing): starts at T-1."""
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"sample_steps must be in [1, timesteps={timesteps}], got {steps}")
-    return [round((i + 1) * timesteps / steps) - 1 for i in range(steps - 1, -1, -1)]
-
-
-def ddim_coefficients(acp: list[float], t: int, t_prev: int, eta: float) -> tuple[float, float, float, float, float]:
-    """(sqrt(a), sqrt(1-a), sqrt(a'), sqrt(1-a'-sigma^2), sigma) in float64 for one step t -> t_prev."""
-    a = acp[t]
-    a_prev = acp[t_prev] if t_prev >= 0 else 1.0
-    sigma = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(max(1 - a / a_prev, 0.0)) if eta else 0.0
-    return math.sqrt(a), math.sqrt(1 - a), math.sqrt(a_prev), math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)), sigma
+__all__ = ["SCHEDULES", "alphas_cumprod", "ddim_coefficients", "ddim_sample", "ddim_timesteps"]
 
 
 @torch.no_grad()

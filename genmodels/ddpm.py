@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contracts.samplers import DDIMSpec, Noise
 from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, training
-from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample, ddim_timesteps
+from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample
 
 
 @dataclass
@@ -38,17 +39,13 @@ class DDPMConfig(ModelConfig):
     dropout: float = 0.0
     schedule: str = "linear"                    # "linear" | "cosine" beta schedule
     timesteps: int = 1000                       # T, training diffusion steps
-    sample_steps: int = 50                      # S, DDIM steps when sampling (serving reads it from sampler.json)
-    # DDIM eta: 0 = deterministic given x_T (PyTorch and ONNX Runtime loops agree to ~1e-5); 1 = fresh noise
-    # every step, DDPM-like: after the default 20-epoch mnist5k run, visibly cleaner digits than eta = 0
-    eta: float = 0.0
-    clip: bool = True                           # clip the predicted x0 to [-1, 1] at every step
-    ema_decay: float = training(0.999)                    # EMA of the weights, warmed up as min(decay, (1+k)/(10+k))
+    # the DDIM sampling settings (steps, eta, clip) are not config: see DDPM.sampling_options
+    ema_decay: float = training(0.999)      # EMA of the weights, warmed up as min(decay, (1+k)/(10+k))
     lr: float = training(2e-3)
-    weight_decay: float = training(0.0)                   # AdamW
-    warmup_steps: int = training(100)                     # linear learning-rate warm-up
-    grad_clip: float = training(1.0)                      # max gradient norm (0 = off)
-    batch_size: int = training(64)                        # training defaults the trainer reads (overridable there)
+    weight_decay: float = training(0.0)     # AdamW
+    warmup_steps: int = training(100)       # linear learning-rate warm-up
+    grad_clip: float = training(1.0)        # max gradient norm (0 = off)
+    batch_size: int = training(64)          # training defaults the trainer reads (overridable there)
     epochs: int = training(20)
 
     def __post_init__(self):
@@ -58,11 +55,12 @@ class DDPMConfig(ModelConfig):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.base_channels < 1 or not self.channel_mult or min(self.channel_mult) < 1 or self.num_res_blocks < 1:
             raise ValueError("base_channels, channel_mult entries and num_res_blocks must be >= 1")
-        ddim_timesteps(self.timesteps, self.sample_steps)  # raises when 1 <= S <= T does not hold
+        if self.timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.eta < 0 or not 0.0 <= self.dropout < 1.0 or self.lr <= 0:
-            raise ValueError("eta must be >= 0, dropout in [0, 1), lr > 0")
+        if not 0.0 <= self.dropout < 1.0 or self.lr <= 0:
+            raise ValueError("dropout must be in [0, 1), lr > 0")
         _, h, w = self.image_shape
         f = 2 ** (len(self.channel_mult) - 1)
         if h % f or w % f:
@@ -202,9 +200,16 @@ class DDPM(GenerativeModel):
     family: ClassVar[str] = "ddpm"
     config_class: ClassVar[type[ModelConfig]] = DDPMConfig
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # DDIM sampling defaults, generate-time options (``sample(..., steps=, eta=, clip=)``, ``genforge generate
+    # --steps --eta``): steps S (capped at T); eta 0 = deterministic given x_T (PyTorch and ONNX Runtime loops
+    # agree to ~1e-5), 1 = fresh noise every step, DDPM-like (after the default 20-epoch mnist5k run, visibly
+    # cleaner digits than eta = 0); clip the predicted x0 to [-1, 1] at every step
+    sampling_options: ClassVar[dict[str, Any]] = {"steps": 50, "eta": 0.0, "clip": True}
+    legacy_sampling_keys: ClassVar[dict[str, str]] = {"sample_steps": "steps"}  # DDPMConfig field until v2
 
     def __init__(self, config: DDPMConfig):
         super().__init__(config)
+        self.sampling["steps"] = min(self.sampling["steps"], config.timesteps)
         with torch.random.fork_rng(devices=[]):  # same config -> same weights; global RNG untouched
             torch.manual_seed(config.seed)
             self.unet = UNet(config)
@@ -253,22 +258,30 @@ class DDPM(GenerativeModel):
     # --- inference -------------------------------------------------------------------------
     @torch.no_grad()
     def denoise_from(self, x_t: torch.Tensor, generator: torch.Generator | None = None,
-                     sample_steps: int | None = None) -> torch.Tensor:
-        """DDIM with the EMA weights from a given x_T (N x C x H x W): images in [0, 1]."""
+                     sample_steps: int | None = None, **sampling: Any) -> torch.Tensor:
+        """DDIM with the EMA weights from a given x_T (N x C x H x W): images in [0, 1].
+
+        ``sampling``: steps, eta, clip over ``self.sampling`` (``sample_steps`` is the old name of steps).
+        """
         self.ema.eval()
-        cfg = self.config
-        x0 = ddim_sample(self.ema, x_t.to(self.device), self._acp, sample_steps or cfg.sample_steps,
-                         eta=cfg.eta, clip=cfg.clip, generator=generator)
+        if sample_steps is not None:
+            sampling = {"steps": sample_steps, **sampling}
+        spec = self.sampling_spec(sampling)
+        x0 = ddim_sample(self.ema, x_t.to(self.device), self._acp, spec.sample_steps,
+                         eta=spec.eta, clip=spec.clip, generator=generator)
         return ((x0 + 1) * 0.5).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """N x C x H x W in [0, 1]: x_T ~ N(0, I), then ``sample_steps`` DDIM steps with the EMA UNet."""
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
+        """N x C x H x W in [0, 1]: x_T ~ N(0, I), then ``steps`` DDIM steps with the EMA UNet.
+
+        ``sampling``: steps, eta, clip for this call (defaults: ``self.sampling``)."""
+        spec = self.sampling_spec(sampling)  # validated before any work
         # draw on the generator's device, then move: a CPU generator gives the same x_T on any device
         x_t = torch.randn(n, *self.config.image_shape, generator=generator,
                           device=generator.device if generator is not None else self.device)
-        return self.denoise_from(x_t, generator)
+        return self.denoise_from(x_t, generator, **spec.sampling_defaults())
 
     # --- export / serving ------------------------------------------------------------------
     def onnx_graphs(self) -> list[OnnxGraph]:
@@ -281,16 +294,12 @@ class DDPM(GenerativeModel):
                           output_names=["eps"],
                           dynamic_axes={"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"}})]
 
-    def sampler(self) -> dict[str, Any]:
-        cfg = self.config
-        return {"kind": "ddim", "graph": "denoiser",
-                "noise": {"name": "x", "shape": list(cfg.image_shape), "distribution": "normal"},
-                "timestep_input": "t", "output": "eps",
-                "conditional": False,
-                "prediction": "epsilon",
-                "timesteps": cfg.timesteps, "sample_steps": cfg.sample_steps, "timestep_spacing": "trailing",
-                "eta": float(cfg.eta), "clip": bool(cfg.clip), "schedule": cfg.schedule,
-                "alphas_cumprod": list(self._acp)}
+    def sampler(self) -> DDIMSpec:
+        cfg, opts = self.config, self.sampling
+        return DDIMSpec(graph="denoiser", noise=Noise(name="x", shape=tuple(cfg.image_shape)), timestep_input="t",
+                        output="eps", conditional=False, prediction="epsilon", timesteps=cfg.timesteps,
+                        sample_steps=opts["steps"], timestep_spacing="trailing", eta=opts["eta"], clip=opts["clip"],
+                        schedule=cfg.schedule, alphas_cumprod=tuple(self._acp))
 
 
 class _Denoiser(nn.Module):

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contracts.samplers import AutoregressiveSpec, PixelCache, Uniforms
 from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, training
 
 
@@ -69,11 +70,11 @@ class PixelCNNConfig(ModelConfig):
     first_kernel: int = 7           # odd >= 3: the first layer's k
     head_channels: int = 64         # the hidden 1x1 layer of the output head
     lr: float = training(2e-3)
-    lr_decay: float = training(0.9995)        # per-step exponential decay of the learning rate
-    grad_clip: float = training(1.0)          # max global gradient norm (0 = none); the loss is in nats/image, norms
+    lr_decay: float = training(0.9995)      # per-step exponential decay of the learning rate
+    grad_clip: float = training(1.0)        # max global gradient norm (0 = none); the loss is in nats/image, norms
                                     # run ~100-400 on MNIST, so 1.0 rescales every step (Adam on unit-norm
                                     # gradients, which trained stably)
-    batch_size: int = training(32)            # training defaults the trainer reads (overridable there)
+    batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(10)
 
     def __post_init__(self):
@@ -366,8 +367,9 @@ class PixelCNN(LikelihoodModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
         """N x C x H x W in {0, 1} (binary) or {k / 255}; uniforms drawn up front with torch.rand."""
+        self.sampling_spec(sampling)  # the autoregressive sampler takes no option yet: any is an error
         # draw on the generator's device, then move: a CPU generator gives the same u on any device
         u = torch.rand((n, *self.config.image_shape), generator=generator,
                        device=generator.device if generator is not None else self.device)
@@ -396,14 +398,11 @@ class PixelCNN(LikelihoodModel):
                       dynamic_axes={k: batch for k in ("cond", "x_left", "h_hist", "logits", "h_hist_next")}),
         ]
 
-    def sampler(self) -> dict[str, Any]:
+    def sampler(self) -> AutoregressiveSpec:
         cfg = self.config
-        c, h, w = cfg.image_shape
         s = self._state_shapes(1)
-        return {"kind": "autoregressive", "graph": "logits", "input": "x", "output": "logits",
-                "pixels": cfg.pixels, "categories": cfg.categories,
-                "uniforms": {"shape": [c, h, w], "dtype": "float32", "order": "raster"},
-                "cache": {"row_graph": "row", "pixel_graph": "pixel",
-                          "row_window": s["x_rows"][2], "left_window": s["x_left"][2],
-                          "layers": cfg.layers, "channels": cfg.channels, "history": cfg.kernel // 2},
-                "conditional": False}
+        cache = PixelCache(row_graph="row", pixel_graph="pixel", row_window=s["x_rows"][2], left_window=s["x_left"][2],
+                           layers=cfg.layers, channels=cfg.channels, history=cfg.kernel // 2)
+        return AutoregressiveSpec(graph="logits", input="x", output="logits", pixels=cfg.pixels,
+                                  categories=cfg.categories, uniforms=Uniforms(shape=tuple(cfg.image_shape)),
+                                  cache=cache, conditional=False)

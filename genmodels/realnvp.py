@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contracts.samplers import FlowSpec, Noise
 from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, evaluation, training
 
 LOG_2PI = math.log(2 * math.pi)
@@ -58,13 +59,13 @@ class RealNVPConfig(ModelConfig):
     alpha: float = 0.05             # logit transform: logit(alpha + (1 - 2 alpha) y), as in the paper
     actnorm: bool = True            # a per-pixel affine on the logits first, initialised from the first batch
     actnorm_floor: float = 0.05     # smallest per-pixel std the data-dependent init divides by
-    actnorm_lr: float = training(10.0)        # its learning rate, as a multiple of lr
-    nll_samples: int = evaluation(1)            # dequantisation draws averaged by nll()
+    actnorm_lr: float = training(10.0)      # its learning rate, as a multiple of lr
+    nll_samples: int = evaluation(1)        # dequantisation draws averaged by nll()
     lr: float = training(3e-3)
-    lr_decay: float = training(0.9995)        # per-step exponential decay of the learning rate
-    weight_decay: float = training(5e-5)      # L2 on the weights (the paper uses 5e-5)
-    grad_clip: float = training(100.0)        # max gradient norm (0 = no clipping)
-    batch_size: int = training(32)            # training defaults the trainer reads (overridable there)
+    lr_decay: float = training(0.9995)      # per-step exponential decay of the learning rate
+    weight_decay: float = training(5e-5)    # L2 on the weights (the paper uses 5e-5)
+    grad_clip: float = training(100.0)      # max gradient norm (0 = no clipping)
+    batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(18)
 
     def __post_init__(self):
@@ -272,6 +273,7 @@ class _Inverse(nn.Module):
 class RealNVP(LikelihoodModel):
     family: ClassVar[str] = "realnvp"
     config_class: ClassVar[type[ModelConfig]] = RealNVPConfig
+    sampling_options: ClassVar[dict[str, Any]] = {"temperature": 1.0}  # z ~ N(0, temperature^2 I)
     capabilities: ClassVar[frozenset[str]] = frozenset({"nll", "score"})
 
     def __init__(self, config: RealNVPConfig):
@@ -357,11 +359,15 @@ class RealNVP(LikelihoodModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """z ~ N(0, I) (torch.randn, N x C x H x W) through the inverse: N x C x H x W in [0, 1]."""
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
+        """z ~ N(0, I) (torch.randn, N x C x H x W), times ``temperature`` (option, default
+        ``self.sampling``), through the inverse: N x C x H x W in [0, 1]."""
+        temperature = self.sampling_spec(sampling).temperature
         # draw on the generator's device, then move: a CPU generator gives the same z on any device
         z = torch.randn((n, *self.config.image_shape), generator=generator,
                         device=generator.device if generator is not None else self.device)
+        if temperature != 1.0:  # float32, as serving's images_from_noise scales it
+            z = z * torch.tensor(temperature, dtype=torch.float32)
         return self.inverse_images(z)
 
     # --- export / serving ------------------------------------------------------------------
@@ -371,7 +377,7 @@ class RealNVP(LikelihoodModel):
         return [OnnxGraph(name="inverse", module=module, example_inputs=(z,), input_names=["z"],
                           output_names=["images"], dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}})]
 
-    def sampler(self) -> dict[str, Any]:
-        return {"kind": "flow", "graph": "inverse", "output": "images",
-                "noise": {"name": "z", "shape": [int(v) for v in self.config.image_shape], "distribution": "normal"},
-                "conditional": False}
+    def sampler(self) -> FlowSpec:
+        return FlowSpec(graph="inverse", output="images",
+                        noise=Noise(name="z", shape=tuple(int(v) for v in self.config.image_shape)),
+                        temperature=self.sampling["temperature"], conditional=False)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contracts.samplers import DirectSpec, Noise
 from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, evaluation, stride2_levels, training
 
 LOG_2PI = math.log(2 * math.pi)
@@ -38,12 +39,12 @@ class VAEConfig(ModelConfig):
     likelihood: str = "bernoulli"   # "bernoulli" (continuous BCE on logits) | "gaussian"
     learn_sigma: bool = True        # gaussian only: learn one sigma per channel ...
     sigma: float = 0.1              # ... starting here (or fixed at this value when not learned)
-    beta: float = training(1.0)               # weight on the KL term (beta-VAE); 1 = the true ELBO
-    score: str = evaluation("elbo")             # anomaly score: "elbo" (negative ELBO) | "recon" (recon. error at z = mu)
-    score_samples: int = evaluation(8)          # posterior samples averaged by score="elbo"
-    iwae_k: int = evaluation(64)                # importance samples in nll()
-    lr: float = training(6e-3)                # high for Adam, fine with ELU and a small net; the budget is ~250 steps
-    batch_size: int = training(32)            # training defaults the trainer reads (overridable there)
+    beta: float = training(1.0)             # weight on the KL term (beta-VAE); 1 = the true ELBO
+    score: str = evaluation("elbo")         # anomaly score: "elbo" (negative ELBO) | "recon" (recon. error at z = mu)
+    score_samples: int = evaluation(8)      # posterior samples averaged by score="elbo"
+    iwae_k: int = evaluation(64)            # importance samples in nll()
+    lr: float = training(6e-3)              # high for Adam, fine with ELU and a small net; the budget is ~250 steps
+    batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(2)
 
     def __post_init__(self):
@@ -231,8 +232,9 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
         """Decoder means at z ~ N(0, I) (pixel noise would only add salt): N x C x H x W in [0, 1]."""
+        self.sampling_spec(sampling)  # the direct sampler takes no option: any is an error
         # draw on the generator's device, then move: a CPU generator gives the same z on any device
         z = torch.randn(n, self.config.latent_dim, generator=generator,
                         device=generator.device if generator is not None else self.device)
@@ -294,7 +296,5 @@ class VAE(GenerativeModel):
                           output_names=["images"],
                           dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}})]
 
-    def sampler(self) -> dict[str, Any]:
-        return {"kind": "direct", "graph": "decoder",
-                "noise": {"name": "z", "shape": [self.config.latent_dim], "distribution": "normal"},
-                "conditional": False}
+    def sampler(self) -> DirectSpec:
+        return DirectSpec(graph="decoder", noise=Noise(name="z", shape=(self.config.latent_dim,)), conditional=False)

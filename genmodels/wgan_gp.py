@@ -25,8 +25,8 @@ from genmodels.dcgan import DCGAN, DCGANConfig
 class WGANGPConfig(DCGANConfig):
     # Defaults: 60 epochs of mnist5k in batches of 64 = 3,780 critic and 756 generator steps,
     # ~5 min on 2 CPU cores (benchmarks/train.py). Fewer generator steps than dcgan's per epoch, so more epochs.
-    n_critic: int = training(5)               # critic updates per generator update
-    gp_weight: float = training(10.0)         # lambda of the gradient penalty
+    n_critic: int = training(5)             # critic updates per generator update
+    gp_weight: float = training(10.0)       # lambda of the gradient penalty
     critic_norm: str = "layer"      # "layer" | "none" (never batch norm: the penalty is per sample)
     lr_g: float = training(2e-4)
     lr_d: float = training(2e-4)

@@ -165,20 +165,22 @@ def generate_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     png: bool = typer.Option(False, "--png", help="Also write one PNG per sample."),
     provider: str = typer.Option("auto", "--provider", help="auto (CUDA when it works) | cpu | cuda."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (ddim samplers; default: the model's)."),
+    eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta, 0 = deterministic (default: the model's)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature",
+                                                help="Noise temperature (flow samplers; default: the model's)."),
 ) -> None:
     """Batch-generate samples from a registered model with ONNX Runtime (never imports torch)."""
     from pipelines import tracking
-    from serving.generator import GenerationError, generate
-    from serving.resolve import ResolveError, fetch_onnx, resolve
+    from serving.generator import generate
+    from serving.resolve import fetch_onnx, resolve
 
-    started = time.perf_counter()
-    try:
-        resolved = resolve(tracking.client(), model)
-        local = fetch_onnx(resolved, project_root() / ".genforge" / "models")
-        result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
-                          model_id=resolved.model_id, provider=provider)
-    except (ResolveError, GenerationError) as exc:
-        raise GenforgeError(str(exc)) from exc
+    started = time.perf_counter()  # every error below is a ServingError: main() prints it as one line
+    resolved = resolve(tracking.client(), model)
+    local = fetch_onnx(resolved, project_root() / ".genforge" / "models")
+    result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
+                      model_id=resolved.model_id, provider=provider,
+                      sampling={"steps": steps, "eta": eta, "temperature": temperature})
     summary = {k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))}
     _report(f"generated {n} samples from {resolved.name}/{resolved.version}", summary, started)
 

@@ -126,7 +126,10 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> Generativ
         raise GenforgeError(f"{directory}: no trained model (model.pt + config.json); run `genforge stage train` first")
     spec = json.loads(config_path.read_text())
     try:
-        model = family_class(spec["family"]).from_config({**spec["config"], **spec.get("training", {})})
+        # config.json before the config split holds sampling keys (ddpm's sample_steps, eta) in "config":
+        # from_config moves them to the sampling defaults; since contracts v2 "training" is a section of its own
+        model = family_class(spec["family"]).from_config({**spec["config"], **spec.get("training", {})},
+                                                         spec.get("sampling"))
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     except (ValueError, TypeError, RuntimeError, KeyError) as exc:
         raise GenforgeError(f"{directory}: the saved model does not fit the current {spec.get('family')} code "
@@ -237,9 +240,12 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
 
     model.eval()
     _save_atomic(model.state_dict(), out / "model.pt")
+    # training settings once (the values really used), sampling defaults beside the architecture, outside
+    # the fingerprint (plan_training)
     atomic_write_json(out / "config.json", {"family": family,
                                             "config": {**model.config.architecture(), **model.config.evaluation_settings()},
-                                            "training": model.config.training_settings()})
+                                            "training": model.config.training_settings(),
+                                            "sampling": model.sampling})
     summary = {
         "family": family, "dataset": ds.name, "data_sha256": ds.sha256, "run_id": run_id,
         "params_hash": fingerprint, "epochs": epochs, "resumed_from_epoch": start_epoch, "device": str(device),

@@ -25,7 +25,8 @@ into place, replacing whatever ``out_dir`` held before)::
                                                 "exporter", "per_batch": {"1": e, "7": e},
                                                 "attempts": [{"exporter", "max_abs_error", "error"}]}},
                               "versions": {"torch", "onnx", "onnxruntime"}}
-    out_dir/sampler.json     model.sampler() plus {"format", "family", "image_shape", "num_classes",
+    out_dir/sampler.json     model.sampler().to_json() (a typed ``contracts.samplers`` spec; a plain dict
+                             is read with ``SamplerSpec.from_json``) plus {"format", "family", "image_shape", "num_classes",
                               "graphs": {name: {"file", "inputs", "outputs", "sha256", "exporter",
                                                 "opset"}},
                               "parity": {"max_abs_error", "atol"}}
@@ -57,17 +58,18 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from contracts.errors import ServingError
+from contracts.samplers import SamplerSpecError, as_spec
+
 log = logging.getLogger("genforge.serving.export")
 
 OPSET = 18
 PARITY_BATCH_SIZES = (1, 7)
 EXPORTERS = ("torchscript", "dynamo")
 SAMPLER_FORMAT = "genforge.sampler/1"
-# keys export adds to sampler.json next to model.sampler()'s own
-_ADDED_KEYS = ("format", "family", "image_shape", "num_classes", "graphs", "parity")
 
 
-class ExportError(Exception):
+class ExportError(ServingError):
     """The model could not be exported to a servable ONNX folder (parity failed or export broke)."""
 
 
@@ -133,9 +135,10 @@ def export_model(model, out_dir: Path, *, seed: int = 0, atol: float = 1e-4,
 
 # --- the export itself -----------------------------------------------------------------------
 def _export_all(model, folder: Path, report: dict, *, seed, atol, batch_sizes, opset, exporters) -> dict[str, Any]:
-    spec = dict(model.sampler())  # before exporting anything: a model without a sampler fails fast
-    if not isinstance(spec.get("kind"), str):
-        raise ExportError("model.sampler() has no 'kind'")
+    try:  # before exporting anything: a model without a valid sampler fails fast
+        spec = as_spec(model.sampler())
+    except SamplerSpecError as e:
+        raise ExportError(f"model.sampler(): {e}") from None
     graphs = list(model.onnx_graphs())
     if not graphs:
         raise ExportError("model.onnx_graphs() returned no graphs")
@@ -145,8 +148,10 @@ def _export_all(model, folder: Path, report: dict, *, seed, atol, batch_sizes, o
     for name in names:
         if not name or Path(name).name != name or name.startswith("."):
             raise ExportError(f"graph name {name!r} is not a plain file stem")
-    if "graph" in spec and spec["graph"] not in names:
-        raise ExportError(f"sampler names graph {spec['graph']!r}; exported graphs: {names}")
+    try:
+        spec.check_graphs(names)
+    except SamplerSpecError as e:
+        raise ExportError(f"model.sampler(): {e}") from None
 
     cfg = model.config
     added = {"format": SAMPLER_FORMAT, "family": getattr(model, "family", "") or type(model).__name__,
@@ -170,10 +175,7 @@ def _export_all(model, folder: Path, report: dict, *, seed, atol, batch_sizes, o
 
     added["graphs"] = graphs_json
     added["parity"] = {"max_abs_error": report["max_abs_error"], "atol": float(atol)}
-    for key in _ADDED_KEYS:
-        if key in spec and spec[key] != added[key]:
-            raise ExportError(f"model.sampler() sets {key!r}={spec[key]!r}, which export owns ({added[key]!r})")
-    return {**spec, **added}
+    return {**spec.to_json(), **added}
 
 
 def _export_graph(g, folder: Path, *, seed, atol, batch_sizes, opset, num_classes, exporters) -> dict[str, Any]:

@@ -19,6 +19,7 @@ model folder is the caller's job (pipelines/); this module takes the folder.
      "model": {"name": ..., "version": ...} | {"path": ...},   # model_id
      "model_sha256": "...",       # sha256 over sampler.json and every graph file: the exact artifact
      "sampler": "direct",         # sampler kind
+     "sampling": {"steps": 20},   # sampling options that differ from the model's defaults ({} = none)
      "seed": 0, "n": 1000, "batch_size": 256, "label": null,
      "image_shape": [1, 28, 28], "num_classes": 10, "dtype": "uint8", "num_shards": 4,
      "provider": "CPUExecutionProvider",      # the provider of the latest run
@@ -27,8 +28,12 @@ model folder is the caller's job (pipelines/); this module takes the folder.
      "preview": "preview.png" | null, "png": {"dir": "png", "count": 64} | null,
      "complete": true}
 
-The job is (format, model, model_sha256, sampler, seed, n, batch_size, label); provider and
-threads are not part of it.
+The job is (format, model, model_sha256, sampler, sampling, seed, n, batch_size, label); provider
+and threads are not part of it. A manifest written before ``sampling`` existed reads as ``{}``.
+
+Sampling options (``sampling={"steps": 20, "eta": 0.0}``, ``genforge generate --steps/--eta/--temperature``)
+override the defaults in sampler.json through the typed spec (``SamplerSpec.with_sampling``); an
+option the model's sampler does not take is a GenerationError naming the ones it does take.
 
 Determinism. Shard k's noise comes from ``numpy.random.default_rng([seed, k])``, so shard k is
 the same whatever ran before it; shards are written with a fixed-timestamp ZIP_STORED npz writer,
@@ -67,7 +72,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from serving.samplers import SamplerSpecError, check_sessions, check_spec, run_sampler
+from contracts.errors import ServingError
+from contracts.samplers import SamplerSpec, SamplerSpecError, as_spec
+from serving.samplers import check_sessions, check_spec, run_sampler
 
 try:  # POSIX; without it concurrent runs are simply not detected
     import fcntl
@@ -84,14 +91,14 @@ PNG_DIR = "png"
 PREVIEW_COUNT = 64
 PREVIEW_COLUMNS = 8
 PNG_LIMIT = 1000
-_JOB_KEYS = ("format", "model", "model_sha256", "sampler", "seed", "n", "batch_size", "label")
+_JOB_KEYS = ("format", "model", "model_sha256", "sampler", "sampling", "seed", "n", "batch_size", "label")
 # the temp files _atomic_write leaves when killed: ".<name>.tmp-<pid>" for the names this module writes
 _TMP_RE = re.compile(r"^\.(manifest\.json|preview\.png|shard-\d+\.npz|\d+\.png)\.tmp-\d+$")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-class GenerationError(Exception):
+class GenerationError(ServingError):
     """A generation job cannot run as asked (bad input, bad model folder, another job's output)."""
 
 
@@ -99,11 +106,13 @@ class GenerationError(Exception):
 def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: int = 256,
              label: int | None = None, threads: int | None = None, png: bool = False,
              model_id: dict | None = None, provider: str = "auto",
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None,
+             sampling: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Generate ``n`` samples of the model in ``model_dir`` into ``out_dir`` (see the module doc).
 
     Returns the final manifest plus ``"run"``: {"generated_shards", "reused_shards", "seconds",
     "samples_per_s", "threads", "out_dir"}. ``progress(done, n)`` is called after every shard.
+    ``sampling``: options overriding the sampler's defaults (None values ignored), e.g. {"steps": 20}.
     Raises ``GenerationError`` for bad input, before anything is written.
     """
     started = time.perf_counter()
@@ -116,9 +125,10 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
 
     model_dir = Path(model_dir)
     out_root = _output_root(Path(out_dir))
-    spec, graph_files, fingerprint = load_model_dir(model_dir)
-    image_shape = tuple(spec["image_shape"])
-    num_classes = int(spec.get("num_classes", 0))
+    raw, graph_files, fingerprint = load_model_dir(model_dir)
+    image_shape = tuple(raw["image_shape"])
+    num_classes = int(raw.get("num_classes", 0))
+    spec, overrides = _with_sampling(as_spec(raw), sampling)
     label = _check_label(label, spec, num_classes)
     if model_id is None:
         model_id = {"path": str(model_dir.resolve())}
@@ -126,8 +136,8 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
         model_id = json.loads(json.dumps(model_id))
     except (TypeError, ValueError) as e:
         raise GenerationError(f"model_id must be JSON-serialisable: {e}") from None
-    job = {"format": MANIFEST_FORMAT, "model": model_id, "model_sha256": fingerprint, "sampler": spec["kind"],
-           "seed": int(seed), "n": n, "batch_size": batch_size, "label": label}
+    job = {"format": MANIFEST_FORMAT, "model": model_id, "model_sha256": fingerprint, "sampler": spec.kind,
+           "sampling": overrides, "seed": int(seed), "n": n, "batch_size": batch_size, "label": label}
     _check_existing(out_root, job)  # before loading anything heavy, and before writing anything
 
     providers, _ = select_provider(provider)
@@ -302,7 +312,7 @@ def iter_samples(out_dir: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 def _make_shard(out_root: Path, k: int, count: int, spec, sessions, *, seed, batch_size, label,
                 num_classes, image_shape) -> dict[str, Any]:
     rng = np.random.default_rng([int(seed), k])
-    if spec.get("conditional"):
+    if spec.conditional:
         if label is not None:
             labels = np.full(count, label, dtype=np.int64)
         else:
@@ -367,7 +377,7 @@ def _check_existing(out_root: Path, job: dict) -> dict | None:
         raise GenerationError(f"{path} is unreadable ({e}): refusing to overwrite it") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise GenerationError(f"{path} is not a genforge generation manifest: refusing to overwrite it")
-    differ = [k for k in _JOB_KEYS if manifest.get(k) != job[k]]
+    differ = [k for k in _JOB_KEYS if manifest.get(k, {} if k == "sampling" else None) != job[k]]
     if differ:
         details = ", ".join(f"{k}: {manifest.get(k)!r} there, {job[k]!r} now" for k in differ)
         raise GenerationError(f"{out_root} holds another generation job ({details}); "
@@ -379,7 +389,7 @@ def _probe(spec, sessions, image_shape, num_classes) -> None:
     """Check the graphs take what the sampler feeds and return image_shape, before writing anything."""
     try:
         check_sessions(spec, sessions)
-        labels = np.zeros(1, dtype=np.int64) if spec.get("conditional") else None
+        labels = np.zeros(1, dtype=np.int64) if spec.conditional else None
         out = run_sampler(spec, sessions, 1, np.random.default_rng(0), labels)
     except SamplerSpecError as e:
         raise GenerationError(f"the model does not fit its sampler.json: {e}") from None
@@ -389,12 +399,24 @@ def _probe(spec, sessions, image_shape, num_classes) -> None:
         raise GenerationError(f"the model produces images of shape {out.shape[1:]}, sampler.json says {image_shape}")
 
 
+def _with_sampling(spec: SamplerSpec, sampling: Mapping[str, Any] | None) -> tuple[SamplerSpec, dict[str, Any]]:
+    """(the spec with the sampling options applied, the options that differ from its defaults)."""
+    if sampling is not None and not isinstance(sampling, Mapping):
+        raise GenerationError(f"sampling must be a mapping of option -> value, got {sampling!r}")
+    try:
+        run = spec.with_sampling(**dict(sampling or {}))
+    except SamplerSpecError as e:
+        raise GenerationError(f"sampling options: {e}") from None
+    defaults = spec.sampling_defaults()
+    return run, {k: v for k, v in run.sampling_defaults().items() if v != defaults[k]}
+
+
 def _check_label(label, spec, num_classes) -> int | None:
     if label is None:
         return None
     if not _is_int(label):
         raise GenerationError(f"label must be an integer, got {label!r}")
-    if not spec.get("conditional"):
+    if not spec.conditional:
         raise GenerationError(f"label={label} given but the model is unconditional (sampler.json: conditional=false)")
     if not 0 <= label < num_classes:
         raise GenerationError(f"label {label} is outside [0, {num_classes})")

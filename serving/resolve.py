@@ -11,12 +11,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.errors import ServingError
+
 REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 ONNX_SUBDIR = "genforge_model/onnx"  # where `register` puts the graphs inside the run's artifacts
 
 
-class ResolveError(Exception):
-    pass
+class ResolveError(ServingError):
+    """A model reference that does not resolve to a registered version with ONNX graphs."""
 
 
 @dataclass

@@ -3,7 +3,7 @@
 numpy + onnxruntime sessions only (never torch). Registered in ``serving.samplers`` on import
 (serving/samplers.py imports this module at its end).
 
-The spec (written by genmodels/pixelcnn.py's ``sampler()``)::
+The spec is ``contracts.samplers.AutoregressiveSpec`` (JSON written by genmodels/pixelcnn.py's ``sampler()``)::
 
     {"kind": "autoregressive", "graph": "logits", "input": "x", "output": "logits",
      "pixels": "binary" | "256", "categories": 2 | 256,
@@ -34,7 +34,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from serving.samplers import SamplerSpecError, register
+from contracts.samplers import AutoregressiveSpec, SamplerSpecError, as_spec
+from serving.samplers import register
 
 
 def draw_pixels(logits: np.ndarray, u: np.ndarray, binary: bool) -> np.ndarray:
@@ -48,23 +49,27 @@ def draw_pixels(logits: np.ndarray, u: np.ndarray, binary: bool) -> np.ndarray:
     return (k / 255.0).astype(np.float32)
 
 
-def sample_from_uniforms(spec: Mapping[str, Any], sessions: Mapping[str, Any], u: np.ndarray,
+def sample_from_uniforms(spec: AutoregressiveSpec | Mapping[str, Any], sessions: Mapping[str, Any], u: np.ndarray,
                          cached: bool | None = None) -> np.ndarray:
-    """Images (float32 N x C x H x W) from given uniforms u (N x C x H x W), pixel by pixel."""
+    """Images (float32 N x C x H x W) from given uniforms u (N x C x H x W), pixel by pixel.
+
+    ``cached`` None: the cached loop when the spec has a cache. Raises ValueError for u of another shape.
+    """
+    spec = as_spec(spec)
     u = np.ascontiguousarray(u, dtype=np.float32)
-    if u.ndim != 4 or list(u.shape[1:]) != [int(s) for s in spec["uniforms"]["shape"]]:
-        raise ValueError(f"uniforms of shape {u.shape}, sampler.json says (N, {spec['uniforms']['shape']})")
-    binary = spec["pixels"] == "binary"
+    if u.ndim != 4 or tuple(u.shape[1:]) != spec.uniforms.shape:
+        raise ValueError(f"uniforms of shape {u.shape}, sampler.json says (N, {list(spec.uniforms.shape)})")
+    binary = spec.pixels == "binary"
     if cached is None:
-        cached = bool(spec.get("cache"))
+        cached = spec.cache is not None
     if cached:
         return _cached_loop(spec, sessions, u, binary)
     return _plain_loop(spec, sessions, u, binary)
 
 
 def _plain_loop(spec, sessions, u, binary) -> np.ndarray:
-    sess = sessions[spec["graph"]]
-    name, out = spec.get("input", "x"), spec.get("output", "logits")
+    sess = sessions[spec.graph]
+    name, out = spec.input, spec.output
     n, c, h, w = u.shape
     img = np.zeros((n, c, h, w), dtype=np.float32)
     for i in range(h):
@@ -75,11 +80,11 @@ def _plain_loop(spec, sessions, u, binary) -> np.ndarray:
 
 
 def _cached_loop(spec, sessions, u, binary) -> np.ndarray:
-    cache = spec["cache"]
-    row, pixel = sessions[cache["row_graph"]], sessions[cache["pixel_graph"]]
+    cache = spec.cache
+    row, pixel = sessions[cache.row_graph], sessions[cache.pixel_graph]
     n, c, h, w = u.shape
-    r0 = int(cache["left_window"])                   # k0 // 2: rows above / pixels left the first layer sees
-    layers, p, r = int(cache["layers"]), int(cache["channels"]), int(cache["history"])
+    r0 = cache.left_window                           # k0 // 2: rows above / pixels left the first layer sees
+    layers, p, r = cache.layers, cache.channels, cache.history
     img = np.zeros((n, c, h + r0, w + r0), dtype=np.float32)   # zero padding above and left
     v_hist = np.zeros((n, layers - 1, p, r, w), dtype=np.float32)
     cond = np.zeros((n, layers, 2 * p, w), dtype=np.float32)  # row 0: the link sees only padding (no bias)
@@ -97,44 +102,19 @@ def _cached_loop(spec, sessions, u, binary) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, r0:, r0:])
 
 
-# --- checks ----------------------------------------------------------------------------------
-def _check(spec: Mapping[str, Any], graph_names: set[str]) -> None:
-    if spec.get("graph") not in graph_names:
-        raise SamplerSpecError(f"autoregressive sampler names graph {spec.get('graph')!r}, "
-                               f"the model has {sorted(graph_names)}")
-    if spec.get("pixels") not in ("binary", "256"):
-        raise SamplerSpecError(f"autoregressive sampler: pixels must be 'binary' or '256', got {spec.get('pixels')!r}")
-    shape = (spec.get("uniforms") or {}).get("shape")
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)):
-        raise SamplerSpecError(f"autoregressive sampler: uniforms.shape must be [C, H, W] positive ints, got {shape!r}")
-    if spec.get("conditional"):
-        raise SamplerSpecError("autoregressive sampler: conditional models are not supported")
-    cache = spec.get("cache")
+# --- checks ---------------------------------------------------------------------------------
+def _check_sessions(spec: AutoregressiveSpec, sessions: Mapping[str, Any]) -> None:
+    c, h, w = spec.uniforms.shape
+    k = 256 if spec.pixels == "256" else None
+    _expect(sessions[spec.graph], {spec.input: [c, None, w]},
+            {spec.output: [c, None, w] + ([k] if k else [])}, spec.graph)
+    cache = spec.cache
     if cache:
-        for key in ("row_graph", "pixel_graph"):
-            if cache.get(key) not in graph_names:
-                raise SamplerSpecError(f"autoregressive sampler: cache.{key} {cache.get(key)!r} is not among "
-                                       f"the model's graphs {sorted(graph_names)}")
-        for key in ("row_window", "left_window", "layers", "channels", "history"):
-            if not (isinstance(cache.get(key), int) and cache[key] > 0):
-                raise SamplerSpecError(f"autoregressive sampler: cache.{key} must be a positive int, "
-                                       f"got {cache.get(key)!r}")
-        if cache["row_window"] != cache["left_window"] + 1 or cache["layers"] < 2:
-            raise SamplerSpecError("autoregressive sampler: cache needs row_window = left_window + 1, layers >= 2")
-
-
-def _check_sessions(spec: Mapping[str, Any], sessions: Mapping[str, Any]) -> None:
-    c, h, w = spec["uniforms"]["shape"]
-    k = 256 if spec["pixels"] == "256" else None
-    _expect(sessions[spec["graph"]], {spec.get("input", "x"): [c, None, w]},
-            {spec.get("output", "logits"): [c, None, w] + ([k] if k else [])}, spec["graph"])
-    cache = spec.get("cache")
-    if cache:
-        L, p, r, r0 = cache["layers"], cache["channels"], cache["history"], cache["left_window"]
-        _expect(sessions[cache["row_graph"]], {"x_rows": [c, r0 + 1, w], "v_hist": [L - 1, p, r, w]},
-                {"cond": [L, 2 * p, w], "v_hist_next": [L - 1, p, r, w]}, cache["row_graph"])
-        _expect(sessions[cache["pixel_graph"]], {"cond": [L, 2 * p], "x_left": [c, r0], "h_hist": [L - 1, p, r]},
-                {"logits": [c] + ([k] if k else []), "h_hist_next": [L - 1, p, r]}, cache["pixel_graph"])
+        L, p, r, r0 = cache.layers, cache.channels, cache.history, cache.left_window
+        _expect(sessions[cache.row_graph], {"x_rows": [c, r0 + 1, w], "v_hist": [L - 1, p, r, w]},
+                {"cond": [L, 2 * p, w], "v_hist_next": [L - 1, p, r, w]}, cache.row_graph)
+        _expect(sessions[cache.pixel_graph], {"cond": [L, 2 * p], "x_left": [c, r0], "h_hist": [L - 1, p, r]},
+                {"logits": [c] + ([k] if k else []), "h_hist_next": [L - 1, p, r]}, cache.pixel_graph)
 
 
 def _expect(sess, inputs: dict[str, list], outputs: dict[str, list], graph: str) -> None:
@@ -155,8 +135,8 @@ def _expect(sess, inputs: dict[str, list], outputs: dict[str, list], graph: str)
                                        f"{', '.join('*' if e is None else str(e) for e in dims)})")
 
 
-@register("autoregressive", check=_check, check_sessions=_check_sessions)
-def autoregressive(spec, sessions, n, rng, labels):
+@register("autoregressive", check_sessions=_check_sessions)
+def autoregressive(spec: AutoregressiveSpec, sessions, n, rng, labels):
     """n images: uniforms from rng (float32, N x C x H x W, drawn first), then the pixel loop."""
-    u = rng.random((n, *(int(s) for s in spec["uniforms"]["shape"])), dtype=np.float32)
+    u = rng.random((n, *spec.uniforms.shape), dtype=np.float32)
     return sample_from_uniforms(spec, sessions, u)

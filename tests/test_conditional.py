@@ -57,7 +57,7 @@ def _batches(digits, n: int, size: int = 64, seed: int = 0):
 @pytest.mark.parametrize("name", CONDITIONAL)
 def test_conditional_models_sample_by_label(name):
     model = _tiny(name)
-    assert "conditional" in model.capabilities and model.sampler()["conditional"] is True
+    assert "conditional" in model.capabilities and model.sampler().conditional is True
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     threes = model.sample(4, labels=torch.full((4,), 3), generator=g())
     assert threes.shape == (4, 1, 8, 8) and 0 <= threes.min() and threes.max() <= 1
@@ -78,7 +78,7 @@ def test_unconditional_gans_refuse_labels():
     with pytest.raises(ValueError, match="unconditional"):
         vae.sample(2, labels=torch.zeros(2, dtype=torch.long))
     for model in (_tiny("wgan_gp"), build_model("dcgan", GAN)):
-        assert "conditional" not in model.capabilities and model.sampler()["conditional"] is False
+        assert "conditional" not in model.capabilities and model.sampler().conditional is False
         with pytest.raises(ValueError, match="unconditional"):
             model.sample(2, labels=torch.zeros(2, dtype=torch.long))
     assert WGANGP.capabilities == {"latent"} and CVAE.capabilities >= {"conditional", "nll", "score", "encode"}

@@ -59,7 +59,7 @@ def test_builds_and_samples_in_range(family, shape):
     imgs = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert imgs.shape == (5, *shape) and imgs.dtype == torch.float32
     assert 0.0 <= imgs.min() and imgs.max() <= 1.0 and imgs.std() > 0  # distinct pixels, not a constant
-    spec = model.sampler()
+    spec = model.sampler().to_json()
     graphs = {g.name: g for g in model.onnx_graphs()}
     assert spec["kind"] == "direct" and spec["graph"] in graphs and spec["conditional"] is False
     assert spec["noise"] == {"name": "z", "shape": [model.config.latent_dim], "distribution": "normal"}

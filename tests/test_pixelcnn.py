@@ -60,7 +60,7 @@ def test_shapes_ranges_and_sampler_spec(pixels):
     x = torch.rand(3, 1, 8, 8)
     logits = model.logits(x)
     assert logits.shape == ((3, 1, 8, 8) if pixels == "binary" else (3, 1, 8, 8, 256))
-    spec = model.sampler()
+    spec = model.sampler().to_json()
     assert spec["kind"] == "autoregressive" and spec["pixels"] == pixels and spec["conditional"] is False
     assert spec["uniforms"]["shape"] == [1, 8, 8]
     assert {g.name for g in model.onnx_graphs()} == {"logits", "row", "pixel"}
@@ -308,6 +308,6 @@ def test_generate_on_the_exported_folder(exported, tmp_path):
                                                "left_window": 3, "layers": 3, "channels": 8, "history": 1}},
                                     {"conditional": True}])
 def test_bad_specs_are_refused(change):
-    spec = {**_tiny().sampler(), **change}
+    spec = {**_tiny().sampler().to_json(), **change}
     with pytest.raises(SamplerSpecError):
         check_spec(spec, {"logits", "row", "pixel"})

@@ -60,7 +60,7 @@ def test_shapes_ranges_and_sampler_spec():
     imgs = model.sample(6, generator=torch.Generator().manual_seed(0))
     assert imgs.shape == (6, 1, 8, 8) and imgs.dtype == torch.float32
     assert 0 <= imgs.min() and imgs.max() <= 1 and imgs.std() > 0
-    assert model.sampler() == {"kind": "flow", "graph": "inverse", "output": "images",
+    assert model.sampler().to_json() == {"kind": "flow", "graph": "inverse", "output": "images",
                                "noise": {"name": "z", "shape": [1, 8, 8], "distribution": "normal"},
                                "conditional": False}
     assert model.nll_variant == "uniformly dequantized 8-bit 8x8"
@@ -285,4 +285,4 @@ def test_generate_on_the_exported_folder(exported, tmp_path):
                                     {"temperature": 0}, {"conditional": True}])
 def test_bad_specs_are_refused(change):
     with pytest.raises(SamplerSpecError):
-        check_spec({**_tiny().sampler(), **change}, {"inverse"})
+        check_spec({**_tiny().sampler().to_json(), **change}, {"inverse"})

@@ -1,0 +1,427 @@
+"""Typed sampler specs: how serving runs a model's ONNX graphs (the content of ``sampler.json``).
+
+stdlib + numpy only. A family's ``sampler()`` returns one of these; export writes ``spec.to_json()``
+plus the keys it owns (``EXPORT_KEYS``: format, family, image_shape, num_classes, graphs, parity);
+serving reads the file back with ``SamplerSpec.from_json(dict)``, which ignores those keys and
+validates the rest. Every problem is a ``SamplerSpecError`` (a ``ServingError``, and a ValueError
+for callers written before the error hierarchy). The JSON keys are exactly those of the untyped
+dicts written before (format ``genforge.sampler/1``), so every exported model and registry version
+still loads; the ``format`` key export writes is the version, no other version key is added.
+
+Kinds: ``direct``, ``ddim``, ``autoregressive``, ``flow``. A new kind (``token_autoregressive``,
+``dpmpp``) is one more ``@register_spec`` dataclass here plus its loop in ``serving/``.
+
+Sampling options. Each kind names its generate-time options in ``SAMPLING`` (option name -> JSON
+key), e.g. ddim ``{"steps": "sample_steps", "eta": "eta", "clip": "clip"}``: the values in the file
+are the model's defaults; ``spec.with_sampling(steps=20)`` gives the spec a run uses, validated the
+same way. An option a kind does not take is an error naming the options it does take.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Mapping
+
+import numpy as np
+
+from contracts.errors import ServingError
+
+EXPORT_KEYS = ("format", "family", "image_shape", "num_classes", "graphs", "parity")
+RESERVED_KINDS = ("dpmpp", "token_autoregressive")  # named by the model contract, no spec class yet
+SPEC_KINDS: dict[str, type["SamplerSpec"]] = {}
+
+
+class SamplerSpecError(ServingError, ValueError):
+    """sampler.json (or a family's sampler()) does not describe a runnable sampler: unknown kind,
+    missing or unknown keys, a value of the wrong type or range, a graph the model does not hold."""
+
+
+def register_spec(cls: type["SamplerSpec"]) -> type["SamplerSpec"]:
+    """Class decorator: make ``cls`` the spec of ``cls.kind`` for ``SamplerSpec.from_json``."""
+    SPEC_KINDS[cls.kind] = cls
+    return cls
+
+
+# --- value checks (each raises SamplerSpecError naming the kind and the key) -----------------
+def _fail(kind: str, msg: str):
+    raise SamplerSpecError(f"{kind} sampler: {msg}" if kind else msg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _name(kind: str, key: str, v: Any, optional: bool = False) -> None:
+    if not ((optional and v is None) or (isinstance(v, str) and v)):
+        _fail(kind, f"{key} must be a non-empty string{' or null' if optional else ''}, got {v!r}")
+
+
+def _flag(kind: str, key: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        _fail(kind, f"{key} must be true or false, got {v!r}")
+
+
+def _choice(kind: str, key: str, v: Any, known: tuple[str, ...]) -> None:
+    if v not in known:
+        _fail(kind, f"{key} {v!r} is not implemented (known: {', '.join(known)})")
+
+
+def _shape(kind: str, key: str, v: Any, ndim: int | None = None) -> tuple[int, ...]:
+    if not (isinstance(v, (list, tuple)) and all(_is_int(s) and s > 0 for s in v)
+            and (ndim is None or len(v) == ndim)):
+        what = "[C, H, W]" if ndim == 3 else "a list"
+        _fail(kind, f"{key} must be {what} of positive ints, got {v!r}")
+    return tuple(v)
+
+
+def _pos_int(kind: str, key: str, v: Any) -> None:
+    if not (_is_int(v) and v > 0):
+        _fail(kind, f"{key} must be a positive int, got {v!r}")
+
+
+def _keys(kind: str, where: str, data: Any, fields: tuple[str, ...], required: set[str]) -> dict[str, Any]:
+    """The JSON object ``data`` checked to hold the required and only known keys."""
+    if not isinstance(data, Mapping):
+        _fail(kind, f"{where} must be a JSON object, got {data!r}")
+    missing, unknown = sorted(required - set(data)), sorted(set(data) - set(fields))
+    if missing:
+        _fail(kind, f"{where} is missing {', '.join(map(repr, missing))}")
+    if unknown:
+        _fail(kind, f"{where} has unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(fields)})")
+    return dict(data)
+
+
+class _Part:
+    """JSON for frozen dataclasses: fields in order, ``None`` optional fields omitted unless in ``_NULLS``."""
+
+    _NULLS: ClassVar[tuple[str, ...]] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None and f.name not in self._NULLS or self._omit(f.name, v):
+                continue
+            out[f.name] = v.to_json() if isinstance(v, _Part) else list(v) if isinstance(v, tuple) else v
+        return out
+
+    def _omit(self, name: str, value: Any) -> bool:
+        return False
+
+    @classmethod
+    def from_json(cls, where: str, data: Any) -> Any:
+        """The part from its JSON object (``where`` names it in errors)."""
+        fields, req = cls._fields()
+        return cls(**_keys("", where, data, fields, req))
+
+    @classmethod
+    def _fields(cls) -> tuple[tuple[str, ...], set[str]]:
+        fs = dataclasses.fields(cls)
+        req = {f.name for f in fs if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        return tuple(f.name for f in fs), req
+
+
+@dataclass(frozen=True, kw_only=True)
+class Noise(_Part):
+    """Noise input of a graph: float32 N x ``shape`` drawn from ``distribution`` (normal | uniform in [low, high))."""
+
+    name: str
+    shape: tuple[int, ...]
+    distribution: str = "normal"
+    low: float | None = None    # uniform only; omitted = 0
+    high: float | None = None   # uniform only; omitted = 1
+
+    def __post_init__(self) -> None:
+        _name("", "noise.name", self.name)
+        _choice("", "noise distribution", self.distribution, ("normal", "uniform"))
+        object.__setattr__(self, "shape", _shape("", "noise.shape", self.shape))
+        for key in ("low", "high"):
+            v = getattr(self, key)
+            if v is not None:
+                if not (_is_number(v) and self.distribution == "uniform"):
+                    _fail("", f"noise.{key} must be a number, and only with distribution 'uniform', got {v!r}")
+                object.__setattr__(self, key, float(v))
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """float32 noise of shape (n, *shape): ``standard_normal(dtype=float32)`` or ``random(dtype=float32)``
+        scaled to [low, high), straight from ``rng`` (same generator state, same noise on every machine)."""
+        shape = (n, *self.shape)
+        if self.distribution == "normal":
+            return rng.standard_normal(shape, dtype=np.float32)
+        x = rng.random(shape, dtype=np.float32)
+        low = 0.0 if self.low is None else self.low
+        high = 1.0 if self.high is None else self.high
+        if (low, high) != (0.0, 1.0):
+            x *= np.float32(high - low)
+            x += np.float32(low)
+        return x
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerSpec(_Part):
+    """Base of every spec: the JSON object of one sampler kind (see the module docstring)."""
+
+    kind: ClassVar[str] = ""
+    SAMPLING: ClassVar[dict[str, str]] = {}   # generate-time option name -> field (JSON key)
+    _PARTS: ClassVar[dict[str, type]] = {"noise": Noise}  # nested JSON objects and their classes
+
+    # subclasses declare their fields (graph, conditional, ...) in the order of their JSON keys
+
+    def __post_init__(self) -> None:
+        _name(self.kind, "graph", self.graph)
+        _flag(self.kind, "conditional", self.conditional)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Kind-specific checks; raise SamplerSpecError via _fail."""
+
+    def _set(self, name: str, value: Any) -> None:  # normalise a field of the frozen dataclass
+        object.__setattr__(self, name, value)
+
+    # --- JSON --------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """The sampler.json object (without the keys export adds), keys in the historic order."""
+        return {"kind": self.kind, **super().to_json()}
+
+    @staticmethod
+    def from_json(data: Any) -> "SamplerSpec":
+        """The typed spec of a sampler.json object; ``EXPORT_KEYS`` are ignored. Raises SamplerSpecError."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("kind"), str):
+            raise SamplerSpecError("sampler spec has no 'kind'")
+        kind = data["kind"]
+        cls = SPEC_KINDS.get(kind)
+        if cls is None:
+            hint = " (reserved by the model contract, not implemented yet)" if kind in RESERVED_KINDS else ""
+            raise SamplerSpecError(f"unknown sampler kind {kind!r}{hint}; known: {', '.join(sorted(SPEC_KINDS))}")
+        fields, req = cls._fields()
+        body = {k: v for k, v in data.items() if k != "kind" and k not in EXPORT_KEYS}
+        body = _keys(kind, "spec", body, fields, req)
+        try:
+            for key, part in cls._PARTS.items():
+                if body.get(key) is not None:
+                    body[key] = part.from_json(key, body[key])
+        except SamplerSpecError as e:
+            raise SamplerSpecError(f"{kind} sampler: {e}") from None
+        return cls(**body)
+
+    # --- graphs and sampling options ---------------------------------------------------------
+    def graphs_used(self) -> tuple[str, ...]:
+        """Names of the graphs the loop runs."""
+        return (self.graph,)
+
+    def check_graphs(self, names: Iterable[str]) -> None:
+        """Raise SamplerSpecError unless every graph the sampler runs is among ``names``."""
+        names = set(names)
+        for g in self.graphs_used():
+            if g not in names:
+                raise SamplerSpecError(f"{self.kind} sampler names graph {g!r}, the model has {sorted(names)}")
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """{option: value} the spec samples with, e.g. {"steps": 50, "eta": 0.0, "clip": True}."""
+        return {opt: getattr(self, key) for opt, key in self.SAMPLING.items()}
+
+    def with_sampling(self, **options: Any) -> "SamplerSpec":
+        """This spec with some sampling options changed (None values are skipped); validated."""
+        options = {k: v for k, v in options.items() if v is not None}
+        unknown = sorted(set(options) - set(self.SAMPLING))
+        if unknown:
+            takes = ", ".join(self.SAMPLING) or "none"
+            raise SamplerSpecError(f"the {self.kind} sampler takes no option {', '.join(map(repr, unknown))} "
+                                   f"(its options: {takes})")
+        if not options:
+            return self
+        return dataclasses.replace(self, **{self.SAMPLING[k]: v for k, v in options.items()})
+
+
+def as_spec(spec: "SamplerSpec | Mapping[str, Any]") -> SamplerSpec:
+    """A typed spec from a typed spec or a sampler.json dict (validated)."""
+    return spec if isinstance(spec, SamplerSpec) else SamplerSpec.from_json(spec)
+
+
+# --- the kinds -------------------------------------------------------------------------------
+@register_spec
+@dataclass(frozen=True, kw_only=True)
+class DirectSpec(SamplerSpec):
+    """noise -> image in one graph call (VAE decoder, GAN generator); conditional graphs also take
+    int64 labels (N) as ``labels_input``; ``output`` None = the graph's first output."""
+
+    kind: ClassVar[str] = "direct"
+    graph: str
+    noise: Noise
+    conditional: bool = False
+    labels_input: str = "labels"
+    output: str | None = None
+
+    def _validate(self) -> None:
+        if not isinstance(self.noise, Noise):
+            _fail(self.kind, f"noise must be {{name, shape, distribution}}, got {self.noise!r}")
+        _name(self.kind, "labels_input", self.labels_input)
+        _name(self.kind, "output", self.output, optional=True)
+
+    def _omit(self, name: str, value: Any) -> bool:
+        return name == "labels_input" and not self.conditional and value == "labels"
+
+
+@register_spec
+@dataclass(frozen=True, kw_only=True)
+class DDIMSpec(SamplerSpec):
+    """DDIM over an epsilon-predicting denoiser graph (x float32 N x C x H x W, t int64 N) -> eps.
+
+    ``alphas_cumprod`` is the training schedule (T floats in (0, 1), non-increasing); ``sample_steps``
+    (option ``steps``, 1..T), ``eta`` (>= 0) and ``clip`` (predicted x0 to [-1, 1]) are sampling defaults.
+    """
+
+    kind: ClassVar[str] = "ddim"
+    SAMPLING: ClassVar[dict[str, str]] = {"steps": "sample_steps", "eta": "eta", "clip": "clip"}
+    graph: str
+    noise: Noise
+    timestep_input: str = "t"
+    output: str | None = None
+    conditional: bool = False
+    prediction: str = "epsilon"
+    timesteps: int | None = None            # None: len(alphas_cumprod)
+    sample_steps: int
+    timestep_spacing: str = "trailing"
+    eta: float = 0.0
+    clip: bool = True
+    schedule: str | None = None             # the beta schedule's name, for the record
+    alphas_cumprod: tuple[float, ...]
+
+    def _validate(self) -> None:
+        k = self.kind
+        if not isinstance(self.noise, Noise) or self.noise.distribution != "normal" or len(self.noise.shape) != 3:
+            _fail(k, f"noise must be normal with shape [C, H, W], got {self.noise!r}")
+        _name(k, "timestep_input", self.timestep_input)
+        _name(k, "output", self.output, optional=True)
+        _name(k, "schedule", self.schedule, optional=True)
+        if self.conditional:
+            _fail(k, "conditional denoisers are not implemented")
+        _choice(k, "prediction", self.prediction, ("epsilon",))
+        _choice(k, "timestep_spacing", self.timestep_spacing, ("trailing",))
+        acp = self.alphas_cumprod
+        if not isinstance(acp, (list, tuple)) or not acp or not all(_is_number(a) and 0.0 < a < 1.0 for a in acp):
+            _fail(k, "alphas_cumprod must be a non-empty list of floats in (0, 1)")
+        if any(b > a for a, b in zip(acp, acp[1:])):
+            _fail(k, "alphas_cumprod must be non-increasing")
+        self._set("alphas_cumprod", tuple(float(a) for a in acp))
+        if self.timesteps is None:
+            self._set("timesteps", len(acp))
+        if self.timesteps != len(acp):
+            _fail(k, f"timesteps={self.timesteps!r} but alphas_cumprod has {len(acp)} entries")
+        if not (_is_int(self.sample_steps) and 1 <= self.sample_steps <= len(acp)):
+            _fail(k, f"sample_steps (option steps) must be an int in [1, {len(acp)}], got {self.sample_steps!r}")
+        if not (_is_number(self.eta) and self.eta >= 0):
+            _fail(k, f"eta must be a number >= 0, got {self.eta!r}")
+        self._set("eta", float(self.eta))
+        _flag(k, "clip", self.clip)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Uniforms(_Part):
+    """One float32 uniform per pixel and channel, ``shape`` [C, H, W], consumed in raster order."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    order: str = "raster"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", _shape("", "uniforms.shape", self.shape, 3))
+        _choice("", "uniforms.dtype", self.dtype, ("float32",))
+        _choice("", "uniforms.order", self.order, ("raster",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PixelCache(_Part):
+    """The cached loop's step graphs: ``row_graph`` once per row, ``pixel_graph`` once per pixel."""
+
+    row_graph: str
+    pixel_graph: str
+    row_window: int
+    left_window: int
+    layers: int
+    channels: int
+    history: int
+
+    def __post_init__(self) -> None:
+        for key in ("row_graph", "pixel_graph"):
+            _name("", f"cache.{key}", getattr(self, key))
+        for key in ("row_window", "left_window", "layers", "channels", "history"):
+            _pos_int("", f"cache.{key}", getattr(self, key))
+        if self.row_window != self.left_window + 1 or self.layers < 2:
+            _fail("", "cache needs row_window = left_window + 1, layers >= 2")
+
+
+@register_spec
+@dataclass(frozen=True, kw_only=True)
+class AutoregressiveSpec(SamplerSpec):
+    """Pixels one at a time in raster order over a ``logits`` graph (x N x C x h x W -> logits), or,
+    with ``cache``, over its row/pixel step graphs. ``pixels``: "binary" (2 categories) | "256"."""
+
+    kind: ClassVar[str] = "autoregressive"
+    _PARTS: ClassVar[dict[str, type]] = {"uniforms": Uniforms, "cache": PixelCache}
+    _NULLS: ClassVar[tuple[str, ...]] = ("cache",)
+    graph: str
+    input: str = "x"
+    output: str = "logits"
+    pixels: str
+    categories: int | None = None           # None: 2 (binary) or 256
+    uniforms: Uniforms
+    cache: PixelCache | None = None
+    conditional: bool = False
+
+    def _validate(self) -> None:
+        k = self.kind
+        _name(k, "input", self.input)
+        _name(k, "output", self.output)
+        if self.pixels not in ("binary", "256"):
+            _fail(k, f"pixels must be 'binary' or '256', got {self.pixels!r}")
+        want = 2 if self.pixels == "binary" else 256
+        if self.categories is None:
+            self._set("categories", want)
+        if self.categories != want or not _is_int(self.categories):
+            _fail(k, f"categories must be {want} for pixels {self.pixels!r}, got {self.categories!r}")
+        if not isinstance(self.uniforms, Uniforms):
+            _fail(k, f"uniforms must be {{shape, dtype, order}}, got {self.uniforms!r}")
+        if self.cache is not None:
+            if not isinstance(self.cache, PixelCache):
+                _fail(k, f"cache must be an object or null, got {self.cache!r}")
+        if self.conditional:
+            _fail(k, "conditional models are not supported")
+
+    def graphs_used(self) -> tuple[str, ...]:
+        extra = (self.cache.row_graph, self.cache.pixel_graph) if self.cache else ()
+        return (self.graph, *extra)
+
+
+@register_spec
+@dataclass(frozen=True, kw_only=True)
+class FlowSpec(SamplerSpec):
+    """z ~ N(0, I) (float32 N x C x H x W) scaled by ``temperature`` (option, > 0; 1 = the model's own
+    distribution, omitted from the JSON) through the flow's inverse graph."""
+
+    kind: ClassVar[str] = "flow"
+    SAMPLING: ClassVar[dict[str, str]] = {"temperature": "temperature"}
+    graph: str
+    output: str | None = None
+    noise: Noise
+    temperature: float = 1.0
+    conditional: bool = False
+
+    def _validate(self) -> None:
+        k = self.kind
+        _name(k, "output", self.output, optional=True)
+        if not isinstance(self.noise, Noise) or self.noise.distribution != "normal" or len(self.noise.shape) != 3:
+            _fail(k, f"noise must be normal with shape [C, H, W], got {self.noise!r}")
+        if not (_is_number(self.temperature) and self.temperature > 0):
+            _fail(k, f"temperature must be a number > 0, got {self.temperature!r}")
+        self._set("temperature", float(self.temperature))
+        if self.conditional:
+            _fail(k, "conditional models are not supported")
+
+    def _omit(self, name: str, value: Any) -> bool:
+        return name == "temperature" and value == 1.0
