@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from genmodels import GenerativeModel, get_family
+from pipelines import catalog
 from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
 from pipelines.errors import GenforgeError
@@ -35,7 +36,8 @@ class TrainingDiverged(GenforgeError):
 
 
 def model_dir(root: Path, dataset: str, family: str) -> Path:
-    return root / "models" / dataset / family
+    """`models/<dataset>/<family>/` (an alias of `catalog.model_dir`)."""
+    return catalog.model_dir(root, dataset, family)
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -114,7 +116,7 @@ def _latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> tuple[dict[str, Any]
 
 def load_model(directory: Path, device: torch.device | str = "cpu") -> GenerativeModel:
     """A trained model from `model.pt` (state dict) + `config.json`, loaded with weights_only=True."""
-    config_path, weights_path = directory / "config.json", directory / "model.pt"
+    config_path, weights_path = directory / catalog.file_name("model_config"), directory / catalog.file_name("model")
     if not config_path.exists() or not weights_path.exists():
         raise GenforgeError(f"{directory}: no trained model (model.pt + config.json); run `genforge stage train` first")
     spec = json.loads(config_path.read_text())
@@ -148,7 +150,8 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     model = model.to(device)
 
     out = model_dir(root, ds.name, family)
-    ckpt_dir = out / "checkpoints"
+    paths = catalog.Layout(root, ds.name, family)
+    ckpt_dir = paths.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     resume, passed_over = _latest_checkpoint(ckpt_dir, fingerprint)
     for reason in passed_over:
@@ -223,22 +226,22 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
 
             model.eval()
             samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
-            writer.submit(_write_epoch_grid, c, run_id, samples, out / "samples" / f"epoch-{epoch + 1:04d}.png")
+            writer.submit(_write_epoch_grid, c, run_id, samples, paths.train_samples / f"epoch-{epoch + 1:04d}.png")
             checkpoint = {"training_state": snapshot(model.training_state()), "epoch": epoch + 1, "run_id": run_id,
                           "history": list(history), "fingerprint": fingerprint}
             writer.submit(_save_atomic, checkpoint, ckpt_dir / f"epoch-{epoch + 1:04d}.pt")
 
     model.eval()
-    _save_atomic(model.state_dict(), out / "model.pt")
-    (out / "config.json").write_text(json.dumps({"family": family, "config": model.config.to_dict()}, indent=2) + "\n")
+    _save_atomic(model.state_dict(), paths.model)
+    paths.model_config.write_text(json.dumps({"family": family, "config": model.config.to_dict()}, indent=2) + "\n")
     summary = {
         "family": family, "dataset": ds.name, "data_sha256": ds.sha256, "run_id": run_id,
         "params_hash": fingerprint, "epochs": epochs, "resumed_from_epoch": start_epoch, "device": str(device),
         "train_images_per_s": round(trained_images / train_seconds, 1) if train_seconds else None,
         "final": history[-1] if history else {}, "history": history,
     }
-    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    tracking.log_artifact(c, run_id, out / "config.json")
+    paths.train_info.write_text(json.dumps(summary, indent=2) + "\n")
+    tracking.log_artifact(c, run_id, paths.model_config)
     c.set_terminated(run_id, status="FINISHED")
     return {k: summary[k] for k in ("family", "dataset", "run_id", "epochs", "resumed_from_epoch",
                                     "train_images_per_s", "final", "device")} | {"model_dir": str(out)}
