@@ -1,7 +1,6 @@
 """The `genforge` command line: every stage, the main job, and (later) registry and serving commands."""
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -13,9 +12,11 @@ import click
 import typer
 from rich.console import Console
 
+from pipelines import catalog
 from pipelines.config import load_params, project_root
 from pipelines.env import apply_defaults
 from pipelines.errors import GenforgeError
+from pipelines.stages import STAGES
 
 apply_defaults(project_root())
 
@@ -57,63 +58,55 @@ def _run_stage(title: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-@stage_app.command("prepare")
-def stage_prepare(set_: Optional[list[str]] = SetOption, params_file: Optional[Path] = ParamsOption) -> None:
-    """Read data.source and write data/prepared/<name>/ (train.npz, test.npz, meta.json)."""
-    from pipelines.prepare import prepare
-
-    params, root = _params(params_file, set_), project_root()
-    _run_stage("prepare", lambda: prepare(params, root))
-
-
-@stage_app.command("validate")
-def stage_validate(set_: Optional[list[str]] = SetOption, params_file: Optional[Path] = ParamsOption) -> None:
-    """Check the prepared data (Great Expectations suite); write reports/<dataset>/validation.json."""
-    from pipelines.prepare import prepared_dir
-    from pipelines.validate import validate
-
-    params, root = _params(params_file, set_), project_root()
-    _run_stage("validate", lambda: validate(params, root, prepared_dir(root, params)))
-
-
 FamilyOption = typer.Option(..., "--family", "-f", help="Model family, e.g. vae or dcgan.")
 
 
-@stage_app.command("train")
-def stage_train(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
-                params_file: Optional[Path] = ParamsOption) -> None:
-    """Train one family on the validated data; resumes from the last checkpoint after a kill."""
-    from pipelines.train import train
+def _stage_command(spec: Any) -> None:
+    """Add `genforge stage NAME [--family F]` for one row of the stage table (pipelines/stages.py)."""
+    def run(params_file: Optional[Path], overrides: Optional[list[str]], family: Optional[str]) -> None:
+        params, root = _params(params_file, overrides), project_root()
+        fn = spec.function()  # imported on use: a fast --help
+        args = (params, root) if family is None else (params, root, family)
+        title = spec.name if family is None else f"{spec.name} {family}"
+        if spec.progress_bar:  # draws its own progress bar: no spinner over it
+            started = time.perf_counter()
+            _report(title, fn(*args), started)
+        else:
+            _run_stage(title, lambda: fn(*args))
 
-    params, root = _params(params_file, set_), project_root()
-    started = time.perf_counter()
-    _report(f"train {family}", train(params, root, family), started)
+    if spec.per_family:
+        def command(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
+                    params_file: Optional[Path] = ParamsOption) -> None:
+            run(params_file, set_, family)
+    else:
+        def command(set_: Optional[list[str]] = SetOption, params_file: Optional[Path] = ParamsOption) -> None:
+            run(params_file, set_, None)
+    command.__doc__ = spec.doc
+    stage_app.command(spec.name)(command)
 
 
-def _family_stage(name: str, target: str, doc: str) -> None:
-    """Add `genforge stage NAME --family F`, running `module:function(params, root, family)`."""
-    def command(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
-                params_file: Optional[Path] = ParamsOption) -> None:
-        module, function = target.split(":")
-        stage = getattr(importlib.import_module(module), function)  # imported on use: a fast --help
-        params, root = _params(params_file, set_), project_root()
-        _run_stage(f"{name} {family}", lambda: stage(params, root, family))
-
-    command.__doc__ = doc
-    stage_app.command(name)(command)
+for _spec in STAGES:
+    _stage_command(_spec)
 
 
-for _name, _target, _doc in (
-    ("evaluate", "pipelines.evaluate:evaluate",
-     "Evaluate a trained family: reports/<dataset>/<family>/metrics.json and plots, logged to MLflow."),
-    ("export", "pipelines.registry:export",
-     "Export the family's ONNX graphs and check parity with PyTorch (max abs error <= 1e-4)."),
-    ("register", "pipelines.registry:register",
-     "Register the trained, evaluated, exported model in MLflow as <dataset>-<family> @challenger."),
-    ("promote", "pipelines.registry:promote",
-     "Run the promotion gate (params.yaml: registry) on the latest registered version."),
-):
-    _family_stage(_name, _target, _doc)
+@app.command("dvc-yaml")
+def dvc_yaml_cmd(write: bool = typer.Option(False, "--write", help="Write ./dvc.yaml instead of printing it."),
+                 check: bool = typer.Option(False, "--check", help="Exit 1 when ./dvc.yaml differs.")) -> None:
+    """Render dvc.yaml from the stage table (pipelines/stages.py): stages, deps (computed code deps), params, outs."""
+    from pipelines.dvcfile import render
+
+    text, target = render(), project_root() / "dvc.yaml"
+    if check:
+        if not target.exists() or target.read_text() != text:
+            raise GenforgeError(f"{target} differs from the stage table; run `genforge dvc-yaml --write`")
+        console.print(f"{target} matches the stage table")
+    elif write:
+        from contracts.io import atomic_write_text
+
+        atomic_write_text(target, text)
+        console.print(f"wrote {target}")
+    else:
+        sys.stdout.write(text)
 
 
 registry_app = typer.Typer(help="Review and steer the MLflow model registry.", no_args_is_help=True)
@@ -177,7 +170,7 @@ def generate_cmd(
 
     started = time.perf_counter()  # every error below is a ServingError: main() prints it as one line
     resolved = resolve(tracking.client(), model)
-    local = fetch_onnx(resolved, project_root() / ".genforge" / "models")
+    local = fetch_onnx(resolved, catalog.generator_cache(project_root()))
     result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
                       model_id=resolved.model_id, provider=provider,
                       sampling={"steps": steps, "eta": eta, "temperature": temperature})
@@ -209,7 +202,7 @@ def run_main(
         latest = versions[-1] if versions else {}
         samples_at = "-"
         if champion is not None and samples > 0:
-            target = root / "outputs" / name
+            target = catalog.outputs_dir(root, name)
             generate_flow(f"{name}@champion", samples, 0, str(target), str(root))
             samples_at = str(target)
         status = results.get(f"train:{family}", {}).get("status", "")

@@ -17,6 +17,7 @@ import numpy as np
 from contracts.data import DataSpec
 from contracts.io import atomic_dir, sha256_file, write_npz_deterministic  # noqa: F401 (re-exported)
 from contracts.modalities import get_modality
+from pipelines import catalog
 from pipelines.errors import DataError, GenforgeError
 
 SPLITS = ("train", "test")
@@ -56,7 +57,7 @@ class PreparedDataset:
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
-        path = self.root / f"{split}.npz"
+        path = self.root / catalog.file_name(f"prepared_{split}")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return npz[get_modality(self.spec.modality).SAMPLE_KEY], npz["labels"]
@@ -65,7 +66,7 @@ class PreparedDataset:
 
 
 def open_prepared(root: Path) -> PreparedDataset:
-    meta_path = root / "meta.json"
+    meta_path = root / catalog.file_name("prepared_meta")
     if not meta_path.exists():
         raise GenforgeError(f"{root}: no prepared dataset here (missing meta.json); run `genforge stage prepare` first")
     try:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines import catalog
 from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
 from pipelines.train import load_model, model_dir, select_device
@@ -35,7 +36,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 def report_dir(root: Path, dataset: str, family: str) -> Path:
-    return root / "reports" / dataset / family
+    """`reports/<dataset>/<family>/` (an alias of `catalog.report_dir`)."""
+    return catalog.report_dir(root, dataset, family)
 
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -98,9 +100,10 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     ds = require_validated(root, prepared_dir(root, params))
     ev = _settings(params)
     mdir = model_dir(root, ds.name, family)
+    paths = catalog.Layout(root, ds.name, family)
     device = select_device(str((params.get("train") or {}).get("device", "auto")))
     model = load_model(mdir, device)
-    train_info = json.loads((mdir / "train.json").read_text()) if (mdir / "train.json").exists() else {}
+    train_info = json.loads(paths.train_info.read_text()) if paths.train_info.exists() else {}
     if train_info.get("data_sha256") not in (None, ds.sha256):
         raise GenforgeError(f"{mdir}: trained on data {train_info['data_sha256'][:12]}, the prepared data is "
                             f"{ds.sha256[:12]}; rerun `genforge stage train --family {family}`")
@@ -110,7 +113,7 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     holdout = [int(c) for c in ((params.get("train") or {}).get("holdout_classes") or [])]
 
     classifier, clf_info = clf_lib.load_or_train_classifier(
-        root / "models" / "classifiers", ds.sha256, train_x, train_y, ds.num_classes,
+        catalog.classifier_cache(root), ds.sha256, train_x, train_y, ds.num_classes,
         test_images=test_x, test_labels=test_y, seed=seed, epochs=int(ev["classifier"]["epochs"]))
     extractor = f"domain-classifier(data {ds.sha256[:12]}, test acc {clf_info['test_accuracy']:.4f})"
 
@@ -151,8 +154,7 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
             labels="every class in turn")
 
     pngs: list[Path] = []
-    out = report_dir(root, ds.name, family)
-    plot_dir = out / "plots"  # one folder, whatever plots the family's capabilities give (a DVC plots out)
+    plot_dir = paths.plots  # one folder, whatever plots the family's capabilities give (a DVC plots out)
     shutil.rmtree(plot_dir, ignore_errors=True)
     plot_dir.mkdir(parents=True, exist_ok=True)
     # conditional models: one column per class (every class in turn), so each column is one label
@@ -209,16 +211,16 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
               "inception": inception, "classifier": {k: clf_info.get(k) for k in ("path", "test_accuracy", "cached",
                                                                                   "train_seconds")},
               "seconds": round(time.perf_counter() - started, 2)}
-    tmp = out / "metrics.json.tmp"
+    tmp = paths.metrics.with_name(paths.metrics.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
-    tmp.replace(out / "metrics.json")
+    tmp.replace(paths.metrics)
 
     if train_info.get("run_id"):
         c = tracking.client()
         tracking.log_metrics(c, train_info["run_id"], {f"eval/{k}": v for k, v in summary.items()}, 0)
-        for path in [out / "metrics.json", *pngs]:
+        for path in [paths.metrics, *pngs]:
             tracking.log_artifact(c, train_info["run_id"], path, "evaluation")
-    return {"family": family, "dataset": ds.name, "metrics": str(out / "metrics.json"), "seconds": report["seconds"],
+    return {"family": family, "dataset": ds.name, "metrics": str(paths.metrics), "seconds": report["seconds"],
             **{k: round(v, 4) for k, v in summary.items() if k in ("fid", "fid_real_floor", "fid_ratio", "coverage",
                                                                     "recall", "class_coverage", "mode_collapse",
                                                                     "anomaly_auroc", "nll_nats",

@@ -1,13 +1,16 @@
-"""Prefect flows: `retrain` (prepare -> validate -> per family: train -> evaluate -> export -> register ->
-promote) and `generate` (the ONNX Runtime batch generator).
+"""Prefect flows: `retrain` (source -> prepare -> validate -> per family: train -> evaluate -> export ->
+register -> promote) and `generate` (the ONNX Runtime batch generator).
 
-Each task wraps the very stage function the CLI and dvc.yaml call. Caching is keyed on content hashes
-of a stage's input files and its params (never on tensors), and a key is only reused while the stage's
+Each task wraps the very stage function the CLI and dvc.yaml call, in the order and with the inputs,
+outputs and params of the stage table (pipelines/stages.py). Caching is keyed on content hashes of a
+stage's input files and its params (never on tensors), and a key is only reused while the stage's
 outputs are still on disk, so an unchanged stage is skipped (and logged as skipped) and a deleted output
-is rebuilt. Results persist under PREFECT_HOME (the project's .prefect/), not the user's home.
+is rebuilt. `source` and `promote` are never cached; `prepare` is keyed on the source fingerprint file
+that `source` writes, as dvc.yaml's prepare depends on it. Results persist under PREFECT_HOME (the project's .prefect/), not the user's home.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -25,9 +28,17 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from pipelines.config import params_hash, section  # noqa: E402
 from pipelines.errors import GenforgeError  # noqa: E402
-from pipelines.prepare import dataset_name, prepared_dir  # noqa: E402
+from pipelines import catalog, stages  # noqa: E402
+from pipelines.prepare import dataset_name  # noqa: E402
 
 CODE_VERSION = "1"  # bump to invalidate every cached stage result after a breaking change
+
+
+def _files_of(path: Path) -> list[Path]:
+    """A catalog path as files: itself, or every file under a folder (sorted); [] when missing."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path]
 
 
 def _hash_files(paths: list[Path]) -> str:
@@ -43,38 +54,25 @@ def _hash_files(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _source_files(params: dict[str, Any]) -> list[Path]:
-    kind, _, arg = str(section(params, "data").get("source", "mnist5k")).partition(":")
-    if kind in ("idx", "folder") and Path(arg).is_dir():
-        return [p for p in Path(arg).rglob("*") if p.is_file()]
-    return []
+def _param(params: dict[str, Any], dotted: str) -> Any:
+    value: Any = params
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return copy.deepcopy(value)
 
 
 def stage_io(stage: str, params: dict[str, Any], root: Path, family: str | None = None) -> tuple[list[Path], dict, list[Path]]:
-    """(input files, params that matter, output files) of a stage: what its cache key is made of."""
+    """(input files, params that matter, output paths) of a stage, from the stage table: its cache key is made
+    of the inputs' bytes and these params (plus the tracking URI for stages that talk to MLflow)."""
     from pipelines.tracking import tracking_uri
 
-    name = dataset_name(params)
-    data = prepared_dir(root, params)
-    mdir = root / "models" / name / (family or "")
-    reports = root / "reports" / name
-    data_files = [data / "meta.json", data / "train.npz", data / "test.npz"]
-    if stage == "prepare":
-        return _source_files(params), section(params, "data"), data_files
-    if stage == "validate":
-        return data_files, section(params, "validation"), [reports / "validation.json"]
-    fam = {"model": (section(params, "model").get(family) or {}), "train": section(params, "train")}
-    if stage == "train":
-        return data_files, fam, [mdir / "model.pt", mdir / "train.json"]
-    if stage == "evaluate":
-        return [*data_files, mdir / "model.pt", mdir / "train.json"], {**fam, "evaluation": section(params, "evaluation")}, \
-            [reports / family / "metrics.json"]
-    if stage == "export":
-        return [mdir / "model.pt", mdir / "config.json"], section(params, "registry"), [mdir / "onnx" / "sampler.json"]
-    if stage == "register":
-        return [mdir / "model.pt", reports / family / "metrics.json", mdir / "onnx" / "parity.json"], \
-            {"tracking_uri": tracking_uri()}, [mdir / "registered.json"]
-    raise ValueError(stage)
+    spec, dataset = stages.stage(stage), dataset_name(params)
+    inputs = [f for name in spec.inputs for f in _files_of(catalog.path(name, root, dataset, family or ""))]
+    relevant: dict[str, Any] = {key: _param(params, key) for key in spec.param_keys(family)}
+    if "mlflow" in spec.external:
+        relevant["tracking_uri"] = tracking_uri()
+    outputs = [catalog.path(o.entry, root, dataset, family or "") for o in spec.outputs]
+    return inputs, relevant, outputs
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -86,18 +84,10 @@ def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 
 def _call(stage: str, params: dict[str, Any], root: Path, family: str | None) -> dict[str, Any]:
-    from pipelines import evaluate, prepare, registry, train, validate
-
-    if stage == "prepare":
-        return prepare.prepare(params, root)
-    if stage == "validate":
-        return validate.validate(params, root, prepared_dir(root, params))
-    fn = {"train": lambda: train.train(params, root, family, progress=False),
-          "evaluate": lambda: evaluate.evaluate(params, root, family),
-          "export": lambda: registry.export(params, root, family),
-          "register": lambda: registry.register(params, root, family),
-          "promote": lambda: registry.promote(params, root, family)}[stage]
-    return fn()
+    spec = stages.stage(stage)
+    kwargs = {"progress": False} if spec.progress_bar else {}
+    args = (params, root, family) if spec.per_family else (params, root)
+    return spec.function()(*args, **kwargs)
 
 
 def _run_logged(stage: str, params: dict[str, Any], root: str, family: str | None) -> dict[str, Any]:
@@ -110,19 +100,24 @@ def run_stage(stage: str, params: dict[str, Any], root: str, family: str | None 
     return _run_logged(stage, params, root, family)
 
 
-# register talks to the tracking store, over the network when it is a server: retry it
-run_register = run_stage.with_options(retries=2, retry_delay_seconds=3)
-
-
 @task(task_run_name="{stage}-{family}", persist_result=False)
-def run_promote(stage: str, params: dict[str, Any], root: str, family: str | None = None) -> dict[str, Any]:
-    """Never cached: the decision depends on the registry's current champion, not only on files."""
+def run_uncached(stage: str, params: dict[str, Any], root: str, family: str | None = None) -> dict[str, Any]:
+    """Stages the table marks uncached: `source` (it re-reads data.source each time, as DVC's always_changed)
+    and `promote` (the decision depends on the registry's current champion, not only on files)."""
     return _run_logged(stage, params, root, family)
 
 
+def _runner(spec: stages.Stage):
+    """The Prefect task for a stage row: cached or not, retried or not, as the table says."""
+    if not spec.cached:
+        return run_uncached
+    return run_stage.with_options(retries=spec.retries, retry_delay_seconds=3) if spec.retries else run_stage
+
+
 def _stage(stage: str, params: dict[str, Any], root: Path, family: str | None, results: dict[str, Any]) -> dict[str, Any]:
-    runner = {"register": run_register, "promote": run_promote}.get(stage, run_stage)
-    if stage != "promote" and not all(p.exists() for p in stage_io(stage, params, root, family)[2]):
+    spec = stages.stage(stage)
+    runner = _runner(spec)
+    if spec.cached and not all(p.exists() for p in stage_io(stage, params, root, family)[2]):
         runner = runner.with_options(refresh_cache=True)  # outputs gone: a cached result would be a lie
     state = runner(stage, params, str(root), family, return_state=True)
     key = f"{stage}:{family}" if family else stage
@@ -163,8 +158,8 @@ def _family_chain(params: dict[str, Any], root: Path, family: str, results: dict
         get_run_logger().info("%s: training skipped, %s", family, reason)
         results[f"train:{family}"] = {"status": f"skipped: {reason}"}
         return
-    for stage in ("train", "evaluate", "export", "register", "promote"):
-        _stage(stage, params, root, family, results)
+    for spec in stages.FAMILY_STAGES:
+        _stage(spec.name, params, root, family, results)
 
 
 def families_of(params: dict[str, Any]) -> list[str]:
@@ -180,8 +175,8 @@ def families_of(params: dict[str, Any]) -> list[str]:
 def retrain(params: dict[str, Any], root: str) -> dict[str, Any]:
     root_path = Path(root)
     results: dict[str, Any] = {}
-    _stage("prepare", params, root_path, None, results)
-    _stage("validate", params, root_path, None, results)
+    for spec in stages.DATA_STAGES:
+        _stage(spec.name, params, root_path, None, results)
     for family in families_of(params):
         _family_chain(params, root_path, family, results)
     return results
@@ -199,8 +194,8 @@ def retrain_parallel(params: dict[str, Any], root: str) -> dict[str, Any]:
     """The same stages with each family's chain as one task, so a Dask runner runs families in parallel."""
     root_path = Path(root)
     results: dict[str, Any] = {}
-    _stage("prepare", params, root_path, None, results)
-    _stage("validate", params, root_path, None, results)
+    for spec in stages.DATA_STAGES:
+        _stage(spec.name, params, root_path, None, results)
     futures = [family_task.submit(params, root, f) for f in families_of(params)]
     for fut in futures:
         results.update(fut.result())
@@ -214,7 +209,7 @@ def generate_flow(model_ref: str, n: int, seed: int, out_dir: str, root: str, ba
     from serving.resolve import fetch_onnx, resolve
 
     resolved = resolve(tracking.client(), model_ref)
-    local = fetch_onnx(resolved, Path(root) / ".genforge" / "models")
+    local = fetch_onnx(resolved, catalog.generator_cache(Path(root)))
     result = generate(local, n, seed, Path(out_dir), batch_size=batch_size, model_id=resolved.model_id)
     return {"model": f"{resolved.name}/{resolved.version}", "out_dir": out_dir, "n": n,
             "provider": result.get("provider"), "seconds": result.get("run", {}).get("seconds")}

@@ -1,4 +1,5 @@
-"""Stage `prepare`: read `data.source`, split if needed, write `data/prepared/<name>/`."""
+"""Stages `source` (fingerprint `data.source`) and `prepare` (read it, split if needed, write
+`data/prepared/<name>/`)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from contracts.io import atomic_write_text, json_text
+from pipelines import catalog
 from pipelines.dataset import SPLITS, atomic_dir, data_sha256, sha256_file, write_npz_deterministic
 from pipelines.errors import GenforgeError
-from pipelines.sources import RawDataset, default_name, load_source
+from pipelines.sources import RawDataset, default_name, load_source, source_fingerprint
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -26,7 +29,24 @@ def dataset_name(params: dict[str, Any]) -> str:
 
 
 def prepared_dir(root: Path, params: dict[str, Any]) -> Path:
-    return root / "data" / "prepared" / dataset_name(params)
+    """`data/prepared/<data.name>/` under root (an alias of `catalog.prepared_dir`)."""
+    return catalog.prepared_dir(root, dataset_name(params))
+
+
+def fingerprint_source(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Stage `source`: write `data/sources/<name>.json`, the fingerprint of `data.source`
+    (`sources.source_fingerprint`), rewritten only when it changed. `prepare` depends on this file, so DVC and
+    the Prefect flow re-prepare exactly when the source's files (or the embedded set's package version) change.
+    """
+    source = str((params.get("data") or {}).get("source", "mnist5k"))
+    out = catalog.source_fingerprint_path(root, dataset_name(params))
+    fingerprint = source_fingerprint(source)
+    text = json_text(fingerprint)
+    changed = not out.exists() or out.read_text() != text
+    if changed:
+        atomic_write_text(out, text)
+    return {"source": source, "path": str(out), "files": len(fingerprint.get("files", [])),
+            "changed": changed}
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
@@ -53,19 +73,20 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
     data = params.get("data") or {}
     source = str(data.get("source", "mnist5k"))
     out = prepared_dir(root, params)
-    raw = _split_if_needed(load_source(source, root / "data" / "raw"),
+    raw = _split_if_needed(load_source(source, catalog.raw_dir(root)),
                            float(data.get("test_fraction", 0.2)), int(data.get("seed", 0)))
     splits = {"train": (raw.train_images, raw.train_labels), "test": (raw.test_images, raw.test_labels)}
     num_classes = len(raw.class_names) or int(raw.train_labels.max()) + 1
 
-    previous_meta = out / "meta.json"
+    previous_meta = catalog.path("prepared_meta", root, out.name)
     previous = json.loads(previous_meta.read_text()) if previous_meta.exists() else {}
     with atomic_dir(out) as tmp:
         hashes, counts = {}, {}
         for split in SPLITS:
             images, labels = splits[split]
-            write_npz_deterministic(tmp / f"{split}.npz", {"images": images, "labels": labels})
-            hashes[f"{split}.npz"] = sha256_file(tmp / f"{split}.npz")
+            file = catalog.file_name(f"prepared_{split}")
+            write_npz_deterministic(tmp / file, {"images": images, "labels": labels})
+            hashes[file] = sha256_file(tmp / file)
             counts[split] = int(len(labels))
         digest = data_sha256(hashes)
         # `created` only changes with the data, so re-preparing identical data rewrites identical bytes
@@ -84,6 +105,6 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
             "data_sha256": digest,
             "created": created or dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / catalog.file_name("prepared_meta")).write_text(json.dumps(meta, indent=2) + "\n")
     return {"dataset": out.name, "path": str(out), "counts": counts, "data_sha256": digest,
             "shape": meta["shape"], "num_classes": num_classes}

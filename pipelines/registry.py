@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pipelines import tracking
+from pipelines import catalog, tracking
 from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
 from pipelines.train import model_dir
@@ -57,19 +57,20 @@ def export(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
 
     ds = require_validated(root, prepared_dir(root, params))
     mdir = model_dir(root, ds.name, family)
+    paths = catalog.Layout(root, ds.name, family)
     model = load_model(mdir, "cpu")
     atol = float(gate_settings(params, family)["max_parity_error"])
     try:
-        result = export_model(model, mdir / "onnx", seed=int((params.get("train") or {}).get("seed", 0)), atol=atol)
+        result = export_model(model, paths.onnx, seed=int((params.get("train") or {}).get("seed", 0)), atol=atol)
     except ExportError as exc:
-        raise GenforgeError(f"{mdir / 'onnx'}: ONNX export failed its parity check ({exc}); the model cannot be "
-                            f"registered as servable. Report: {mdir / 'onnx' / 'parity.json'}") from exc
-    parity = json.loads((mdir / "onnx" / "parity.json").read_text())
-    train_info = json.loads((mdir / "train.json").read_text())
+        raise GenforgeError(f"{paths.onnx}: ONNX export failed its parity check ({exc}); the model cannot be "
+                            f"registered as servable. Report: {paths.onnx / 'parity.json'}") from exc
+    parity = json.loads((paths.onnx / "parity.json").read_text())
+    train_info = json.loads(paths.train_info.read_text())
     c = tracking.client()
     tracking.log_metrics(c, train_info["run_id"], {"export/parity_max_abs_error": parity["max_abs_error"]}, 0)
-    tracking.log_artifact(c, train_info["run_id"], mdir / "onnx" / "parity.json", "export")
-    return {"family": family, "onnx_dir": str(mdir / "onnx"), "parity_max_abs_error": parity["max_abs_error"],
+    tracking.log_artifact(c, train_info["run_id"], paths.onnx / "parity.json", "export")
+    return {"family": family, "onnx_dir": str(paths.onnx), "parity_max_abs_error": parity["max_abs_error"],
             "atol": atol, "graphs": sorted(parity["graphs"]), **({"export": result} if isinstance(result, str) else {})}
 
 
@@ -79,12 +80,13 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
 
     ds = require_validated(root, prepared_dir(root, params))
     mdir = model_dir(root, ds.name, family)
-    metrics_path = root / "reports" / ds.name / family / "metrics.json"
-    onnx_dir = mdir / "onnx"
-    for needed, stage in ((mdir / "train.json", "train"), (metrics_path, "evaluate"), (onnx_dir / "parity.json", "export")):
+    paths = catalog.Layout(root, ds.name, family)
+    metrics_path = paths.metrics
+    onnx_dir = paths.onnx
+    for needed, stage in ((paths.train_info, "train"), (metrics_path, "evaluate"), (onnx_dir / "parity.json", "export")):
         if not needed.exists():
             raise GenforgeError(f"{needed}: missing; run `genforge stage {stage} --family {family}` first")
-    train_info = json.loads((mdir / "train.json").read_text())
+    train_info = json.loads(paths.train_info.read_text())
     metrics = json.loads(metrics_path.read_text())
     parity = json.loads((onnx_dir / "parity.json").read_text())
     if not parity.get("passed") or not (onnx_dir / "sampler.json").exists():
@@ -100,8 +102,8 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
 
     c = tracking.client()
     run_id = train_info["run_id"]
-    for name in ("model.pt", "config.json", "train.json"):
-        tracking.log_artifact(c, run_id, mdir / name, "genforge_model")
+    for path in (paths.model, paths.model_config, paths.train_info):
+        tracking.log_artifact(c, run_id, path, "genforge_model")
     c.log_artifacts(run_id, str(onnx_dir), "genforge_model/onnx")
     source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/genforge_model"
 
@@ -122,7 +124,7 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
                                 description=f"{family} on {ds.name} (data {ds.sha256[:12]})")
     c.set_registered_model_alias(name, "challenger", mv.version)
     record = {"name": name, "version": str(mv.version), "run_id": run_id, "source": source}
-    (mdir / "registered.json").write_text(json.dumps(record, indent=2) + "\n")
+    paths.registered.write_text(json.dumps(record, indent=2) + "\n")
     return record | {"alias": "challenger"}
 
 
@@ -216,7 +218,7 @@ def _push_history(c, name: str, version: str) -> None:
 
 def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     ds = require_validated(root, prepared_dir(root, params))
-    reg_path = model_dir(root, ds.name, family) / "registered.json"
+    reg_path = catalog.path("registered", root, ds.name, family)
     if not reg_path.exists():
         raise GenforgeError(f"{reg_path}: missing; run `genforge stage register --family {family}` first")
     reg = json.loads(reg_path.read_text())
@@ -229,7 +231,7 @@ def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         record = {"name": name, "version": version, "decision": "already champion", "champion_before": version,
                   "champion_after": version, "reasons": [f"version {version} already holds the champion alias"],
                   "gate": gate, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        out = root / "reports" / ds.name / family / "promotion.json"
+        out = catalog.path("promotion", root, ds.name, family)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2, default=str) + "\n")
         return {k: record[k] for k in ("name", "version", "decision", "champion_before", "champion_after", "reasons")}
@@ -240,7 +242,7 @@ def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         c.set_registered_model_alias(name, "champion", version)
         _push_history(c, name, version)
     record["champion_after"] = version if decision["promoted"] else record["champion_before"]
-    _record(c, name, version, reg.get("run_id"), record, root / "reports" / ds.name / family / "promotion.json")
+    _record(c, name, version, reg.get("run_id"), record, catalog.path("promotion", root, ds.name, family))
     return {k: record[k] for k in ("name", "version", "decision", "champion_before", "champion_after", "reasons")}
 
 

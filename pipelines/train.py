@@ -21,6 +21,7 @@ from contracts.data import DataSpec
 from contracts.io import atomic_write_json
 from contracts.modalities import get_modality
 from genmodels import GenerativeModel, get_family
+from pipelines import catalog
 from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
 from pipelines.errors import GenforgeError
@@ -38,7 +39,8 @@ class TrainingDiverged(GenforgeError):
 
 
 def model_dir(root: Path, dataset: str, family: str) -> Path:
-    return root / "models" / dataset / family
+    """`models/<dataset>/<family>/` (an alias of `catalog.model_dir`)."""
+    return catalog.model_dir(root, dataset, family)
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -121,7 +123,7 @@ def _latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> tuple[dict[str, Any]
 
 def load_model(directory: Path, device: torch.device | str = "cpu") -> GenerativeModel:
     """A trained model from `model.pt` (state dict) + `config.json`, loaded with weights_only=True."""
-    config_path, weights_path = directory / "config.json", directory / "model.pt"
+    config_path, weights_path = directory / catalog.file_name("model_config"), directory / catalog.file_name("model")
     if not config_path.exists() or not weights_path.exists():
         raise GenforgeError(f"{directory}: no trained model (model.pt + config.json); run `genforge stage train` first")
     spec = json.loads(config_path.read_text())
@@ -158,7 +160,8 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     model = model.to(device)
 
     out = model_dir(root, ds.name, family)
-    ckpt_dir = out / "checkpoints"
+    paths = catalog.Layout(root, ds.name, family)
+    ckpt_dir = paths.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     resume, passed_over = _latest_checkpoint(ckpt_dir, fingerprint)
     for reason in passed_over:
@@ -233,16 +236,16 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
 
             model.eval()
             samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
-            writer.submit(_write_epoch_grid, c, run_id, samples, out / "samples" / f"epoch-{epoch + 1:04d}.png")
+            writer.submit(_write_epoch_grid, c, run_id, samples, paths.train_samples / f"epoch-{epoch + 1:04d}.png")
             checkpoint = {"training_state": snapshot(model.training_state()), "epoch": epoch + 1, "run_id": run_id,
                           "history": list(history), "fingerprint": fingerprint}
             writer.submit(_save_atomic, checkpoint, ckpt_dir / f"epoch-{epoch + 1:04d}.pt")
 
     model.eval()
-    _save_atomic(model.state_dict(), out / "model.pt")
+    _save_atomic(model.state_dict(), paths.model)
     # training settings once (the values really used), sampling defaults beside the architecture, outside
     # the fingerprint (plan_training)
-    atomic_write_json(out / "config.json", {"family": family,
+    atomic_write_json(paths.model_config, {"family": family,
                                             "config": {**model.config.architecture(), **model.config.evaluation_settings()},
                                             "training": model.config.training_settings(),
                                             "sampling": model.sampling})
@@ -252,8 +255,8 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
         "train_images_per_s": round(trained_images / train_seconds, 1) if train_seconds else None,
         "final": history[-1] if history else {}, "history": history,
     }
-    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    tracking.log_artifact(c, run_id, out / "config.json")
+    paths.train_info.write_text(json.dumps(summary, indent=2) + "\n")
+    tracking.log_artifact(c, run_id, paths.model_config)
     c.set_terminated(run_id, status="FINISHED")
     return {k: summary[k] for k in ("family", "dataset", "run_id", "epochs", "resumed_from_epoch",
                                     "train_images_per_s", "final", "device")} | {"model_dir": str(out)}

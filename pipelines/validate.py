@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from contracts.modalities import get_modality
+from pipelines import catalog
 from pipelines.dataset import SPLITS, PreparedDataset, open_prepared, sha256_file
 from pipelines.errors import GenforgeError, ValidationFailed
 
@@ -22,7 +23,8 @@ DEFAULTS = {"min_train_samples": 1000, "min_test_samples": 100, "min_class_share
 
 
 def report_path(root: Path, dataset: str) -> Path:
-    return root / "reports" / dataset / "validation.json"
+    """`reports/<dataset>/validation.json` (an alias of `catalog.validation_report`)."""
+    return catalog.validation_report(root, dataset)
 
 
 def summary_table(samples: np.ndarray, labels: np.ndarray, modality: str = "image") -> pd.DataFrame:
@@ -103,7 +105,12 @@ def _gx_validate(tables: dict[str, pd.DataFrame], shares: pd.DataFrame, num_clas
     return checks, raw
 
 
-def validate(params: dict[str, Any], root: Path, dataset_dir: Path) -> dict[str, Any]:
+def validate(params: dict[str, Any], root: Path, dataset_dir: Path | None = None) -> dict[str, Any]:
+    """Stage `validate` on `dataset_dir` (default: the prepared folder of `data.name`)."""
+    if dataset_dir is None:
+        from pipelines.prepare import prepared_dir
+
+        dataset_dir = prepared_dir(root, params)
     thresholds = {**DEFAULTS, **(params.get("validation") or {})}
     ds = open_prepared(dataset_dir)
     arrays = {split: ds.load(split) for split in SPLITS}

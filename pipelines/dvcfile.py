@@ -1,0 +1,72 @@
+"""dvc.yaml, rendered from the stage table (pipelines/stages.py) and the catalog: `genforge dvc-yaml --write`.
+
+The committed dvc.yaml is this function's output; tests/test_stages.py fails when they differ, so a new
+import in a stage module, a new stage input or a new params key reaches dvc.yaml through one command.
+Per-family stages use `foreach: ${model.families}`; paths use `${data.name}` and `${item}`.
+"""
+from __future__ import annotations
+
+from pipelines.catalog import entry
+from pipelines.stages import STAGES, Output, Stage, code_deps
+
+DATASET, FAMILY = "${data.name}", "${item}"
+HEADER = """\
+# GENERATED from pipelines/stages.py (the stage table) by `genforge dvc-yaml --write`: edit the table, not this file.
+# The same stage functions the Prefect flows run, driven by DVC: `make repro` (= dvc repro with .venv on PATH).
+# `genforge run` ends with `dvc commit`, so right after it `dvc repro` only reruns the `source` fingerprint (always
+# changed by design: it re-reads data.source) and finds nothing else to do.
+# Code deps are computed: each stage's module import closure within pipelines/genmodels/evaluation/serving/contracts;
+# stages that run a family add genmodels/${item}.py and the files any family imports besides its own (base.py,
+# parents such as vae.py for cvae and dcgan.py for wgan_gp): foreach cannot give each family its own list.
+"""
+
+
+def _path(name: str) -> str:
+    return entry(name).format(DATASET, FAMILY)
+
+
+def _out_lines(out: Output, pad: str) -> list[str]:
+    flags = [f"cache: {str(out.cache).lower()}"] if not out.cache else []
+    flags += ["persist: true"] if out.persist else []
+    if not flags:
+        return [f"{pad}- {_path(out.entry)}" + (f"    # {out.note}" if out.note else "")]
+    lines = [f"{pad}- {_path(out.entry)}:"]
+    for i, flag in enumerate(flags):
+        note = f"    # {out.note}" if out.note and i == len(flags) - 1 else ""
+        lines.append(f"{pad}    {flag}{note}")
+    return lines
+
+
+def stage_body(s: Stage) -> list[str]:
+    """The YAML lines of one stage's definition (without its name), indented for `do:` when per family."""
+    pad = "      " if s.per_family else "    "
+    fam = f" --family {FAMILY}" if s.per_family else ""
+    lines = [f"{pad}cmd: genforge stage {s.name}{fam}"]
+    if s.always_changed:
+        lines.append(f"{pad}always_changed: true")
+    deps = [_path(i) for i in s.inputs] + code_deps(s)
+    if deps:
+        lines += [f"{pad}deps:"] + [f"{pad}  - {d}" for d in deps]
+    keys = s.param_keys(FAMILY if s.per_family else None)
+    if keys:
+        lines += [f"{pad}params:"] + [f"{pad}  - {k}" for k in keys]
+    for kind in ("outs", "metrics", "plots"):
+        outs = [o for o in s.outputs if o.kind == kind]
+        if outs:
+            lines.append(f"{pad}{kind}:")
+            for o in outs:
+                lines += _out_lines(o, pad + "  ")
+    return lines
+
+
+def render() -> str:
+    """The full dvc.yaml text for the current stage table and code."""
+    lines = [HEADER.rstrip("\n"), "stages:"]
+    for i, s in enumerate(STAGES):
+        if i:
+            lines.append("")
+        lines.append(f"  {s.name}:")
+        if s.per_family:
+            lines += ["    foreach: ${model.families}", "    do:"]
+        lines += stage_body(s)
+    return "\n".join(lines) + "\n"
