@@ -143,20 +143,21 @@ def resolve_gate(registry: dict[str, Any], family: str | None = None) -> dict[st
     base = {c["metric"]: c for c in (parse_check(e, "registry.checks") for e in DEFAULT_CHECKS)}
     checks = _apply_level(base, registry, "registry", replace=True)
     decision = {k: registry.get(k, v) for k, v in DECISION_DEFAULTS.items()}
+    source = {k: f"registry.{k}" for k in DECISION_DEFAULTS}  # the key each value came from, for errors
     if family is not None and families.get(family):
         level = families[family]
         if not isinstance(level, dict):
             raise ConfigError(f"registry.families.{family}", f"expected a mapping, got {level!r}")
         checks = _apply_level(checks, level, f"registry.families.{family}", replace=False)
         decision.update({k: level[k] for k in DECISION_DEFAULTS if k in level})
+        source.update({k: f"registry.families.{family}.{k}" for k in DECISION_DEFAULTS if k in level})
     checks.setdefault("parity_max_abs_error", {"metric": "parity_max_abs_error", "op": "max", "limit": 1e-4,
                                                "required": True})
-    where = "registry" if family is None else f"registry.families.{family}"
     if decision["direction"] not in DIRECTIONS:
-        raise ConfigError(f"{where}.direction", f"expected minimize or maximize, got {decision['direction']!r}"
+        raise ConfigError(source["direction"], f"expected minimize or maximize, got {decision['direction']!r}"
                                                 f"{_suggest(str(decision['direction']), DIRECTIONS)}")
-    _metric_name(decision["primary_metric"], f"{where}.primary_metric")
-    margin = _number(decision["margin"], f"{where}.margin")
+    _metric_name(decision["primary_metric"], source["primary_metric"])
+    margin = _number(decision["margin"], source["margin"])
     return {"checks": [{"metric": c["metric"], c["op"]: c["limit"], "required": c["required"]}
                        for c in checks.values()],
             "primary_metric": decision["primary_metric"], "direction": decision["direction"], "margin": margin}
