@@ -2,8 +2,9 @@
 
 Registry contract (DESIGN.md): model `<dataset>-<family>`; every version tagged with the data sha256,
 git commit, params hash, metrics and ONNX parity error; a new version gets the alias `challenger`; the
-gate moves `champion` only when every hard threshold holds and the challenger beats the champion on
-the primary metric by the margin. Decisions and reasons go to `promotion.json` and the version's tags.
+gate (pipelines.gate: the configured `registry.checks`) moves `champion` only when every check holds and
+the challenger beats the champion on the primary metric by the margin. Decisions, reasons and every check go to `promotion.json`
+and the version's `promotion.*` tags.
 """
 from __future__ import annotations
 
@@ -15,31 +16,18 @@ from typing import Any
 
 from pipelines import catalog, tracking
 from pipelines.errors import GenforgeError
+from pipelines.gate import gate_decision, observed, parity_limit, resolve_gate
 from pipelines.prepare import prepared_dir
 from pipelines.train import model_dir
 from pipelines.validate import require_validated
-
-GATE_DEFAULTS: dict[str, Any] = {
-    "max_fid_ratio": 500.0,         # fid / real-vs-real floor on the domain classifier's features
-    "min_coverage": 0.03,           # PRDC coverage
-    "min_class_coverage": 0.7,
-    "forbid_mode_collapse": True,
-    "min_conditional_accuracy": 0.5,  # conditional models only: share of samples of the requested class
-    "max_parity_error": 1e-4,
-    "primary_metric": "fid_ratio",
-    "direction": "minimize",        # minimize | maximize
-    "margin": 0.0,                  # the challenger must beat the champion by more than this
-}
-
 
 def model_name(dataset: str, family: str) -> str:
     return f"{dataset}-{family}"
 
 
 def gate_settings(params: dict[str, Any], family: str) -> dict[str, Any]:
-    reg = dict(params.get("registry") or {})
-    per_family = (reg.pop("families", None) or {}).get(family) or {}
-    return {**GATE_DEFAULTS, **reg, **per_family}
+    """The resolved gate of ``family`` (see pipelines.gate): checks, primary metric, direction, margin."""
+    return resolve_gate(params.get("registry") or {}, family)
 
 
 def _git_commit(root: Path) -> str:
@@ -59,7 +47,7 @@ def export(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     mdir = model_dir(root, ds.name, family)
     paths = catalog.Layout(root, ds.name, family)
     model = load_model(mdir, "cpu")
-    atol = float(gate_settings(params, family)["max_parity_error"])
+    atol = parity_limit(gate_settings(params, family))
     try:
         result = export_model(model, paths.onnx, seed=int((params.get("train") or {}).get("seed", 0)), atol=atol)
     except ExportError as exc:
@@ -128,63 +116,7 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     return record | {"alias": "challenger"}
 
 
-# ---- promotion gate --------------------------------------------------------------------------
-def _metric(tags: dict[str, str], key: str) -> float | None:
-    raw = tags.get(f"metric.{key}")
-    try:
-        return float(raw) if raw is not None else None
-    except ValueError:
-        return None
-
-
-def gate_decision(tags: dict[str, str], champion_tags: dict[str, str] | None, gate: dict[str, Any]) -> dict[str, Any]:
-    """The pure decision: every hard threshold, then the comparison with the champion."""
-    checks = []
-
-    def check(name: str, ok: bool, observed: Any, limit: Any) -> None:
-        checks.append({"check": name, "passed": bool(ok), "observed": observed, "limit": limit})
-
-    fid_ratio, coverage = _metric(tags, "fid_ratio"), _metric(tags, "coverage")
-    class_cov, collapse = _metric(tags, "class_coverage"), _metric(tags, "mode_collapse")
-    parity = float(tags.get("parity_max_abs_error", "inf"))
-    check("fid_ratio <= max_fid_ratio", fid_ratio is not None and fid_ratio <= gate["max_fid_ratio"], fid_ratio,
-          gate["max_fid_ratio"])
-    check("coverage >= min_coverage", coverage is not None and coverage >= gate["min_coverage"], coverage,
-          gate["min_coverage"])
-    check("class_coverage >= min_class_coverage", class_cov is not None and class_cov >= gate["min_class_coverage"],
-          class_cov, gate["min_class_coverage"])
-    if gate["forbid_mode_collapse"]:
-        check("no mode collapse", collapse == 0.0, bool(collapse) if collapse is not None else None, False)
-    cond_acc = _metric(tags, "conditional_accuracy")
-    if cond_acc is not None:  # only conditional models report it
-        check("conditional_accuracy >= min_conditional_accuracy", cond_acc >= gate["min_conditional_accuracy"],
-              cond_acc, gate["min_conditional_accuracy"])
-    check("parity error <= max_parity_error", parity <= gate["max_parity_error"], parity, gate["max_parity_error"])
-    check("data validated", tags.get("validated") == "true", tags.get("validated"), "true")
-
-    primary, sign = gate["primary_metric"], (1.0 if gate["direction"] == "minimize" else -1.0)
-    value = _metric(tags, primary)
-    hard_ok = all(c["passed"] for c in checks)
-    reasons = [f"failed: {c['check']} (observed {c['observed']}, limit {c['limit']})" for c in checks if not c["passed"]]
-    if value is None:
-        hard_ok = False
-        reasons.append(f"primary metric {primary!r} missing")
-    beats = None
-    if hard_ok:
-        champ_value = _metric(champion_tags, primary) if champion_tags else None
-        if champion_tags is None or champ_value is None:
-            beats = True
-            reasons.append(f"no champion with {primary}: the first passing version becomes champion")
-        else:
-            improvement = sign * (champ_value - value)
-            beats = improvement > float(gate["margin"])
-            reasons.append(f"{primary} {value:.4g} vs champion {champ_value:.4g}: improvement {improvement:.4g} "
-                           f"{'>' if beats else '<='} margin {gate['margin']}")
-    promoted = bool(hard_ok and beats)
-    return {"decision": "promoted" if promoted else "rejected", "promoted": promoted, "checks": checks,
-            "primary_metric": primary, "direction": gate["direction"], "value": value, "reasons": reasons}
-
-
+# ---- promotion gate (the decision itself: pipelines.gate) -------------------------------------
 def _version_tags(c, name: str, version: str) -> dict[str, str]:
     return dict(c.get_model_version(name, version).tags)
 
@@ -202,6 +134,10 @@ def _record(c, name: str, version: str, run_id: str | None, record: dict[str, An
     c.set_model_version_tag(name, version, "promotion.decision", record["decision"])
     c.set_model_version_tag(name, version, "promotion.reasons", "; ".join(record["reasons"])[:4900])
     c.set_model_version_tag(name, version, "promotion.at", record["at"])
+    if record.get("checks"):  # every check: metric op limit -> status (observed; champion's value)
+        c.set_model_version_tag(name, version, "promotion.checks", "; ".join(
+            f"{k['check']}: {k['status']} (observed {k['observed']}, champion {k['champion']})"
+            for k in record["checks"])[:4900])
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -280,10 +216,10 @@ def rollback(name: str, reason: str) -> dict[str, Any]:
     return record
 
 
-SHOW_METRICS = ("fid", "fid_real_floor", "fid_ratio", "coverage", "recall", "class_coverage", "mode_collapse")
 
 
 def show(name: str) -> list[dict[str, Any]]:
+    from evaluation.suite import SHOW_OUTPUTS
     from mlflow.exceptions import MlflowException
 
     c = tracking.client()
@@ -299,8 +235,8 @@ def show(name: str) -> list[dict[str, Any]]:
     for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
         tags = dict(mv.tags)
         row = {"version": int(mv.version), "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-"}
-        for key in SHOW_METRICS:
-            v = _metric(tags, key)
+        for key in SHOW_OUTPUTS:
+            v = observed(tags, key)
             row[key] = "-" if v is None else (("yes" if v else "no") if key == "mode_collapse" else round(v, 4))
         row["data"] = tags.get("data_sha256", "")[:12]
         row["decision"] = tags.get("promotion.decision", "-")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -133,12 +134,23 @@ def _module_file(module: str, root: Path = CODE_ROOT) -> Path | None:
     return None
 
 
+# plug-in registries name their modules in strings ("evaluation.suite.fid:FID", "contracts.modalities.image"):
+# the walk follows those too, except the family registry, whose modules are per-family deps (`family_files`)
+_REGISTRY_STRING = re.compile(r"^(?:%s)(?:\.\w+)+(?::\w+)?$")
+_NOT_FOLLOWED = ("genmodels",)
+
+
 def _imports(file: Path, module: str) -> set[str]:
-    """Every module `file` names in an import statement, at any depth (lazy imports inside functions too)."""
+    """Every module `file` names in an import statement, at any depth (lazy imports inside functions too),
+    and every project module a plug-in registry in it names as a "package.module[:Class]" string."""
     package = module if file.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
+    pattern = re.compile(_REGISTRY_STRING.pattern % "|".join(PROJECT_PACKAGES))
     for node in ast.walk(ast.parse(file.read_text(), str(file))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and module not in _NOT_FOLLOWED \
+                and pattern.match(node.value):
+            found.add(node.value.split(":")[0])
+        elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""

@@ -4,7 +4,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import BIN, REPO
+from tests.conftest import LOOSE_GATE, BIN, REPO
 
 PROJECT_FILES = ["pipelines", "genmodels", "evaluation", "serving", "contracts", "dvc.yaml", "params.yaml", ".dvcignore",
                  ".gitignore", ".dvc/config", ".dvc/.gitignore"]
@@ -80,8 +80,7 @@ def test_dvc_after_genforge_run_has_nothing_to_do_and_a_train_param_reruns_from_
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"}
     dvc, work = str(BIN / "dvc"), tmp_path / "work"
     _copy_project(work)
-    params = tiny_params("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
-                         "registry.forbid_mode_collapse=false", "model.families=[vae,dcgan]")
+    params = tiny_params(*LOOSE_GATE, "model.families=[vae,dcgan]")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh(["git", "init", "-q", "-b", "main"], work, env)
     _sh(["git", "add", "-A"], work, env)

@@ -1,0 +1,59 @@
+"""Anomaly detection with the model's score: corrupted test images (and held-out classes) vs normal ones."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from evaluation.suite.base import EvalContext, Metric, Result, to_model_input
+
+KINDS = ("noise", "inversion", "occlusion", "holdout_classes")  # holdout_classes: train.holdout_classes set
+PER_SET = ("auroc", "aupr", "tpr_at_threshold")
+COMBINED = ("auroc", "aupr", "tpr_at_threshold", "threshold")
+
+
+class Anomaly(Metric):
+    name = "anomaly"
+    modality = "image"
+    needs = frozenset({"score"})
+    outputs = (*(f"anomaly_{kind}_{key}" for kind in KINDS for key in PER_SET),
+               *(f"anomaly_{key}" for key in COMBINED))
+    settings = {"anomaly": {"kinds": ["noise", "inversion", "occlusion"], "fpr": 0.05, "max_images": 500}}
+    plots = ("roc.png", "score_histograms.png")
+
+    def compute(self, ctx: EvalContext) -> Result:
+        from evaluation import anomaly as anomaly_lib
+        from evaluation import plots
+
+        cfg = ctx.settings["anomaly"]
+        fpr, max_images = float(cfg["fpr"]), int(cfg["max_images"])
+        rng = np.random.default_rng(ctx.seed)
+        test_x, test_y = ctx.test
+        normal_mask = ~np.isin(test_y, ctx.holdout)
+        normal = to_model_input(test_x[normal_mask][:max_images], ctx.modality)
+        # half of the normal images set the threshold (at the chosen FPR), the other half measure it
+        calib, held = normal[: len(normal) // 2], normal[len(normal) // 2:]
+        score = lambda x: ctx.batched(ctx.model.score, x, 100)  # noqa: E731
+        calib_scores, normal_scores = score(calib), score(held)
+        sets: dict[str, Any] = {kind: anomaly_lib.corrupt(held, kind, rng) for kind in cfg["kinds"]}
+        if ctx.holdout:
+            sets["holdout_classes"] = to_model_input(test_x[~normal_mask][:max_images], ctx.modality)
+        out: Result = {}
+        all_scores = []
+        for kind, images in sets.items():
+            s = score(images.astype(np.float32))
+            all_scores.append(s)
+            m = anomaly_lib.anomaly_metrics(normal_scores, s, fpr=fpr, threshold_scores=calib_scores)
+            for key in PER_SET:
+                out[f"anomaly_{kind}_{key}"] = (m[key], {"anomaly_set": kind, "n_normal": len(held),
+                                                         "n_anomalous": len(s), "fpr_target": cfg["fpr"]})
+        m = anomaly_lib.anomaly_metrics(normal_scores, np.concatenate(all_scores), fpr=fpr,
+                                        threshold_scores=calib_scores)
+        for key in COMBINED:
+            out[f"anomaly_{key}"] = (m[key], {"anomaly_set": "+".join(sets), "fpr_target": cfg["fpr"],
+                                              "score": "model.score"})
+        per_kind = dict(zip(sets, all_scores))
+        plots.save_roc_curve(normal_scores, per_kind, ctx.plot_path("roc.png"), fpr_target=fpr)
+        plots.save_score_histograms(normal_scores, per_kind, ctx.plot_path("score_histograms.png"),
+                                    threshold=m["threshold"])
+        return out

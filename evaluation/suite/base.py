@@ -1,0 +1,236 @@
+"""The metric contract and the evaluation context metrics share (torch-free at import).
+
+A :class:`Metric` declares what it is (``name``, ``modality``), what the model must be able to do
+(``needs``: capabilities), which ``metrics.json`` keys it writes (``outputs``), which
+``params.yaml: evaluation.*`` settings it reads (``settings``, with their defaults) and the PNG plots it
+draws (``plots``). Its :meth:`Metric.compute` asks the :class:`EvalContext` only for the fields it needs;
+the context computes each field once, on first use, and caches it (samples, classifier features, the
+real-vs-real floor, ...), so metrics that share an input never compute it twice.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+# the capabilities a metric may need; "samples" every model has (GenerativeModel.sample is abstract)
+CAPABILITIES = frozenset({"samples", "nll", "score", "encode", "decode", "conditional"})
+MODALITIES = ("image", "tokens", "any")
+
+# evaluation.* settings the context itself reads (the metrics add their own in Metric.settings)
+CONTEXT_SETTINGS: dict[str, Any] = {
+    "metrics": None,              # list of metric names; null: the modality's default set
+    "num_samples": 1000,          # capped at the test split's size so the real floor uses the same N
+    "batch_size": 500,
+    "seed": 0,
+    "classifier": {"epochs": 8},
+}
+
+Result = dict[str, tuple[Any, dict[str, Any]]]  # output key -> (value, setting beyond the common one)
+
+
+class Skip(Exception):
+    """Raised by :meth:`Metric.compute` when the metric cannot run with this configuration; the
+    message is recorded under ``metrics.json: skipped.<name>``."""
+
+
+def to_model_input(x: np.ndarray, modality: str = "image") -> np.ndarray:
+    """Stored data -> the array a model takes, by the data's modality module (``contracts.modalities``;
+    images: uint8 0..255 -> float32 in [0, 1])."""
+    from contracts.modalities import get_modality
+
+    return get_modality(modality).to_model(x)
+
+
+class Metric:
+    """One metric (or a family of output keys computed together). Subclass, set the class attributes,
+    implement :meth:`compute`, and add one line to ``evaluation.suite.METRICS``."""
+
+    name: ClassVar[str] = ""
+    modality: ClassVar[str] = "any"                     # "image" | "tokens" | "any"
+    needs: ClassVar[frozenset[str]] = frozenset()        # subset of CAPABILITIES
+    outputs: ClassVar[tuple[str, ...]] = ()              # metrics.json keys it may write
+    settings: ClassVar[dict[str, Any]] = {}              # evaluation.<key> -> default
+    plots: ClassVar[tuple[str, ...]] = ()                # PNG file names under the plot folder
+    default: ClassVar[bool] = True                       # part of the modality's default set
+
+    def compute(self, ctx: "EvalContext") -> Result:
+        """{output key: (value, setting)}; may write ``self.plots`` through ``ctx.plot_path``.
+        Raises :class:`Skip` when it cannot run with these settings."""
+        raise NotImplementedError
+
+    @classmethod
+    def missing(cls, capabilities: frozenset[str] | set[str]) -> list[str]:
+        """The needed capabilities the model lacks (sorted); empty when the metric can run."""
+        return sorted(set(cls.needs) - set(capabilities))
+
+
+class _cached:
+    """A lazily computed, cached attribute (functools.cached_property without the lock)."""
+
+    def __init__(self, fn: Callable[[Any], Any]):
+        self.fn, self.name = fn, fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
+class EvalContext:
+    """What metrics share for one evaluation, each field computed on first use and cached.
+
+    Inputs: ``model`` (a loaded GenerativeModel), ``data`` (a prepared data set with ``load(split)``,
+    ``name``, ``sha256``, ``num_classes``, ``shape``), ``settings`` (the merged ``evaluation.*`` dict),
+    ``device``, ``plot_dir`` (an existing, empty folder), ``classifier_dir`` (the classifier cache) and
+    ``holdout`` (classes left out of training). Arrays are numpy; images N x C x H x W.
+    """
+
+    def __init__(self, model: Any, data: Any, settings: dict[str, Any], device: Any, plot_dir: Path,
+                 classifier_dir: Path, holdout: list[int] | None = None):
+        self.model, self.data, self.settings, self.device = model, data, settings, device
+        self.plot_dir, self.classifier_dir = Path(plot_dir), Path(classifier_dir)
+        self.holdout = [int(c) for c in holdout or []]
+        self.seed = int(settings["seed"])
+        self.num_classes = int(data.num_classes)
+        self.pngs: list[Path] = []
+
+    # ---- model and data ----------------------------------------------------------------------
+    @property
+    def modality(self) -> str:
+        """The data's modality (``DataSpec.modality``), as the model was built for it."""
+        return self.model.config.data.modality
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"samples"}) | frozenset(self.model.capabilities)
+
+    @_cached
+    def train(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x uint8 N x C x H x W, y int64 N) of the train split, as stored."""
+        return self.data.load("train")
+
+    @_cached
+    def test(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the test split, as stored."""
+        return self.data.load("test")
+
+    @property
+    def n(self) -> int:
+        """Generated samples: evaluation.num_samples capped at the test split (the floor uses the same N)."""
+        return min(int(self.settings["num_samples"]), len(self.test[0]))
+
+    def batched(self, fn: Callable[[Any], Any], x: np.ndarray, batch_size: int = 100) -> np.ndarray:
+        """fn over float32 batches of ``x`` on the device -> one float32 numpy array (no grad)."""
+        import torch
+
+        with torch.no_grad():
+            return np.concatenate([fn(torch.from_numpy(x[i:i + batch_size]).to(self.device)).float().cpu().numpy()
+                                   for i in range(0, len(x), batch_size)])
+
+    def plot_path(self, name: str) -> Path:
+        """Where a plot goes; registered so the caller logs it with the report."""
+        path = self.plot_dir / name
+        self.pngs.append(path)
+        return path
+
+    # ---- samples -----------------------------------------------------------------------------
+    @_cached
+    def _generated(self) -> tuple[np.ndarray, np.ndarray | None]:
+        import torch
+
+        model, n, batch_size = self.model, self.n, int(self.settings["batch_size"])
+        with torch.no_grad():
+            gen = torch.Generator(device=model.device).manual_seed(self.seed)
+            # conditional models get every class in turn, as the generator gives them without --label,
+            # so class coverage measures the model and not the label draw
+            labels = (np.arange(n, dtype=np.int64) % model.config.num_classes
+                      if "conditional" in model.capabilities else None)
+            parts = [model.sample(min(batch_size, n - i), generator=gen,
+                                  labels=None if labels is None else torch.from_numpy(labels[i:i + batch_size]).to(
+                                      model.device)).float().cpu().numpy() for i in range(0, n, batch_size)]
+        return np.concatenate(parts), labels
+
+    @property
+    def samples(self) -> np.ndarray:
+        """n generated samples (float32, the model's output range), seeded by evaluation.seed."""
+        return self._generated[0]
+
+    @property
+    def requested_labels(self) -> np.ndarray | None:
+        """The label each sample was asked for (conditional models), else None."""
+        return self._generated[1]
+
+    # ---- domain classifier and the features it gives ------------------------------------------
+    @_cached
+    def classifier(self) -> tuple[Any, dict[str, Any]]:
+        """(DomainClassifier, info: path, test_accuracy, cached, train_seconds, n_test), trained once per
+        data version and cached under classifier_dir."""
+        from evaluation import classifier as clf_lib
+
+        (train_x, train_y), (test_x, test_y) = self.train, self.test
+        return clf_lib.load_or_train_classifier(
+            self.classifier_dir, self.data.sha256, train_x, train_y, self.num_classes, test_images=test_x,
+            test_labels=test_y, seed=self.seed, epochs=int(self.settings["classifier"]["epochs"]))
+
+    @property
+    def classifier_loaded(self) -> bool:
+        return "classifier" in self.__dict__
+
+    @property
+    def extractor(self) -> str:
+        """Names the feature extractor in every setting: the domain classifier and its test accuracy."""
+        return f"domain-classifier(data {self.data.sha256[:12]}, test acc {self.classifier[1]['test_accuracy']:.4f})"
+
+    @_cached
+    def features(self) -> dict[str, np.ndarray]:
+        """Classifier features (float64 N x d) of "train", "test" (first n) and "fake"; "fake_logits"."""
+        from evaluation import classifier as clf_lib
+
+        model = self.classifier[0]
+        samples = self.samples
+        train_feats, _ = clf_lib.extract(model, self.train[0])
+        test_feats, _ = clf_lib.extract(model, self.test[0][:self.n])
+        fake_feats, fake_logits = clf_lib.extract(model, samples)
+        return {"train": train_feats, "test": test_feats, "fake": fake_feats, "fake_logits": fake_logits}
+
+    @property
+    def kid_settings(self) -> dict[str, int]:
+        kid = self.settings["kid"]
+        return {"kid_subsets": int(kid["subsets"]), "kid_subset_size": max(2, min(int(kid["subset_size"]), self.n // 2))}
+
+    @property
+    def collapse_thresholds(self) -> dict[str, Any]:
+        mc = self.settings["mode_collapse"]
+        return {k: mc[k] for k in ("coverage_threshold", "kl_threshold", "recall_threshold")}
+
+    @_cached
+    def generation(self) -> dict[str, Any]:
+        """evaluation.metrics.generation_metrics of the samples vs the train split (FID, KID, PRDC, class
+        coverage, KL, mode collapse), computed once for every metric that reads it."""
+        from evaluation import metrics as metric_lib
+
+        _ = self.classifier  # the classifier first, then the samples (the order the RNG-free steps ran in)
+        f = self.features
+        return metric_lib.generation_metrics(
+            f["train"], f["fake"], real_labels=self.train[1], fake_pred_labels=f["fake_logits"].argmax(1),
+            num_classes=self.num_classes, seed=self.seed, min_share=self.settings["mode_collapse"].get("min_share"),
+            extractor=self.extractor, **self.collapse_thresholds, **self.kid_settings)
+
+    @_cached
+    def floor(self) -> dict[str, Any]:
+        """The same statistics for the test split vs the train split, same N: what a perfect model gets."""
+        from evaluation import metrics as metric_lib
+
+        f = self.features
+        return metric_lib.generation_metrics(f["train"], f["test"], seed=self.seed, extractor=self.extractor,
+                                             **self.kid_settings)
+
+    def common_setting(self) -> dict[str, Any]:
+        """The setting every value carries (the feature extractor once the classifier is loaded)."""
+        base = {"n_samples": self.n, "reference": f"{self.data.name} train split ({len(self.train[0])})",
+                "dataset": self.data.name, "data_sha256": self.data.sha256}
+        return {"feature_extractor": self.extractor, **base} if self.classifier_loaded else base
