@@ -1,7 +1,8 @@
 """Typed sampler specs: how serving runs a model's ONNX graphs (the content of ``sampler.json``).
 
 stdlib + numpy only. A family's ``sampler()`` returns one of these; export writes ``spec.to_json()``
-plus the keys it owns (``EXPORT_KEYS``: format, family, image_shape, num_classes, graphs, parity);
+plus the keys it owns (``EXPORT_KEYS``: format, family, the data it produces (modality, sample_shape, image_shape,
+num_classes, class_names, dtype), graphs, parity);
 serving reads the file back with ``SamplerSpec.from_json(dict)``, which ignores those keys and
 validates the rest. Every problem is a ``SamplerSpecError`` (a ``ServingError``, and a ValueError
 for callers written before the error hierarchy). The JSON keys are exactly those of the untyped
@@ -27,7 +28,8 @@ import numpy as np
 
 from contracts.errors import ServingError
 
-EXPORT_KEYS = ("format", "family", "image_shape", "num_classes", "graphs", "parity")
+EXPORT_KEYS = ("format", "family", "image_shape", "num_classes", "graphs", "parity", "modality", "sample_shape",
+               "class_names", "dtype")
 RESERVED_KINDS = ("dpmpp", "token_autoregressive")  # named by the model contract, no spec class yet
 SPEC_KINDS: dict[str, type["SamplerSpec"]] = {}
 

@@ -26,7 +26,8 @@ into place, replacing whatever ``out_dir`` held before)::
                                                 "attempts": [{"exporter", "max_abs_error", "error"}]}},
                               "versions": {"torch", "onnx", "onnxruntime"}}
     out_dir/sampler.json     model.sampler().to_json() (a typed ``contracts.samplers`` spec; a plain dict
-                             is read with ``SamplerSpec.from_json``) plus {"format", "family", "image_shape", "num_classes",
+                             is read with ``SamplerSpec.from_json``) plus {"format", "family", "modality", "sample_shape",
+                              "image_shape" (images), "dtype", "num_classes", "class_names",
                               "graphs": {name: {"file", "inputs", "outputs", "sha256", "exporter",
                                                 "opset"}},
                               "parity": {"max_abs_error", "atol"}}
@@ -154,8 +155,12 @@ def _export_all(model, folder: Path, report: dict, *, seed, atol, batch_sizes, o
         raise ExportError(f"model.sampler(): {e}") from None
 
     cfg = model.config
+    data = cfg.data
     added = {"format": SAMPLER_FORMAT, "family": getattr(model, "family", "") or type(model).__name__,
-             "image_shape": [int(v) for v in cfg.image_shape], "num_classes": int(cfg.num_classes)}
+             "modality": data.modality, "sample_shape": list(data.shape), "dtype": data.dtype,
+             "num_classes": int(data.num_classes), "class_names": list(data.class_names)}
+    if data.modality == "image":  # the key every reader before contracts v2 knows
+        added["image_shape"] = list(data.shape)
     graphs_json: dict[str, Any] = {}
     worst = 0.0
     all_passed = True

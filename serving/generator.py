@@ -1,13 +1,15 @@
 """Batch generator: run an exported model folder with ONNX Runtime and write verified shards.
 
-Imports onnxruntime, numpy and PIL only: never torch (tests/test_serving.py checks it in a fresh
+Imports onnxruntime, numpy and PIL only (through the data's modality module, ``contracts.modalities``,
+which encodes shards, previews and per-sample files): never torch (tests/test_serving.py checks it in a fresh
 interpreter, before and after a full ``generate`` call). Resolving registry URIs into a local
 model folder is the caller's job (pipelines/); this module takes the folder.
 
 ``generate(model_dir, n, seed, out_dir)`` writes::
 
     out_dir/manifest.json              the job and its verified shards (format below)
-    out_dir/shards/shard-NNNNN.npz     "images" uint8 N x C x H x W (round(x * 255)), "labels" int64 N
+    out_dir/shards/shard-NNNNN.npz     the samples as the modality stores them (images: "images" uint8
+                                       N x C x H x W, round(x * 255)), "labels" int64 N
                                        (-1 when the model is unconditional); batch_size samples
                                        each, the last one holding the rest
     out_dir/preview.png                a grid of the first 64 samples (8 per row)
@@ -21,7 +23,8 @@ model folder is the caller's job (pipelines/); this module takes the folder.
      "sampler": "direct",         # sampler kind
      "sampling": {"steps": 20},   # sampling options that differ from the model's defaults ({} = none)
      "seed": 0, "n": 1000, "batch_size": 256, "label": null,
-     "image_shape": [1, 28, 28], "num_classes": 10, "dtype": "uint8", "num_shards": 4,
+     "modality": "image", "sample_shape": [1, 28, 28], "image_shape": [1, 28, 28] (images only),
+     "num_classes": 10, "class_names": [...], "dtype": "uint8", "num_shards": 4,
      "provider": "CPUExecutionProvider",      # the provider of the latest run
      "providers": ["CPUExecutionProvider"],   # every provider that produced a listed shard
      "shards": [{"index": 0, "file": "shards/shard-00000.npz", "count": 256, "sha256": "..."}, ...],
@@ -70,9 +73,10 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
-from contracts.errors import ServingError
+from contracts.data import DataSpec
+from contracts.errors import ConfigError, ServingError
+from contracts.modalities import get_modality
 from contracts.samplers import SamplerSpec, SamplerSpecError, as_spec
 from serving.samplers import check_sessions, check_spec, run_sampler
 
@@ -126,8 +130,8 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     model_dir = Path(model_dir)
     out_root = _output_root(Path(out_dir))
     raw, graph_files, fingerprint = load_model_dir(model_dir)
-    image_shape = tuple(raw["image_shape"])
-    num_classes = int(raw.get("num_classes", 0))
+    data = sample_spec(raw)
+    image_shape, num_classes, modality = data.shape, data.num_classes, get_modality(data.modality)
     spec, overrides = _with_sampling(as_spec(raw), sampling)
     label = _check_label(label, spec, num_classes)
     if model_id is None:
@@ -161,7 +165,9 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
             _remove_temp_files(folder)
         kept = _verified_shards(out_root, existing, counts) if existing else {}
         prev_providers = set(existing.get("providers", [])) if existing and kept else set()
-        manifest = {**job, "image_shape": list(image_shape), "num_classes": num_classes, "dtype": "uint8",
+        shape_key = {"image_shape": list(image_shape)} if data.modality == "image" else {}
+        manifest = {**job, "modality": data.modality, "sample_shape": list(image_shape), **shape_key,
+                    "num_classes": num_classes, "class_names": list(data.class_names), "dtype": data.dtype,
                     "num_shards": num_shards, "provider": used_provider,
                     "providers": sorted(prev_providers | ({used_provider} if len(kept) < num_shards else set())),
                     "shards": [kept[k] for k in sorted(kept)], "preview": None, "png": None, "complete": False}
@@ -174,7 +180,7 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
         todo = [k for k in range(num_shards) if k not in kept]
         for k in todo:
             entry = _make_shard(out_root, k, counts[k], spec, sessions, seed=seed, batch_size=batch_size,
-                                label=label, num_classes=num_classes, image_shape=image_shape)
+                                label=label, num_classes=num_classes, image_shape=image_shape, modality=modality)
             kept[k] = entry
             manifest["shards"] = [kept[i] for i in sorted(kept)]
             _atomic_write(manifest_path, _json_bytes(manifest))
@@ -182,8 +188,8 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
             if progress is not None:
                 progress(done, n)
 
-        manifest["preview"] = _write_preview(out_root, manifest["shards"], image_shape)
-        manifest["png"] = _write_pngs(out_root, manifest["shards"], image_shape) if png else None
+        manifest["preview"] = _write_preview(out_root, manifest["shards"], image_shape, modality)
+        manifest["png"] = _write_pngs(out_root, manifest["shards"], modality) if png else None
         manifest["complete"] = True
         _atomic_write(manifest_path, _json_bytes(manifest))
 
@@ -257,11 +263,16 @@ def load_model_dir(model_dir: Path) -> tuple[dict[str, Any], dict[str, Path], st
     graphs = spec.get("graphs")
     if not isinstance(graphs, dict) or not graphs:
         raise GenerationError(f"{sampler_path} lists no graphs: this model version has no ONNX graphs")
-    shape = spec.get("image_shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)):
+    shape = spec.get("sample_shape", spec.get("image_shape"))
+    if spec.get("modality", "image") == "image" and not (
+            isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)):
         raise GenerationError(f"{sampler_path}: image_shape must be [C, H, W] positive ints, got {shape!r}")
     if not (_is_int(spec.get("num_classes", 0)) and spec.get("num_classes", 0) >= 0):
         raise GenerationError(f"{sampler_path}: num_classes must be an int >= 0")
+    try:
+        sample_spec(spec)
+    except ConfigError as e:
+        raise GenerationError(f"{sampler_path}: {e}") from None
     if spec.get("conditional") and spec.get("num_classes", 0) < 1:
         raise GenerationError(f"{sampler_path}: a conditional model needs num_classes >= 1")
     try:
@@ -291,10 +302,19 @@ def load_model_dir(model_dir: Path) -> tuple[dict[str, Any], dict[str, Path], st
     return spec, files, h.hexdigest()
 
 
+def sample_spec(raw: Mapping[str, Any]) -> DataSpec:
+    """The data a model's sampler.json says it produces: modality (default image), sample shape
+    ("sample_shape", or "image_shape" as every version before contracts v2 wrote), classes."""
+    return DataSpec(modality=raw.get("modality", "image"), shape=tuple(raw.get("sample_shape", raw.get("image_shape"))),
+                    dtype=raw.get("dtype", "uint8"), num_classes=int(raw.get("num_classes", 0)),
+                    class_names=tuple(raw.get("class_names") or ()), vocab=raw.get("vocab"))
+
+
 def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 N x C x H x W, labels int64 N) of one shard file."""
+    """(samples as stored, e.g. images uint8 N x C x H x W; labels int64 N) of one shard file."""
     with np.load(path, allow_pickle=False) as z:
-        return z["images"], z["labels"]
+        key = next(name for name in z.files if name != "labels")
+        return z[key], z["labels"]
 
 
 def iter_samples(out_dir: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -310,7 +330,7 @@ def iter_samples(out_dir: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 # --- the job ---------------------------------------------------------------------------------
 def _make_shard(out_root: Path, k: int, count: int, spec, sessions, *, seed, batch_size, label,
-                num_classes, image_shape) -> dict[str, Any]:
+                num_classes, image_shape, modality) -> dict[str, Any]:
     rng = np.random.default_rng([int(seed), k])
     if spec.conditional:
         if label is not None:
@@ -326,8 +346,7 @@ def _make_shard(out_root: Path, k: int, count: int, spec, sessions, *, seed, bat
                               f"sampler.json says {(count, *image_shape)}")
     if not np.isfinite(images).all():
         raise GenerationError(f"shard {k}: the model produced non-finite values (NaN/inf)")
-    pixels = np.rint(images * np.float32(255)).astype(np.uint8)
-    data = _npz_bytes({"images": pixels, "labels": labels})
+    data = _npz_bytes({modality.SAMPLE_KEY: modality.from_model(images), "labels": labels})
     rel = f"{SHARD_DIR}/{shard_name(k)}"
     _atomic_write(_inside(out_root, rel), data)
     return {"index": k, "file": rel, "count": count, "sha256": hashlib.sha256(data).hexdigest()}
@@ -548,38 +567,21 @@ def _first_images(out_root: Path, shards: list[dict], limit: int) -> Iterator[np
         left -= min(left, len(images))
 
 
-def _to_pil(img: np.ndarray) -> Image.Image:
-    c = img.shape[0]
-    if c in (3, 4):  # H x W x 3 -> RGB, H x W x 4 -> RGBA
-        return Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
-    return Image.fromarray(np.ascontiguousarray(img[0]))  # grey (other channel counts: the first channel)
-
-
-def _write_preview(out_root: Path, shards: list[dict], image_shape) -> str:
-    c, h, w = image_shape
-    images = list(_first_images(out_root, shards, PREVIEW_COUNT))
-    cols = min(PREVIEW_COLUMNS, len(images))
-    rows = math.ceil(len(images) / cols)
-    pad = 2
-    mode = "RGB" if c == 3 else "RGBA" if c == 4 else "L"
-    grid = Image.new(mode, (cols * (w + pad) + pad, rows * (h + pad) + pad))
-    for i, img in enumerate(images):
-        grid.paste(_to_pil(img), (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    _atomic_write(_inside(out_root, PREVIEW), buf.getvalue())
+def _write_preview(out_root: Path, shards: list[dict], shape, modality) -> str:
+    samples = _first_images(out_root, shards, PREVIEW_COUNT)
+    _atomic_write(_inside(out_root, PREVIEW), modality.write_preview(samples, tuple(shape), columns=PREVIEW_COLUMNS))
     return PREVIEW
 
 
-def _write_pngs(out_root: Path, shards: list[dict], image_shape) -> dict[str, Any]:
+def _write_pngs(out_root: Path, shards: list[dict], modality) -> dict[str, Any]:
+    """One file per sample (images: PNG) for the first PNG_LIMIT samples, as the modality encodes them."""
     folder = _inside(out_root, PNG_DIR)
     folder.mkdir(exist_ok=True)
     count = 0
-    for i, img in enumerate(_first_images(out_root, shards, PNG_LIMIT)):
-        buf = io.BytesIO()
-        _to_pil(img).save(buf, format="PNG")
+    for i, sample in enumerate(_first_images(out_root, shards, PNG_LIMIT)):
         # derived files, rewritten at every completion: atomic, but not worth an fsync each
-        _atomic_write(_inside(out_root, f"{PNG_DIR}/{i:07d}.png"), buf.getvalue(), fsync=False)
+        _atomic_write(_inside(out_root, f"{PNG_DIR}/{i:07d}{modality.FILE_SUFFIX}"), modality.write_files(sample),
+                      fsync=False)
         count += 1
     return {"dir": PNG_DIR, "count": count}
 
