@@ -4,7 +4,6 @@ register and serve, and a registry version in the old format (a source folder ho
 `sampler.json`, no MLmodel) is served and promoted by hand."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -261,12 +261,20 @@ class TestVAE(FamilyContract):
     family, config = "vae", dict(latent_dim=4, width=4, iwae_k=4, score_samples=2)
 
 
+class TestVAEGaussian(FamilyContract):
+    family, config = "vae", dict(latent_dim=4, width=4, iwae_k=4, score_samples=2, likelihood="gaussian")
+
+
 class TestCVAE(FamilyContract):
     family, config = "cvae", dict(latent_dim=4, width=4, iwae_k=4, score_samples=2)
 
 
 class TestDCGAN(FamilyContract):
     family, config = "dcgan", dict(latent_dim=8, ngf=8, ndf=8)
+
+
+class TestDCGANSpectralNorm(FamilyContract):
+    family, config = "dcgan", dict(latent_dim=8, ngf=8, ndf=8, spectral_norm=True)
 
 
 class TestConditionalDCGAN(FamilyContract):
@@ -277,12 +285,20 @@ class TestWGANGP(FamilyContract):
     family, config = "wgan_gp", dict(latent_dim=8, ngf=8, ndf=8, n_critic=2)
 
 
+class TestConditionalWGANGP(FamilyContract):
+    family, config = "wgan_gp", dict(latent_dim=8, ngf=8, ndf=8, n_critic=2, conditional=True)
+
+
 class TestDDPM(FamilyContract):
-    family, config = "ddpm", dict(base_channels=8, channel_mult=(1, 2), timesteps=20, sample_steps=4)
+    family, config = "ddpm", dict(base_channels=8, channel_mult=(1, 2), timesteps=20, steps=4)
 
 
 class TestPixelCNN(FamilyContract):
     family, config = "pixelcnn", dict(channels=8, layers=3, head_channels=16)
+
+
+class TestPixelCNN256(FamilyContract):
+    family, config = "pixelcnn", dict(channels=8, layers=3, head_channels=16, pixels="256")
 
 
 class TestRealNVP(FamilyContract):
