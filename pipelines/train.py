@@ -22,10 +22,10 @@ from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
 from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
-from pipelines.settings import validate_settings
+from pipelines.settings import TRAIN_OVERRIDES, validate_settings
 from pipelines.validate import require_validated
 
-TRAIN_KEYS = ("epochs", "batch_size", "log_every")  # per-family overrides of train.*
+TRAIN_KEYS = TRAIN_OVERRIDES  # per-family overrides of train.* (declared with the settings schema)
 
 
 log = logging.getLogger("genforge.train")

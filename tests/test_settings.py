@@ -2,6 +2,7 @@
 types and out-of-range values with the dotted key and the value; YAML 1.2 numbers; checked before any stage."""
 import copy
 import json
+import time
 
 import pytest
 
@@ -9,6 +10,7 @@ from pipelines.config import apply_override, load_params, yaml_load
 from pipelines.errors import ConfigError
 from pipelines.settings import known_metric_outputs, validate_settings
 from tests.conftest import REPO, tiny_params
+from tests.test_cli_errors import _assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,8 @@ def test_unknown_keys_name_the_dotted_key_and_the_closest_known_one(base, item, 
 @pytest.mark.parametrize("item, expected", [
     ("train.epochs=abc", "train.epochs: expected an integer >= 1, got 'abc'"),
     ("train.epochs=2.5", "train.epochs: expected an integer >= 1, got 2.5"),
+    ("train.batch_size=null", "train.batch_size: expected an integer >= 1, got null"),
+    ("model.vae.beta=null", "model.vae.beta: expected a number, got null"),
     ("train.seed=abc", "train.seed: expected an integer >= 0, got 'abc'"),
     ("train=5", "train: expected a mapping of settings, got 5"),
     ("train.holdout_classes=3", "train.holdout_classes: expected a list of integers >= 0, got 3"),
@@ -255,3 +259,13 @@ def test_train_refuses_bad_settings_even_when_called_directly(tmp_path):
         with pytest.raises(ConfigError, match=expected):
             train(tiny_params(item), tmp_path, "vae", progress=False)
     assert not (tmp_path / "models").exists()
+
+
+def test_a_family_typo_fails_the_main_job_before_anything_runs(cli, project):
+    started = time.monotonic()
+    proc = cli(["run", "--set", "model.families=[vae,dcgn]"], project, timeout=120)
+    elapsed = time.monotonic() - started
+    _assert_one_line_error(proc, 1, "model.families: unknown model family 'dcgn'", "did you mean 'dcgan'")
+    assert elapsed < 30, elapsed  # ~3 s: loading the family registry, no Prefect, no data
+    for folder in ("data", "models", "reports", "outputs", ".prefect"):
+        assert not (project / folder).exists(), folder

@@ -84,7 +84,7 @@ def check_against_data(settings: Settings, meta: Mapping[str, Any]) -> None:
     """The checks that need the prepared data: `train.holdout_classes` within 0..num_classes-1 (and not all
     of them), and PRDC's nearest_k below the evaluated sample count (num_samples capped at the test split)."""
     num_classes = int(meta.get("num_classes") or 0)
-    holdout = settings.train.holdout_classes
+    holdout = settings.train.holdout_classes or ()
     if num_classes:
         outside = [c for c in holdout if c >= num_classes]
         if outside:

@@ -14,7 +14,7 @@ from typing import Any
 from contracts.errors import ConfigError
 from pipelines.settings.schema import check_partial, did_you_mean, field_types, join, mapping, show, unknown
 
-TRAIN_OVERRIDES = ("epochs", "batch_size", "log_every")  # pipelines.train.TRAIN_KEYS: model.<family>.* over train.*
+TRAIN_OVERRIDES = ("epochs", "batch_size", "log_every")  # model.<family>.* over train.* (pipelines.train.TRAIN_KEYS)
 
 
 def known_families() -> frozenset[str]:

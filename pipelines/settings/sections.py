@@ -90,9 +90,11 @@ class TrainSettings:
     seed: int = setting(0, ge=0)
     device: str = setting("auto", check=_device)
     log_every: int = setting(20, ge=1)
-    holdout_classes: tuple[int, ...] = setting(default_factory=tuple, ge=0)
-    epochs: Optional[int] = setting(None, ge=1)
-    batch_size: Optional[int] = setting(None, ge=1)
+    holdout_classes: Optional[tuple[int, ...]] = setting(default_factory=tuple, ge=0)
+    # None here only means "not set" (the family's default); an explicit null is refused, as the trainer
+    # would take it for a value
+    epochs: int = setting(None, ge=1)
+    batch_size: int = setting(None, ge=1)
 
 
 @dataclass(frozen=True)
