@@ -17,6 +17,7 @@ from pipelines.config import load_params, project_root
 from pipelines.env import apply_defaults
 from pipelines.errors import GenforgeError
 from pipelines.stages import STAGES
+from pipelines.settings.schema import closest
 
 apply_defaults(project_root())
 
@@ -41,8 +42,15 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
     _state["debug"] = debug
 
 
-def _params(params_file: Optional[Path], overrides: Optional[list[str]]) -> dict[str, Any]:
-    return load_params(params_file, overrides or [])
+def _params(params_file: Optional[Path], overrides: Optional[list[str]], data_checks: bool = True) -> dict[str, Any]:
+    """params.yaml (or --params) with --set applied, checked against the settings schema before any stage
+    runs (pipelines.settings.validate_settings). With `data_checks`, also against the prepared data when it
+    exists (not for commands that prepare it first: its meta.json may be about to change)."""
+    from pipelines.settings import validate_settings
+
+    params = load_params(params_file, overrides or [])
+    validate_settings(params, project_root() if data_checks else None)
+    return params
 
 
 def _report(title: str, result: dict[str, Any], started: float) -> None:
@@ -58,13 +66,27 @@ def _run_stage(title: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-FamilyOption = typer.Option(..., "--family", "-f", help="Model family, e.g. vae or dcgan.")
+def _family(value: str) -> str:
+    """--family checked against the family registry: a usage error with "did you mean" for a typo."""
+    from pipelines.settings import check_family
+
+    try:
+        return check_family(value, "--family")
+    except GenforgeError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--family: ")) from exc
+
+
+FamilyOption = typer.Option(..., "--family", "-f", help="Model family, e.g. vae or dcgan.", callback=_family)
+
+
+DATA_MAKERS = ("source", "prepare")
 
 
 def _stage_command(spec: Any) -> None:
     """Add `genforge stage NAME [--family F]` for one row of the stage table (pipelines/stages.py)."""
     def run(params_file: Optional[Path], overrides: Optional[list[str]], family: Optional[str]) -> None:
-        params, root = _params(params_file, overrides), project_root()
+        # prepare (and its source fingerprint) make the data: its meta.json cannot be checked before them
+        params, root = _params(params_file, overrides, data_checks=spec.name not in DATA_MAKERS), project_root()
         fn = spec.function()  # imported on use: a fast --help
         args = (params, root) if family is None else (params, root, family)
         title = spec.name if family is None else f"{spec.name} {family}"
@@ -114,7 +136,7 @@ app.add_typer(registry_app, name="registry")
 
 
 @registry_app.command("show")
-def registry_show(name: str = typer.Argument(..., help="Registered model, e.g. mnist5k-vae.")) -> None:
+def registry_show(name: str = typer.Argument(..., metavar="NAME", help="Registered model, e.g. mnist5k-vae.")) -> None:
     """Versions side by side: aliases, main metrics, data sha256, promotion decision."""
     from rich.table import Table
 
@@ -130,7 +152,8 @@ def registry_show(name: str = typer.Argument(..., help="Registered model, e.g. m
 
 
 @registry_app.command("promote")
-def registry_promote(name: str = typer.Argument(...), version: str = typer.Argument(...),
+def registry_promote(name: str = typer.Argument(..., metavar="NAME"),
+                     version: str = typer.Argument(..., metavar="VERSION"),
                      reason: str = typer.Option(..., "--reason", "-r", help="Why; recorded on the version.")) -> None:
     """Make VERSION the champion by hand, recording the reason."""
     from pipelines.registry import manual_promote
@@ -139,7 +162,7 @@ def registry_promote(name: str = typer.Argument(...), version: str = typer.Argum
 
 
 @registry_app.command("rollback")
-def registry_rollback(name: str = typer.Argument(...),
+def registry_rollback(name: str = typer.Argument(..., metavar="NAME"),
                       reason: str = typer.Option(..., "--reason", "-r", help="Why; recorded on the version.")) -> None:
     """Move champion back to the previous champion, recording the reason."""
     from pipelines.registry import rollback
@@ -149,7 +172,8 @@ def registry_rollback(name: str = typer.Argument(...),
 
 @app.command("generate")
 def generate_cmd(
-    model: str = typer.Argument(..., help="<name>@<alias> or <name>/<version>, e.g. mnist5k-vae@champion."),
+    model: str = typer.Argument(..., metavar="MODEL",
+                                help="<name>@<alias> or <name>/<version>, e.g. mnist5k-vae@champion."),
     n: int = typer.Option(..., "-n", "--num", help="Number of samples."),
     seed: int = typer.Option(0, "--seed"),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (manifest.json, shards/, preview.png)."),
@@ -190,7 +214,7 @@ def run_main(
     from pipelines.prepare import dataset_name
     from pipelines.registry import model_name, show
 
-    params, root = _params(params_file, set_), project_root()
+    params, root = _params(params_file, set_, data_checks=False), project_root()
     started = time.perf_counter()
     results = run_retrain(params, root, task_runner)
     dataset = dataset_name(params)
@@ -235,7 +259,7 @@ def schedule_cmd(
     """Serve the retrain flow as a Prefect deployment on a cron schedule (needs a Prefect API server)."""
     from pipelines.flows import serve_schedule
 
-    _params(params_file, set_)  # fail now, not at 03:00, on a bad params file or --set
+    _params(params_file, set_, data_checks=False)  # fail now, not at 03:00, on a bad params file or --set
     serve_schedule(project_root(), cron, name, str(params_file) if params_file else None, list(set_ or []))
 
 
@@ -276,22 +300,78 @@ def _dvc_commit(root: Path, pinned: bool) -> None:
         console.print("dvc.lock updated: `dvc repro` now has nothing to do until data, code or params change")
 
 
+def _library_user_error(exc: BaseException) -> bool:
+    """Errors of the serving layer and MLflow that describe a bad request (an unknown model or version, an
+    unservable artifact), not a bug: shown as one line like a GenforgeError. Looked up only in modules
+    already imported, so this never imports them."""
+    for module, names in (("serving.resolve", ("ResolveError",)), ("serving.generator", ("GenerationError",)),
+                          ("serving.export", ("ExportError",)), ("serving.samplers", ("SamplerSpecError",)),
+                          ("mlflow.exceptions", ("MlflowException",))):
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(exc, tuple(getattr(mod, n) for n in names if hasattr(mod, n))):
+            return True
+    return False
+
+
+def _fail(message: str, code: int, usage: str = "") -> None:
+    """One `error: ...` line on stderr (typer's usage line after it for usage errors), then exit `code`."""
+    from rich.markup import escape
+
+    if _state["debug"] and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    first = (str(message).strip().splitlines() or [""])[0]
+    console.print(f"[bold red]error:[/bold red] {escape(first)}", highlight=False, soft_wrap=True)
+    if usage:
+        console.print(usage, highlight=False, soft_wrap=True, markup=False)
+    sys.exit(code)
+
+
+def _usage_error(exc: Exception) -> None:
+    """A command-line mistake from typer (unknown command or option, missing or malformed value): exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    usage = ""
+    if ctx is not None:
+        usage = ctx.get_usage()
+        if "No such command" in message and hasattr(ctx.command, "list_commands"):
+            name = message.split("'")[1] if message.count("'") >= 2 else ""
+            match = closest(name, ctx.command.list_commands(ctx))
+            if match and "did you mean" not in message.lower():
+                message = f"{message.rstrip('.')}; did you mean {match!r}?"
+        usage += f"\nTry '{ctx.command_path} --help' for help."
+    _fail(message, 2, usage)
+
+
 def main() -> None:
+    """The `genforge` entry point: every user error is one `error:` line and a non-zero exit (2 for the
+    command line itself, 1 for the rest, 130 for Ctrl-C); `--debug` adds the traceback."""
+    from typer import _click as typer_click
+
+    usage_errors = (typer_click.exceptions.UsageError, click.UsageError)
+    click_errors = (typer_click.exceptions.ClickException, click.ClickException)
+    if "--debug" in sys.argv[1:]:  # set before parsing, so a usage error also shows its traceback
+        _state["debug"] = True
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="genforge")
     except GenforgeError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        console.print("[red]aborted[/red]")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+        _fail(str(exc), exc.exit_code)
+    except usage_errors as exc:
+        _usage_error(exc)
+    except click_errors as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort, click.exceptions.Abort):
+        _fail("interrupted", 130)
+    except (typer.Exit, click.exceptions.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 (serving / MLflow errors that are the user's, see _library_user_error)
+        if not _library_user_error(exc):
+            raise
+        _fail(f"{exc.__class__.__name__}: {exc}" if not str(exc) else str(exc), 1)
+    else:
+        if code == 130:  # typer turns Ctrl-C into Exit(130) and returns it in non-standalone mode
+            _fail("interrupted", 130)
+        if isinstance(code, int) and code:
+            sys.exit(code)
 
 
 if __name__ == "__main__":

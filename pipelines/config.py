@@ -5,12 +5,35 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipelines.errors import GenforgeError
+
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with YAML 1.2 floats, as DVC (ruamel.yaml) reads params.yaml: `1e-3`, `1E5`,
+    `-2.5e+3` are floats (YAML 1.1, and so `yaml.safe_load`, reads exponents without a dot or a signed
+    exponent as strings). Everything else resolves as in SafeLoader."""
+
+
+_FLOAT_12 = re.compile(r"""^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?
+                           |[-+]?[0-9]+[eE][-+]?[0-9]+
+                           |[-+]?\.(?:inf|Inf|INF)
+                           |\.(?:nan|NaN|NAN))$""", re.X)
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [("tag:yaml.org,2002:float", _FLOAT_12), *resolvers] if first in "-+.0123456789" else list(resolvers)
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def yaml_load(text: str) -> Any:
+    """YAML text -> Python values with YAML 1.2 number rules (`Yaml12Loader`); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+
 
 PROJECT_ROOT = Path(os.environ.get("GENFORGE_ROOT", Path(__file__).resolve().parent.parent))
 
@@ -26,7 +49,7 @@ def load_params(params_file: str | Path | None = None, overrides: list[str] | No
     if not path.exists():
         raise GenforgeError(f"{path}: params file not found")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise GenforgeError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(params, dict):
@@ -42,7 +65,7 @@ def apply_override(params: dict[str, Any], item: str) -> None:
     if not sep or not key.strip():
         raise GenforgeError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     # a bare `idx:/path` parses as a one-key mapping in YAML; keep it as the string the user typed

@@ -27,6 +27,7 @@ from prefect.logging import get_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from pipelines.config import params_hash, section  # noqa: E402
+from pipelines.settings import validate_settings  # noqa: E402
 from pipelines.errors import GenforgeError  # noqa: E402
 from pipelines import catalog, stages  # noqa: E402
 from pipelines.prepare import dataset_name  # noqa: E402
@@ -173,6 +174,7 @@ def families_of(params: dict[str, Any]) -> list[str]:
 
 @flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def retrain(params: dict[str, Any], root: str) -> dict[str, Any]:
+    validate_settings(params)  # a bad setting fails here, before any stage (scheduled runs included)
     root_path = Path(root)
     results: dict[str, Any] = {}
     for spec in stages.DATA_STAGES:
@@ -192,6 +194,7 @@ def family_task(params: dict[str, Any], root: str, family: str) -> dict[str, Any
 @flow(name="retrain-parallel", log_prints=True)
 def retrain_parallel(params: dict[str, Any], root: str) -> dict[str, Any]:
     """The same stages with each family's chain as one task, so a Dask runner runs families in parallel."""
+    validate_settings(params)
     root_path = Path(root)
     results: dict[str, Any] = {}
     for spec in stages.DATA_STAGES:

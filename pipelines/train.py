@@ -26,9 +26,10 @@ from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
 from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
+from pipelines.settings import TRAIN_OVERRIDES, validate_settings
 from pipelines.validate import require_validated
 
-TRAIN_KEYS = ("epochs", "batch_size", "log_every")  # per-family overrides of train.*
+TRAIN_KEYS = TRAIN_OVERRIDES  # per-family overrides of train.* (declared with the settings schema)
 
 
 log = logging.getLogger("genforge.train")
@@ -143,6 +144,7 @@ def plan_training(params: dict[str, Any], root: Path, family: str):
     """(dataset, fresh model, settings, fingerprint): the fingerprint names exactly what training would do,
     so a checkpoint, a cache or a registry version made with the same one needs no new training."""
     ds = require_validated(root, prepared_dir(root, params))
+    validate_settings(params, meta=ds.meta)  # the schema, and holdout classes against this data's classes
     config_values, settings = family_settings(params, family)
     model = build_for_dataset(family, config_values, ds.meta, int(settings["seed"]))
     settings_for_hash = {k: v for k, v in settings.items() if k not in ("device", "log_every")}
