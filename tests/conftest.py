@@ -93,8 +93,8 @@ TINY_SETS = [
 
 
 # a gate every tiny model passes: the tests of promotion mechanics need a promotable version
-LOOSE_GATE = ("registry.checks=[{metric: fid_ratio, max: 1000000}, {metric: coverage, min: 0}, "
-              "{metric: class_coverage, min: 0}, {metric: conditional_accuracy, min: 0, required: false}]",)
+LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
+              "registry.forbid_mode_collapse=false", "registry.min_conditional_accuracy=0")
 
 
 def tiny_args(*extra: str) -> list[str]:

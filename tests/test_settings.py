@@ -195,6 +195,10 @@ def test_gate_checks_are_structurally_validated(base):
     params = copy.deepcopy(base)
     apply_override(params, "registry.checks=[{metric: fid_ratio, max: 500}, {metric: coverage, min: 0.03, "
                            "required: true}]")
+    with pytest.raises(ConfigError, match="registry.max_fid_ratio: conflicts with the registry.checks entry"):
+        validate_settings(params)  # the shipped file sets the same limit by its shorthand: keep one of them
+    for shorthand in ("max_fid_ratio", "min_coverage"):
+        del params["registry"][shorthand]
     apply_override(params, "registry.families.pixelcnn.checks=[{metric: bits_per_dim, max: 1.5}]")
     apply_override(params, "evaluation.metrics=[fid, prdc, nll]")
     s = validate_settings(params)
