@@ -28,13 +28,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def temp_name(path: Path) -> Path:
+    """The temp file an atomic write of `path` goes through: ``.<name>.tmp-<pid>`` beside it, so a later run
+    can tell (and remove) what a killed one left behind."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) -> None:
-    """Write `data` to `path` through a temp file in the same folder and ``os.replace``."""
+    """Write `data` to `path` (making its folder) through ``temp_name(path)`` and ``os.replace`` (mode 0644); with `fsync`, the
+    data is on disk before the rename. On any error the temp file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_name(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
             if fsync:
                 fh.flush()

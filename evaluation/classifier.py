@@ -12,7 +12,6 @@ network identically.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from contracts.io import sha256_file
 
 __all__ = [
     "DomainClassifier",
@@ -362,14 +363,6 @@ def _fit(
 # -------------------------------------------------------------------------------------- cache
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -397,7 +390,7 @@ def save_classifier(model: DomainClassifier, directory: str | os.PathLike, info:
     meta = dict(info)
     meta["config"] = model.config()
     meta["weights_file"] = WEIGHTS_FILE
-    meta["weights_sha256"] = _sha256_file(weights)
+    meta["weights_sha256"] = sha256_file(weights)
     meta["torch_version"] = torch.__version__
     text = json.dumps(meta, indent=2, sort_keys=True)
     _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text + "\n"))
@@ -412,7 +405,7 @@ def load_classifier(directory: str | os.PathLike) -> tuple[DomainClassifier, dic
     if not config_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"no cached classifier in {directory} (need {CONFIG_FILE} and {WEIGHTS_FILE})")
     meta = json.loads(config_path.read_text())
-    if meta.get("weights_sha256") and meta["weights_sha256"] != _sha256_file(weights_path):
+    if meta.get("weights_sha256") and meta["weights_sha256"] != sha256_file(weights_path):
         raise ValueError(f"{weights_path} does not match the sha256 recorded in {config_path}")
     model = DomainClassifier.from_config(meta["config"])
     state = torch.load(weights_path, map_location="cpu", weights_only=True)

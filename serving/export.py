@@ -42,7 +42,6 @@ has a number, an ORT run error) is written as ``null`` with the reason in ``"err
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -60,6 +59,7 @@ import onnxruntime as ort
 import torch
 
 from contracts.errors import ServingError
+from contracts.io import sha256_file
 from contracts.samplers import SamplerSpecError, as_spec
 
 log = logging.getLogger("genforge.serving.export")
@@ -173,7 +173,7 @@ def _export_all(model, folder: Path, report: dict, *, seed, atol, batch_sizes, o
         if entry["passed"]:
             path = folder / f"{g.name}.onnx"
             graphs_json[g.name] = {"file": path.name, "inputs": list(g.input_names),
-                                   "outputs": list(g.output_names), "sha256": _sha256(path),
+                                   "outputs": list(g.output_names), "sha256": sha256_file(path),
                                    "exporter": entry["exporter"], "opset": opset}
     report["max_abs_error"] = None if math.isinf(worst) else worst
     report["passed"] = bool(all_passed)
@@ -316,14 +316,6 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _first_line(e: BaseException) -> str:

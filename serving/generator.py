@@ -59,14 +59,12 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import re
 import time
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -76,6 +74,7 @@ import onnxruntime as ort
 
 from contracts.data import DataSpec
 from contracts.errors import ConfigError, ServingError
+from contracts.io import atomic_write_bytes, npz_bytes, sha256_file
 from contracts.modalities import get_modality
 from contracts.samplers import SamplerSpec, SamplerSpecError, as_spec
 from serving.samplers import check_sessions, check_spec, run_sampler
@@ -292,7 +291,7 @@ def load_model_dir(model_dir: Path) -> tuple[dict[str, Any], dict[str, Path], st
             raise GenerationError(f"{sampler_path}: graph file {file!r} lies outside {model_dir}")
         if not path.is_file():
             raise GenerationError(f"graph {name!r}: {path} is missing")
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         want = entry.get("sha256") if isinstance(entry, dict) else None
         if want and want != digest:
             raise GenerationError(f"graph {name!r}: {path} is corrupt (sha256 {digest[:12]}..., "
@@ -323,7 +322,7 @@ def iter_samples(out_dir: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     manifest = json.loads(_inside(out_root, MANIFEST).read_text())
     for entry in manifest["shards"]:
         path = _inside(out_root, entry["file"])
-        if _sha256_file(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise GenerationError(f"{path} does not match its sha256 in the manifest")
         yield read_shard(path)
 
@@ -346,7 +345,7 @@ def _make_shard(out_root: Path, k: int, count: int, spec, sessions, *, seed, bat
                               f"sampler.json says {(count, *image_shape)}")
     if not np.isfinite(images).all():
         raise GenerationError(f"shard {k}: the model produced non-finite values (NaN/inf)")
-    data = _npz_bytes({modality.SAMPLE_KEY: modality.from_model(images), "labels": labels})
+    data = npz_bytes({modality.SAMPLE_KEY: modality.from_model(images), "labels": labels})
     rel = f"{SHARD_DIR}/{shard_name(k)}"
     _atomic_write(_inside(out_root, rel), data)
     return {"index": k, "file": rel, "count": count, "sha256": hashlib.sha256(data).hexdigest()}
@@ -370,7 +369,7 @@ def _verified_shards(out_root: Path, manifest: Mapping[str, Any], counts: list[i
             log.warning("ignoring a manifest entry that does not fit the job: %r", entry)
             continue
         path = _inside(out_root, file)
-        if path.is_file() and _sha256_file(path) == digest:
+        if path.is_file() and sha256_file(path) == digest:
             kept[k] = {"index": k, "file": file, "count": count, "sha256": digest}
         else:
             log.info("shard %d is missing or torn: regenerating it", k)
@@ -488,21 +487,6 @@ def _inside(root: Path, rel: str) -> Path:
     return path
 
 
-def _atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write to a temp file beside ``path``, fsync it, rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _remove_temp_files(folder: Path) -> None:
     """Temp files a killed run left behind (ours only: '.<name>.tmp-<pid>')."""
     if not folder.is_dir() or folder.is_symlink():
@@ -528,30 +512,8 @@ def _locked(folder: Path):
         os.close(fd)  # releases the lock
 
 
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An .npz (readable by numpy.load) with no timestamps: the same arrays give the same bytes."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            info.create_system = 3
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=arr.nbytes > (1 << 31)) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
-
-
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -584,6 +546,11 @@ def _write_pngs(out_root: Path, shards: list[dict], modality) -> dict[str, Any]:
                       fsync=False)
         count += 1
     return {"dir": PNG_DIR, "count": count}
+
+
+def _atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Shards and manifests are fsynced before the rename: a verified shard survives a power cut."""
+    atomic_write_bytes(path, data, fsync=fsync)
 
 
 # --- small helpers ---------------------------------------------------------------------------
