@@ -74,7 +74,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("source", "pipelines.prepare:fingerprint_source",
           "Fingerprint data.source (folder:/idx: files' sizes and sha256) into data/sources/<name>.json; "
           "prepare reruns when it changes.",
-          outputs=(Output("source_fingerprint", cache=False),), params=("data.source",),
+          outputs=(Output("source_fingerprint", cache=False, persist=True),), params=("data.source",),
           cached=False, always_changed=True),
     Stage("prepare", "pipelines.prepare:prepare",
           "Read data.source and write data/prepared/<name>/ (train.npz, test.npz, meta.json).",
