@@ -25,7 +25,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -48,9 +48,12 @@ class ImageOptions:
     follow_symlinks: bool = False
 
     @classmethod
-    def from_settings(cls, data: Any) -> "ImageOptions":
-        return cls(background=background_rgb(data.background), channels=data.channels,
-                   image_size=size_hw(data.image_size), resize=data.resize, follow_symlinks=data.follow_symlinks)
+    def from_params(cls, data: Mapping[str, Any]) -> "ImageOptions":
+        """From params.yaml's `data` section (checked by pipelines.settings.DataSettings; its defaults are these)."""
+        d = cls()
+        return cls(background=background_rgb(data.get("background", 255)), channels=data.get("channels", d.channels),
+                   image_size=size_hw(data.get("image_size")), resize=data.get("resize", d.resize),
+                   follow_symlinks=bool(data.get("follow_symlinks", d.follow_symlinks)))
 
     def record(self, channels: int, shape: tuple[int, int]) -> dict[str, Any]:
         """What meta.json records about the decoding (`image_files`)."""
