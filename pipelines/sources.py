@@ -78,8 +78,13 @@ def source_fingerprint(source: str) -> dict:
         top = Path(arg)
         if not top.is_dir():
             raise DataError(top, "not a directory")
-        files = []
+        files, seen = [], set()
         for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a symlink back to a folder already walked: no endless loop
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames.sort()
             for name in sorted(filenames):
                 p = Path(dirpath) / name

@@ -289,3 +289,23 @@ def test_hidden_and_os_files_are_skipped(tmp_path):
     prepare({"data": {"source": f"folder:{src}", "name": "h", "test_fraction": 0.5}}, tmp_path)
     meta = _meta(tmp_path, "h")
     assert meta["class_names"] == ["a", "b"] and sum(meta["counts"].values()) == 4
+
+
+def test_settings_defaults_are_the_readers_defaults():
+    from pipelines.settings import DataSettings
+
+    data, options = DataSettings(), ImageOptions.from_params({})
+    assert options == ImageOptions()
+    assert (images.background_rgb(data.background), data.channels, images.size_hw(data.image_size), data.resize,
+            data.follow_symlinks) == (options.background, options.channels, options.image_size, options.resize,
+                                      options.follow_symlinks)
+
+
+def test_source_fingerprint_survives_a_symlink_loop_and_a_fifo(tmp_path):
+    from pipelines.sources import source_fingerprint
+
+    src = _one_class_folder(tmp_path)
+    os.symlink(src, src / "a" / "loop")
+    os.mkfifo(src / "b" / "pipe.png")
+    paths = [f["path"] for f in source_fingerprint(f"folder:{src}")["files"]]
+    assert paths == ["a/000.png", "a/001.png", "b/000.png", "b/001.png"]
