@@ -86,11 +86,51 @@ def write_npz_deterministic(path: str | Path, arrays: Mapping[str, np.ndarray]) 
     atomic_write_bytes(path, npz_bytes(arrays))
 
 
+def _owner_gone(path: Path, marker: str) -> bool:
+    """Whether the process that made `path` (``.<name><marker><pid>[-...]``) has ended: its pid is not running,
+    or the pid now belongs to a process started after `path` was last written (a reused pid). A name without
+    a pid (temp folders of older versions) counts as ended."""
+    import psutil
+
+    head = path.name.split(marker, 1)[1].split("-", 1)[0]
+    if not head.isdigit():
+        return True
+    pid = int(head)
+    if pid == os.getpid():
+        return False
+    try:
+        return psutil.Process(pid).create_time() > path.lstat().st_mtime + 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+        return not psutil.pid_exists(pid)
+
+
+def clean_stale_dirs(final: Path) -> list[Path]:
+    """Tidy what killed `atomic_dir` runs left beside `final`: ``.<name>.tmp-<pid>-*`` folders whose process has
+    ended are removed; a ``.<name>.old-<pid>`` (a kill between the two renames) is put back as `final` when
+    `final` is missing, else removed. Folders of running processes are left alone. Returns what was removed."""
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for marker in (".old-", ".tmp-"):
+        for path in sorted(final.parent.glob(f".{final.name}{marker}*")):
+            if not path.is_dir() or path.is_symlink() or not _owner_gone(path, marker):
+                continue
+            if marker == ".old-" and not final.exists():
+                with contextlib.suppress(OSError):  # never delete the only copy: left for the next run
+                    path.rename(final)
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `final`; on success it replaces `final`, on error it is removed."""
+    """Yield a temp folder ``.<name>.tmp-<pid>-*`` beside `final`; on success it replaces `final`, on error it is
+    removed. What killed runs left (``clean_stale_dirs``) is tidied first."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clean_stale_dirs(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
     except BaseException:

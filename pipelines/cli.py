@@ -178,7 +178,8 @@ def generate_cmd(
     seed: int = typer.Option(0, "--seed"),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (manifest.json, shards/, preview.png)."),
     batch_size: int = typer.Option(256, "--batch-size"),
-    label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models only)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Class to generate (conditional models only): an "
+                                        "index or a class name (index:K / name:NAME where a name is a number)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     png: bool = typer.Option(False, "--png", help="Also write one PNG per sample."),
     provider: str = typer.Option("auto", "--provider", help="auto (CUDA when it works) | cpu | cuda."),

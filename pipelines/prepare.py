@@ -13,7 +13,8 @@ import numpy as np
 from contracts.io import atomic_write_text, json_text
 from pipelines import catalog
 from pipelines.dataset import SPLITS, atomic_dir, data_sha256, sha256_file, write_npz_deterministic
-from pipelines.errors import GenforgeError
+from pipelines.errors import DataError, GenforgeError
+from pipelines.images import ImageOptions
 from pipelines.sources import RawDataset, default_name, load_source, source_fingerprint
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -66,15 +67,28 @@ def _split_if_needed(raw: RawDataset, test_fraction: float, seed: int) -> RawDat
         return raw
     mask = stratified_split(raw.train_labels, test_fraction, seed)
     return RawDataset(raw.source, raw.train_images[~mask], raw.train_labels[~mask],
-                      raw.train_images[mask], raw.train_labels[mask], raw.class_names)
+                      raw.train_images[mask], raw.train_labels[mask], raw.class_names, raw.image_files)
+
+
+def _refuse_empty_split(raw: RawDataset, source: str, test_fraction: float, split_here: bool) -> None:
+    """Prepare never writes an empty split: one line naming the source and the counts."""
+    counts = {"train": len(raw.train_labels), "test": len(raw.test_labels)}
+    for split, n in counts.items():
+        if n == 0:
+            hint = (f"; data.test_fraction={test_fraction} leaves 0 images of every class in it, "
+                    f"{'raise' if split == 'test' else 'lower'} it" if split_here else "")
+            raise DataError(source, f"the {split} split would be empty ({counts['train']} train, "
+                                         f"{counts['test']} test images){hint}")
 
 
 def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
     data = params.get("data") or {}
     source = str(data.get("source", "mnist5k"))
+    test_fraction = float(data.get("test_fraction", 0.2))
     out = prepared_dir(root, params)
-    raw = _split_if_needed(load_source(source, catalog.raw_dir(root)),
-                           float(data.get("test_fraction", 0.2)), int(data.get("seed", 0)))
+    loaded = load_source(source, catalog.raw_dir(root), ImageOptions.from_params(data))
+    raw = _split_if_needed(loaded, test_fraction, int(data.get("seed", 0)))
+    _refuse_empty_split(raw, source, test_fraction, split_here=loaded.test_images is None)
     splits = {"train": (raw.train_images, raw.train_labels), "test": (raw.test_images, raw.test_labels)}
     num_classes = len(raw.class_names) or int(raw.train_labels.max()) + 1
 
@@ -100,6 +114,7 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
             "dtype": "uint8",
             "num_classes": num_classes,
             "class_names": raw.class_names,
+            **({"image_files": raw.image_files} if raw.image_files else {}),
             "counts": counts,
             "files": hashes,
             "data_sha256": digest,

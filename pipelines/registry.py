@@ -106,6 +106,7 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         "data_sha256": ds.sha256, "git_commit": _git_commit(root), "params_hash": train_info["params_hash"],
         "run_params_hash": params_hash(params), "family": family, "dataset": ds.name, "validated": "true",
         "parity_max_abs_error": str(parity["max_abs_error"]), "servable": "true",
+        "class_names": json.dumps(list(ds.spec.class_names)),
         **{f"metric.{k}": str(v) for k, v in metrics["summary"].items()},
     }
     mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags,

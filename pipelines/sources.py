@@ -6,15 +6,18 @@ wrong in one line.
 from __future__ import annotations
 
 import gzip
+import math
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipelines import images as images_lib
 from pipelines.errors import DataError, GenforgeError
+from pipelines.images import ImageOptions
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 IDX_IMAGE_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dims
 IDX_LABEL_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dim
 
@@ -27,6 +30,7 @@ class RawDataset:
     test_images: np.ndarray | None      # None when the source has no split of its own
     test_labels: np.ndarray | None
     class_names: list[str] = field(default_factory=list)
+    image_files: dict | None = None     # how folder: images were decoded (images.ImageOptions.record)
 
 
 def default_name(source: str) -> str:
@@ -36,7 +40,7 @@ def default_name(source: str) -> str:
     return f"{kind}-{Path(arg.rstrip('/')).name}".lower() if kind in ("idx", "folder") else arg.lower()
 
 
-def load_source(source: str, raw_root: Path) -> RawDataset:
+def load_source(source: str, raw_root: Path, options: ImageOptions | None = None) -> RawDataset:
     kind, _, arg = source.partition(":")
     if kind == "mnist5k" and not arg:
         return load_mnist5k()
@@ -45,7 +49,7 @@ def load_source(source: str, raw_root: Path) -> RawDataset:
     if kind == "idx" and arg:
         return load_idx_dir(Path(arg))
     if kind == "folder" and arg:
-        return load_image_folder(Path(arg))
+        return load_image_folder(Path(arg), options)
     if kind == "torchvision" and arg:
         return load_torchvision(arg, raw_root / "torchvision")
     raise GenforgeError(
@@ -74,8 +78,13 @@ def source_fingerprint(source: str) -> dict:
         top = Path(arg)
         if not top.is_dir():
             raise DataError(top, "not a directory")
-        files = []
+        files, seen = [], set()
         for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a symlink back to a folder already walked: no endless loop
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames.sort()
             for name in sorted(filenames):
                 p = Path(dirpath) / name
@@ -129,24 +138,38 @@ def _open_maybe_gz(path: Path) -> bytes:
         raise DataError(path, f"cannot read ({exc})") from exc
 
 
+def _content_hint(data: bytes) -> str:
+    """What a file that is not IDX looks like, for the error line."""
+    if data[:2] == b"\x1f\x8b":
+        return "; the file is gzip-compressed: give it a .gz suffix"
+    if data.lstrip()[:1] == b"<":
+        return "; it looks like an HTML/XML page (a failed download?)"
+    return ""
+
+
 def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     data = _open_maybe_gz(path)
     if len(data) < 8:
-        raise DataError(path, f"truncated IDX file: {len(data)} bytes, too short for a header")
+        raise DataError(path, f"truncated IDX file: {len(data)} bytes, too short for a header{_content_hint(data)}")
     magic = struct.unpack(">I", data[:4])[0]
     if magic != expected_magic:
         kind = "images" if expected_magic == IDX_IMAGE_MAGIC else "labels"
         raise DataError(path, f"wrong magic number {magic} (0x{magic:08x}); IDX {kind} files start with "
-                              f"{expected_magic} (0x{expected_magic:08x})")
+                              f"{expected_magic} (0x{expected_magic:08x}){_content_hint(data)}")
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(path, f"truncated IDX file: header needs {header} bytes, file has {len(data)}")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python integers: a header cannot overflow into a wrong size
     if len(data) != expected:
         what = "truncated IDX file" if len(data) < expected else "IDX file has trailing bytes"
         raise DataError(path, f"{what}: header says {'x'.join(map(str, dims))} = {expected} bytes, file has {len(data)}")
+    if dims[0] == 0:
+        raise DataError(path, f"holds 0 {'images' if expected_magic == IDX_IMAGE_MAGIC else 'labels'} "
+                              f"(header {'x'.join(map(str, dims))}); every split needs at least one")
+    if any(d == 0 for d in dims[1:]):
+        raise DataError(path, f"header {'x'.join(map(str, dims))} has a zero-sized image dimension")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -175,92 +198,62 @@ def load_idx_dir(directory: Path) -> RawDataset:
         if len(images) != len(labels):
             raise DataError(image_path, f"image/label count mismatch: {len(images)} images but "
                                         f"{len(labels)} labels in {label_path.name}")
+        if prefix == "t10k" and images.shape[1:] != splits["train"][0].shape[2:]:
+            raise DataError(image_path, f"images are {images.shape[1]}x{images.shape[2]} but train's are "
+                                        f"{'x'.join(map(str, splits['train'][0].shape[2:]))}")
         splits[prefix] = (images[:, None, :, :].copy(), labels.astype(np.int64))
     num_classes = int(max(splits["train"][1].max(), splits["t10k"][1].max())) + 1
     return RawDataset(f"idx:{directory}", *splits["train"], *splits["t10k"], [str(c) for c in range(num_classes)])
 
 
 # ---- a folder of images, one sub-folder per class -------------------------------------------
-def _image_to_uint8(path: Path) -> np.ndarray:
-    """H x W (grey) or H x W x 3 uint8; 16-bit and float images are range-checked, then scaled."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img).astype(np.int64)
-                if arr.min() < 0 or arr.max() > 65535:
-                    raise DataError(path, f"pixel values out of range for a 16-bit image: "
-                                          f"min {arr.min()}, max {arr.max()} (expected 0..65535)")
-                return np.round(arr / 257.0).astype(np.uint8)
-            if mode == "F":
-                arr = np.asarray(img, dtype=np.float64)
-                if not np.isfinite(arr).all():
-                    raise DataError(path, f"{int((~np.isfinite(arr)).sum())} NaN/inf pixel(s) in a float image")
-                if arr.min() < 0.0 or arr.max() > 1.0:
-                    raise DataError(path, f"pixel values out of range for a float image: "
-                                          f"min {arr.min():.4g}, max {arr.max():.4g} (expected 0..1)")
-                return np.round(arr * 255.0).astype(np.uint8)
-            if mode not in ("L", "RGB"):
-                img = img.convert("RGB" if mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")
-            return np.asarray(img, dtype=np.uint8)
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(path, f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
+def class_order(names: list[str]) -> list[str]:
+    """Class folder names in label order: numeric when every name is an integer (2 before 10), else by string."""
+    if names and all(n.isascii() and n.isdigit() for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
 
 
-def _read_class_folders(root: Path) -> tuple[list[np.ndarray], list[int], list[str]]:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _read_class_folders(root: Path, top: Path, options: ImageOptions
+                        ) -> tuple[list[np.ndarray], list[Path], list[int], list[str]]:
+    class_dirs = [p for p in images_lib.entries(root)
+                  if stat.S_ISDIR(images_lib.check_entry(p, top, options.follow_symlinks).st_mode)]
     if not class_dirs:
         raise DataError(root, "no class sub-folders (expected one sub-folder per class)")
-    images, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if not p.name.startswith("."))
-        if not files:
+    names = class_order([d.name for d in class_dirs])
+    images, files, labels = [], [], []
+    for label, name in enumerate(names):
+        class_dir = root / name
+        found = images_lib.entries(class_dir)
+        if not found:
             raise DataError(class_dir, "empty class folder: no images")
-        for f in files:
-            if f.is_dir():
-                raise DataError(f, "nested folder inside a class folder (expected image files only)")
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f, f"not an image file (suffix {f.suffix or 'none'!r}; expected "
-                                   f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-            images.append(_image_to_uint8(f))
+        for f in found:
+            images_lib.check_image_file(f, top, options.follow_symlinks)
+            images.append(images_lib.decode(f, options))
+            files.append(f)
             labels.append(label)
-    return images, labels, [d.name for d in class_dirs]
+    return images, files, labels, names
 
 
-def _stack(images: list[np.ndarray], root: Path, files_hint: str) -> np.ndarray:
-    shapes = {im.shape[:2] for im in images}
-    if len(shapes) > 1:
-        raise DataError(root, f"images differ in size: {sorted(shapes)} ({files_hint}); resize them to one size")
-    colour = any(im.ndim == 3 for im in images)
-    out = []
-    for im in images:
-        if colour and im.ndim == 2:
-            im = np.repeat(im[:, :, None], 3, axis=2)
-        out.append(im[None] if im.ndim == 2 else im.transpose(2, 0, 1))
-    return np.stack(out).astype(np.uint8)
-
-
-def load_image_folder(root: Path) -> RawDataset:
-    """`root/<class>/*.png`, or `root/train/<class>/...` + `root/test/<class>/...` to keep a split of its own."""
+def load_image_folder(root: Path, options: ImageOptions | None = None) -> RawDataset:
+    """`root/<class>/*.png`, or `root/train/<class>/...` + `root/test/<class>/...` to keep a split of its own
+    (pipelines/images.py: which files are read and how they become pixels)."""
+    options = options or ImageOptions()
     if not root.is_dir():
         raise DataError(root, "not a directory")
+    top = root.resolve()
     if (root / "train").is_dir() and (root / "test").is_dir():
-        tr_im, tr_lb, names = _read_class_folders(root / "train")
-        te_im, te_lb, te_names = _read_class_folders(root / "test")
+        tr_im, tr_files, tr_lb, names = _read_class_folders(root / "train", top, options)
+        te_im, te_files, te_lb, te_names = _read_class_folders(root / "test", top, options)
         if te_names != names:
             raise DataError(root / "test", f"class folders {te_names} differ from train's {names}")
-        both = _stack(tr_im + te_im, root, "train and test")
+        both, record = images_lib.stack(tr_im + te_im, tr_files + te_files, options)
         n = len(tr_im)
         return RawDataset(f"folder:{root}", both[:n], np.array(tr_lb, np.int64), both[n:],
-                          np.array(te_lb, np.int64), names)
-    images, labels, names = _read_class_folders(root)
-    return RawDataset(f"folder:{root}", _stack(images, root, "all classes"), np.array(labels, np.int64),
-                      None, None, names)
+                          np.array(te_lb, np.int64), names, record)
+    images, files, labels, names = _read_class_folders(root, top, options)
+    stacked, record = images_lib.stack(images, files, options)
+    return RawDataset(f"folder:{root}", stacked, np.array(labels, np.int64), None, None, names, record)
 
 
 # ---- torchvision (needs a network the first time) -------------------------------------------

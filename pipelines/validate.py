@@ -43,6 +43,7 @@ def _array_checks(ds: PreparedDataset, arrays: dict[str, tuple[np.ndarray, np.nd
     for split in SPLITS:
         images, labels = arrays[split]
         file_name = f"{split}.npz"
+        check("split_not_empty", split, len(images) > 0, f"{len(images)} samples", "at least 1 sample")
         recorded = meta.get("files", {}).get(file_name)
         check("file_sha256_matches_meta", split, recorded == sha256_file(ds.root / file_name),
               "sha256 of " + file_name, recorded)

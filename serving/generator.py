@@ -107,7 +107,7 @@ class GenerationError(ServingError):
 
 # --- public API ------------------------------------------------------------------------------
 def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: int = 256,
-             label: int | None = None, threads: int | None = None, png: bool = False,
+             label: int | str | None = None, threads: int | None = None, png: bool = False,
              model_id: dict | None = None, provider: str = "auto",
              progress: Callable[[int, int], None] | None = None,
              sampling: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     data = sample_spec(raw)
     image_shape, num_classes, modality = data.shape, data.num_classes, get_modality(data.modality)
     spec, overrides = _with_sampling(as_spec(raw), sampling)
-    label = _check_label(label, spec, num_classes)
+    label = _check_label(label, spec, data)
     if model_id is None:
         model_id = {"path": str(model_dir.resolve())}
     try:
@@ -167,6 +167,7 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
         shape_key = {"image_shape": list(image_shape)} if data.modality == "image" else {}
         manifest = {**job, "modality": data.modality, "sample_shape": list(image_shape), **shape_key,
                     "num_classes": num_classes, "class_names": list(data.class_names), "dtype": data.dtype,
+                    "label_name": data.class_names[label] if label is not None and data.class_names else None,
                     "num_shards": num_shards, "provider": used_provider,
                     "providers": sorted(prev_providers | ({used_provider} if len(kept) < num_shards else set())),
                     "shards": [kept[k] for k in sorted(kept)], "preview": None, "png": None, "complete": False}
@@ -429,16 +430,43 @@ def _with_sampling(spec: SamplerSpec, sampling: Mapping[str, Any] | None) -> tup
     return run, {k: v for k, v in run.sampling_defaults().items() if v != defaults[k]}
 
 
-def _check_label(label, spec, num_classes) -> int | None:
+def _check_label(label, spec, data: DataSpec) -> int | None:
+    """``label`` as an index or a class name (sampler.json's ``class_names``) -> the index."""
     if label is None:
         return None
-    if not _is_int(label):
-        raise GenerationError(f"label must be an integer, got {label!r}")
+    if not (_is_int(label) or isinstance(label, str)):
+        raise GenerationError(f"label must be an integer or a class name, got {label!r}")
     if not spec.conditional:
         raise GenerationError(f"label={label} given but the model is unconditional (sampler.json: conditional=false)")
-    if not 0 <= label < num_classes:
-        raise GenerationError(f"label {label} is outside [0, {num_classes})")
+    if isinstance(label, str):
+        label = _label_index(label.strip(), data)
+    if not 0 <= label < data.num_classes:
+        raise GenerationError(f"label {label} is outside [0, {data.num_classes})")
     return int(label)
+
+
+def _label_index(text: str, data: DataSpec) -> int:
+    """A --label string: an index, a class name, or ``index:K`` / ``name:NAME`` where a name that is an
+    integer would be read both ways (class folders named 1..10: is "2" index 2 or class "2"?)."""
+    names = data.class_names
+    kind, _, rest = text.partition(":")
+    if kind in ("index", "name") and rest:
+        text = rest
+    numeric = text.lstrip("-").isdigit()
+    if kind == "index" and rest and not numeric:
+        raise GenerationError(f"label index:{text}: not an integer")
+    if numeric and kind != "name":
+        if kind != "index" and text in names and names.index(text) != int(text):
+            raise GenerationError(f"label {text!r} is ambiguous: class {text!r} is index {names.index(text)}; "
+                                  f"say --label name:{text} for that class or --label index:{text}")
+        return int(text)
+    if text in names:
+        return names.index(text)
+    try:
+        return data.class_index(text)
+    except ConfigError:
+        raise GenerationError(f"label: no class named {text!r}; classes: "
+                              f"{', '.join(names) or 'unnamed (give an index)'}") from None
 
 
 # --- sessions --------------------------------------------------------------------------------

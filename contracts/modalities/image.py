@@ -45,7 +45,7 @@ def check_stored(samples: np.ndarray, shape: tuple[int, ...]) -> str | None:
 def summary_table(samples: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Columns of the per-image summary validation runs its expectations on: label, mean/min/max intensity,
     content hash (blake2b-128 of the raw bytes, for leakage and duplicates)."""
-    flat = samples.reshape(len(samples), -1).astype(np.float64, copy=False)
+    flat = samples.reshape(len(samples), math.prod(samples.shape[1:])).astype(np.float64, copy=False)  # 0 rows too
     return {
         "label": labels.astype(np.int64),
         "mean": flat.mean(axis=1) if flat.size else np.zeros(0),

@@ -14,4 +14,4 @@ class ConditionalAccuracy(Metric):
         hit = ctx.features["fake_logits"].argmax(1) == ctx.requested_labels
         return {"conditional_accuracy": (float(hit.mean()), {
             "definition": "share of samples the domain classifier assigns to the requested label",
-            "labels": "every class in turn"})}
+            "labels": "every class in turn", "class_names": list(ctx.model.config.data.class_names)})}

@@ -54,14 +54,43 @@ def _device(value: str) -> str | None:
     return f"{value!r} is not a device{did_you_mean(value, ('auto', 'cpu', 'cuda'))}; also cuda:<index>"
 
 
+def _parsed_by(parse):
+    def check(value: Any) -> str | None:
+        try:
+            parse(value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    return check
+
+
+def _background(value: Any) -> str | None:
+    from pipelines.images import background_rgb
+
+    return _parsed_by(background_rgb)(value)
+
+
+def _image_size(value: Any) -> str | None:
+    from pipelines.images import size_hw
+
+    return _parsed_by(size_hw)(value)
+
+
 @dataclass(frozen=True)
 class DataSettings:
-    """`data`: where the images come from and how they are split (pipelines/prepare.py)."""
+    """`data`: where the images come from, how `folder:` image files are decoded (pipelines/images.py) and how
+    the data is split (pipelines/prepare.py)."""
 
     source: str = "mnist5k"
     name: Optional[str] = setting(None, check=_dataset_name)
     test_fraction: float = setting(0.2, gt=0, lt=1)
     seed: int = setting(0, ge=0)
+    # transparency is composited onto this: a grey level 0..255, [r, g, b], or a colour name / '#rrggbb'
+    background: Any = setting(255, check=_background)
+    channels: Literal["auto", 1, 3] = "auto"
+    image_size: Any = setting(None, check=_image_size)  # null (sizes must agree), N, or [height, width]
+    resize: Literal["resize", "center_crop", "pad"] = "resize"
+    follow_symlinks: bool = False
 
 
 @dataclass(frozen=True)
