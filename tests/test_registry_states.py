@@ -365,3 +365,26 @@ def test_corrupt_graphs_in_the_cache_are_refetched_and_in_the_store_reported(mad
     with pytest.raises(ResolveError, match=rf"onnx/{graph.name}: the registry's copy is corrupt or truncated"):
         fetch_onnx(resolved, cache)
     assert not (cache / MODEL / "1").exists()
+
+
+def test_the_flow_registers_again_when_the_cached_registration_is_gone(made):
+    from prefect import flow
+
+    from pipelines.flows import _stage, product_problem
+
+    @flow(name="register-only")
+    def register_only(root: str) -> dict:
+        results: dict = {}
+        _stage("register", PARAMS, made.root, "vae", results)
+        return results
+
+    assert register_only(str(made.root))["register:vae"]["status"] == "ran"
+    assert register_only(str(made.root))["register:vae"]["status"].startswith("skipped (cached")
+    assert product_problem("register", PARAMS, made.root, "vae") is None
+    tracking.client().delete_registered_model(MODEL)  # the registry is emptied; Prefect's cache remembers
+    assert "not in the registry" in product_problem("register", PARAMS, made.root, "vae")
+    assert register_only(str(made.root))["register:vae"]["status"] == "ran"
+    assert _versions() == ["1"] and json.loads(made.registered.read_text())["version"] == _alias("challenger")
+    made.registered.write_text(made.registered.read_text() + " ")  # an edited product is not reused either
+    assert "not the ones the cached run wrote" in product_problem("register", PARAMS, made.root, "vae")
+    assert register_only(str(made.root))["register:vae"]["status"] == "ran" and _versions() == ["1"]
