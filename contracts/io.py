@@ -145,3 +145,24 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def tree_sha256(base: str | Path, names: list[str] | None = None) -> dict[str, str]:
+    """``{relative POSIX path: sha256}`` of `names` under `base` (default: every file under it, sorted)."""
+    base = Path(base)
+    if names is None:
+        names = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+    return {name: sha256_file(base / name) for name in names}
+
+
+def sha256_mismatches(base: str | Path, recorded: Mapping[str, str]) -> list[str]:
+    """The names in `recorded` (``{relative path: sha256}``) whose file under `base` is missing, unreadable
+    or holds other bytes: a corrupt or truncated copy is never taken for the one that was recorded."""
+    bad = []
+    for name, digest in sorted(recorded.items()):
+        try:
+            if sha256_file(Path(base) / name) != digest:
+                bad.append(name)
+        except OSError:
+            bad.append(name)
+    return bad

@@ -4,8 +4,9 @@ register -> promote) and `generate` (the ONNX Runtime batch generator).
 Each task wraps the very stage function the CLI and dvc.yaml call, in the order and with the inputs,
 outputs and params of the stage table (pipelines/stages.py). Caching is keyed on content hashes of a
 stage's input files and its params (never on tensors), and a key is only reused while the stage's
-outputs are still on disk, so an unchanged stage is skipped (and logged as skipped) and a deleted output
-is rebuilt. `source` and `promote` are never cached; `prepare` is keyed on the source fingerprint file
+outputs are still what that run wrote (their digest is kept beside the cache) and the MLflow run or model
+version they name still exists, so an unchanged stage is skipped (and logged as skipped), and a deleted,
+edited or corrupt output, a deleted version or an emptied MLflow store is rebuilt. `source` and `promote` are never cached; `prepare` is keyed on the source fingerprint file
 that `source` writes, as dvc.yaml's prepare depends on it. Results persist under PREFECT_HOME (the project's .prefect/), not the user's home.
 """
 from __future__ import annotations
@@ -115,13 +116,68 @@ def _runner(spec: stages.Stage):
     return run_stage.with_options(retries=spec.retries, retry_delay_seconds=3) if spec.retries else run_stage
 
 
+# ---- a cached result is valid only while its product is --------------------------------------------
+def _product_record(stage: str, params: dict[str, Any], root: Path, family: str | None) -> Path:
+    """Where the digest of what the run behind a cache key produced is kept, beside Prefect's results."""
+    from prefect.settings import PREFECT_HOME
+
+    key = stage_cache_key(None, {"stage": stage, "params": params, "root": str(root), "family": family})
+    return Path(PREFECT_HOME.value()) / "genforge-products" / f"{key}.json"
+
+
+def _outputs_digest(stage: str, params: dict[str, Any], root: Path, family: str | None) -> str:
+    return _hash_files([f for p in stage_io(stage, params, root, family)[2] for f in _files_of(p)])
+
+
+def _mlflow_problem(entry: str, path: Path) -> str | None:
+    """For an output that names something in MLflow (train.json/metrics.json: a run; registered.json: a model
+    version), why that thing is gone (deleted, or the store was emptied or replaced); None while it exists."""
+    from pipelines import registry_state
+
+    if entry not in ("train_info", "metrics", "registered"):
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"{path} is unreadable"
+    if entry == "registered":
+        return registry_state.registered_problem(record)
+    run_id = record.get("run_id") if isinstance(record, dict) else None
+    return None if registry_state.run_exists(run_id) else f"{path} names MLflow run {run_id}, which the store no longer holds"
+
+
+def product_problem(stage: str, params: dict[str, Any], root: Path, family: str | None) -> str | None:
+    """Why a cached result of `stage` must not be reused (None: it may): an output is missing, its files are not
+    the ones that run wrote (edited, corrupt, replaced), or the MLflow run or model version it names is gone."""
+    spec = stages.stage(stage)
+    outputs = stage_io(stage, params, root, family)[2]
+    missing = next((p for p in outputs if not p.exists()), None)
+    if missing is not None:
+        return f"{missing} is missing"
+    try:
+        recorded = json.loads(_product_record(stage, params, root, family).read_text()).get("outputs_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded != _outputs_digest(stage, params, root, family):
+        return "its outputs are not the ones the cached run wrote"
+    for out, path in zip(spec.outputs, outputs):
+        problem = _mlflow_problem(out.entry, path)
+        if problem:
+            return problem
+    return None
+
+
 def _stage(stage: str, params: dict[str, Any], root: Path, family: str | None, results: dict[str, Any]) -> dict[str, Any]:
+    from contracts.io import atomic_write_json
+
     spec = stages.stage(stage)
     runner = _runner(spec)
-    if spec.cached and not all(p.exists() for p in stage_io(stage, params, root, family)[2]):
-        runner = runner.with_options(refresh_cache=True)  # outputs gone: a cached result would be a lie
-    state = runner(stage, params, str(root), family, return_state=True)
     key = f"{stage}:{family}" if family else stage
+    problem = product_problem(stage, params, root, family) if spec.cached else None
+    if problem:  # a cached result would be a lie: run the stage again
+        get_run_logger().info("%s: not reusing a cached result: %s", key, problem)
+        runner = runner.with_options(refresh_cache=True)
+    state = runner(stage, params, str(root), family, return_state=True)
     if state.is_failed():
         results[key] = {"status": "failed", "error": str(state.message)}
         exc = state.result(raise_on_failure=False)
@@ -129,6 +185,9 @@ def _stage(stage: str, params: dict[str, Any], root: Path, family: str | None, r
     status = "skipped (cached: inputs and params unchanged)" if state.name == "Cached" else "ran"
     if state.name == "Cached":
         get_run_logger().info("%s skipped: cached, its inputs and params are unchanged", key)
+    elif spec.cached:
+        atomic_write_json(_product_record(stage, params, root, family),
+                          {"stage": stage, "family": family, "outputs_sha256": _outputs_digest(stage, params, root, family)})
     results[key] = {"status": status, "result": state.result()}
     return results[key]["result"]
 

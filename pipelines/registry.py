@@ -14,8 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pipelines import catalog, tracking
-from pipelines.errors import GenforgeError
+from contracts.io import atomic_write_text
+from pipelines import catalog, registry_state, tracking
+from pipelines.errors import DataError, GenforgeError
 from pipelines.gate import gate_decision, observed, parity_limit, resolve_gate
 from pipelines.prepare import prepared_dir
 from pipelines.train import model_dir
@@ -63,8 +64,39 @@ def export(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
 
 
 # ---- register --------------------------------------------------------------------------------
+def _artifact_digests(paths: catalog.Layout) -> dict[str, str]:
+    """sha256 of every file register stores under the version's `genforge_model/` (paths relative to it)."""
+    from contracts.io import tree_sha256
+
+    files = tree_sha256(paths.model_dir, [catalog.file_name(e) for e in ("model", "model_config", "train_info")])
+    return files | {f"onnx/{k}": v for k, v in tree_sha256(paths.onnx).items()}
+
+
+REGISTER_DONE_TAG = "genforge.register_complete"  # set once registered.json names the version
+
+
+def _existing_version(c, name: str, run_id: str, content: str):
+    """The version an interrupted `register` of this very run and content made (a crash after creating the
+    version, before registered.json named it and the version was marked complete), or None. A version whose
+    register completed is not reused: registering again after a completed register is a deliberate new
+    version (the registry keeps the history of re-registrations)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = c.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None
+    same = [mv for mv in found if dict(mv.tags).get(registry_state.CONTENT_TAG) == content
+            and dict(mv.tags).get(REGISTER_DONE_TAG) != "true"]
+    return min(same, key=lambda mv: int(mv.version)) if same else None
+
+
 def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
+    """Register the model as a new version @challenger. When an earlier register of this run with these files
+    and metrics was cut short (the version exists, registered.json does not name it), point @challenger and
+    registered.json at that version instead of adding another: a crash never leaves a duplicate."""
     from pipelines.config import params_hash
+    from pipelines.train import check_model_files
 
     ds = require_validated(root, prepared_dir(root, params))
     mdir = model_dir(root, ds.name, family)
@@ -74,9 +106,9 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     for needed, stage in ((paths.train_info, "train"), (metrics_path, "evaluate"), (onnx_dir / "parity.json", "export")):
         if not needed.exists():
             raise GenforgeError(f"{needed}: missing; run `genforge stage {stage} --family {family}` first")
-    train_info = json.loads(paths.train_info.read_text())
-    metrics = json.loads(metrics_path.read_text())
-    parity = json.loads((onnx_dir / "parity.json").read_text())
+    train_info = _read_json(paths.train_info, "train")
+    metrics = _read_json(metrics_path, "evaluate")
+    parity = _read_json(onnx_dir / "parity.json", "export")
     if not parity.get("passed") or not (onnx_dir / "sampler.json").exists():
         raise GenforgeError(f"{onnx_dir / 'parity.json'}: ONNX parity failed (max abs error "
                             f"{parity.get('max_abs_error')}); the model is not servable and is not registered")
@@ -87,14 +119,12 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     if metrics.get("run_id") != train_info["run_id"]:
         raise GenforgeError(f"{metrics_path}: evaluates run {metrics.get('run_id')}, the model is run "
                             f"{train_info['run_id']}; rerun `genforge stage evaluate --family {family}`")
+    check_model_files(mdir)  # never store a torn model.pt/config.json
+    files = _artifact_digests(paths)
+    content = params_hash({"files": files, "metrics": metrics.get("summary"), "data": ds.sha256})
 
     c = tracking.client()
     run_id = train_info["run_id"]
-    for path in (paths.model, paths.model_config, paths.train_info):
-        tracking.log_artifact(c, run_id, path, "genforge_model")
-    c.log_artifacts(run_id, str(onnx_dir), "genforge_model/onnx")
-    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/genforge_model"
-
     name = model_name(ds.name, family)
     from mlflow.exceptions import MlflowException
 
@@ -102,55 +132,53 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         c.get_registered_model(name)
     except MlflowException:
         c.create_registered_model(name, description=f"genforge {family} trained on {ds.name}")
-    tags = {
-        "data_sha256": ds.sha256, "git_commit": _git_commit(root), "params_hash": train_info["params_hash"],
-        "run_params_hash": params_hash(params), "family": family, "dataset": ds.name, "validated": "true",
-        "parity_max_abs_error": str(parity["max_abs_error"]), "servable": "true",
-        "class_names": json.dumps(list(ds.spec.class_names)),
-        **{f"metric.{k}": str(v) for k, v in metrics["summary"].items()},
-    }
-    mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags,
-                                description=f"{family} on {ds.name} (data {ds.sha256[:12]})")
+    mv = _existing_version(c, name, run_id, content)
+    if mv is None:
+        for path in (paths.model, paths.model_config, paths.train_info):
+            tracking.log_artifact(c, run_id, path, "genforge_model")
+        c.log_artifacts(run_id, str(onnx_dir), "genforge_model/onnx")
+        source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/genforge_model"
+        tags = {
+            "data_sha256": ds.sha256, "git_commit": _git_commit(root), "params_hash": train_info["params_hash"],
+            "run_params_hash": params_hash(params), "family": family, "dataset": ds.name, "validated": "true",
+            "parity_max_abs_error": str(parity["max_abs_error"]), "servable": "true",
+            "class_names": json.dumps(list(ds.spec.class_names)),
+            registry_state.CONTENT_TAG: content, registry_state.FILES_TAG: json.dumps(files, sort_keys=True),
+            **{f"metric.{k}": str(v) for k, v in metrics["summary"].items()},
+        }
+        mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags,
+                                    description=f"{family} on {ds.name} (data {ds.sha256[:12]})")
     c.set_registered_model_alias(name, "challenger", mv.version)
-    record = {"name": name, "version": str(mv.version), "run_id": run_id, "source": source}
-    paths.registered.write_text(json.dumps(record, indent=2) + "\n")
+    record = {"name": name, "version": str(mv.version), "run_id": run_id, "source": mv.source,
+              "content_sha256": content}
+    atomic_write_text(paths.registered, json.dumps(record, indent=2) + "\n")
+    c.set_model_version_tag(name, mv.version, REGISTER_DONE_TAG, "true")
     return record | {"alias": "challenger"}
 
 
-# ---- promotion gate (the decision itself: pipelines.gate) -------------------------------------
-def _version_tags(c, name: str, version: str) -> dict[str, str]:
-    return dict(c.get_model_version(name, version).tags)
-
-
-def _champion(c, name: str):
-    from mlflow.exceptions import MlflowException
-
+def _read_json(path: Path, stage: str) -> dict[str, Any]:
     try:
-        return c.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"unreadable ({str(exc).splitlines()[0]}); rerun `genforge stage {stage}`") from exc
+    if not isinstance(value, dict):
+        raise DataError(path, f"not a JSON object; rerun `genforge stage {stage}`")
+    return value
 
 
-def _record(c, name: str, version: str, run_id: str | None, record: dict[str, Any], out: Path | None) -> None:
-    c.set_model_version_tag(name, version, "promotion.decision", record["decision"])
-    c.set_model_version_tag(name, version, "promotion.reasons", "; ".join(record["reasons"])[:4900])
-    c.set_model_version_tag(name, version, "promotion.at", record["at"])
-    if record.get("checks"):  # every check: metric op limit -> status (observed; champion's value)
-        c.set_model_version_tag(name, version, "promotion.checks", "; ".join(
-            f"{k['check']}: {k['status']} (observed {k['observed']}, champion {k['champion']})"
-            for k in record["checks"])[:4900])
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        if run_id:
-            tracking.log_artifact(c, run_id, out, f"promotion/v{version}")
+# ---- promotion gate (the decision itself: pipelines.gate) -------------------------------------
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _push_history(c, name: str, version: str) -> None:
-    model = c.get_registered_model(name)
-    history = json.loads(model.tags.get("champion_history", "[]"))
-    history.append(version)
-    c.set_registered_model_tag(name, "champion_history", json.dumps(history[-50:]))
+def _write_promotion(c, record: dict[str, Any], run_id: str | None, out: Path) -> None:
+    atomic_write_text(out, json.dumps(record, indent=2, default=str) + "\n")
+    if run_id:
+        tracking.log_artifact(c, run_id, out, f"promotion/v{record['version']}")
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record.get(k) for k in ("name", "version", "decision", "champion_before", "champion_after", "reasons")}
 
 
 def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
@@ -158,77 +186,98 @@ def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     reg_path = catalog.path("registered", root, ds.name, family)
     if not reg_path.exists():
         raise GenforgeError(f"{reg_path}: missing; run `genforge stage register --family {family}` first")
-    reg = json.loads(reg_path.read_text())
-    name, version = reg["name"], reg["version"]
+    reg = _read_json(reg_path, f"register --family {family}")
+    name, version = str(reg.get("name")), str(reg.get("version"))
     c = tracking.client()
-    champion = _champion(c, name)
-    champion_tags = dict(champion.tags) if champion is not None and str(champion.version) != version else None
+    out = catalog.path("promotion", root, ds.name, family)
+    resumed = registry_state.reconcile(c, name)  # a move a crash interrupted is completed first
+    mv = registry_state.get_version(c, name, version)
+    if mv is None:
+        raise GenforgeError(f"{reg_path}: names {name}/{version}, which the registry no longer holds (deleted, or "
+                            f"the MLflow store was emptied or replaced); run `genforge stage register --family "
+                            f"{family}` again")
+    champion, _ = registry_state.champion(c, name)
     gate = gate_settings(params, family)
     if champion is not None and str(champion.version) == version:
-        record = {"name": name, "version": version, "decision": "already champion", "champion_before": version,
-                  "champion_after": version, "reasons": [f"version {version} already holds the champion alias"],
-                  "gate": gate, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        out = catalog.path("promotion", root, ds.name, family)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        return {k: record[k] for k in ("name", "version", "decision", "champion_before", "champion_after", "reasons")}
-    decision = gate_decision(_version_tags(c, name, version), champion_tags, gate)
+        tags = dict(mv.tags)
+        if resumed and resumed["version"] == version and tags.get("promotion.decision") == "promoted":
+            # this very promotion was cut short by a crash and has just been completed: report it
+            record = {"name": name, "version": version, "decision": "promoted", "gate": gate,
+                      "champion_before": (resumed["history"][-2] if len(resumed["history"]) > 1 else None),
+                      "champion_after": version, "reasons": [tags.get("promotion.reasons", "")],
+                      "at": tags.get("promotion.at", _now()), "completed_after_crash": True}
+        else:
+            record = {"name": name, "version": version, "decision": "already champion", "champion_before": version,
+                      "champion_after": version, "reasons": [f"version {version} already holds the champion alias"],
+                      "gate": gate, "at": _now()}
+        _write_promotion(c, record, None, out)
+        return _summary(record)
+    champion_tags = dict(champion.tags) if champion is not None else None
+    decision = gate_decision(dict(mv.tags), champion_tags, gate)
     record = {"name": name, "version": version, "champion_before": str(champion.version) if champion else None,
-              "gate": gate, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **decision}
-    if decision["promoted"]:
-        c.set_registered_model_alias(name, "champion", version)
-        _push_history(c, name, version)
+              "gate": gate, "at": _now(), **decision}
     record["champion_after"] = version if decision["promoted"] else record["champion_before"]
-    _record(c, name, version, reg.get("run_id"), record, catalog.path("promotion", root, ds.name, family))
-    return {k: record[k] for k in ("name", "version", "decision", "champion_before", "champion_after", "reasons")}
+    if decision["promoted"]:
+        new_history = registry_state.history(c, name, record["champion_before"]) + [version]
+        registry_state.change_champion(c, name, version, new_history, version,
+                                       registry_state.decision_tags(record), "promote")
+    else:
+        for key, value in registry_state.decision_tags(record).items():
+            c.set_model_version_tag(name, version, key, value)
+    _write_promotion(c, record, reg.get("run_id"), out)
+    return _summary(record)
 
 
 # ---- manual decisions and review -------------------------------------------------------------
 def manual_promote(name: str, version: str, reason: str) -> dict[str, Any]:
-    from serving.resolve import resolve
-
     c = tracking.client()
-    mv = resolve(c, f"{name}/{version}")
-    champion = _champion(c, name)
-    c.set_registered_model_alias(name, "champion", mv.version)
-    _push_history(c, name, mv.version)
-    record = {"name": name, "version": mv.version, "decision": "manual-promote", "reasons": [reason],
-              "champion_before": str(champion.version) if champion else None, "champion_after": mv.version,
-              "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    _record(c, name, mv.version, mv.run_id, record, None)
+    registry_state.require_model(c, name)
+    registry_state.reconcile(c, name)
+    mv = registry_state.require_version(c, name, str(version))
+    champion, _ = registry_state.champion(c, name)
+    before = str(champion.version) if champion else None
+    record = {"name": name, "version": str(mv.version), "decision": "manual-promote", "reasons": [reason],
+              "champion_before": before, "champion_after": str(mv.version), "at": _now()}
+    past = registry_state.history(c, name, before)
+    new_history = past if past and past[-1] == str(mv.version) else past + [str(mv.version)]
+    registry_state.change_champion(c, name, str(mv.version), new_history, str(mv.version),
+                                   registry_state.decision_tags(record), "manual-promote")
     return record
 
 
 def rollback(name: str, reason: str) -> dict[str, Any]:
-    from serving.resolve import resolve
-
+    """Move champion back to the previous champion. Refused, with champion left where it is, when there is
+    no champion, no earlier one, or the earlier one was deleted from the registry."""
     c = tracking.client()
-    resolve(c, f"{name}@champion")
-    history = json.loads(c.get_registered_model(name).tags.get("champion_history", "[]"))
-    if len(history) < 2:
-        raise GenforgeError(f"{name}: no earlier champion to roll back to (history: {history or 'empty'})")
-    current, previous = history[-1], history[-2]
-    c.set_registered_model_alias(name, "champion", previous)
-    c.set_registered_model_tag(name, "champion_history", json.dumps(history[:-1]))
+    registry_state.require_model(c, name)
+    registry_state.reconcile(c, name)
+    champion, dangling = registry_state.champion(c, name)
+    if champion is None:
+        recorded = registry_state.history(c, name, None)
+        gone = dangling or (recorded[-1] if recorded else None)
+        if gone is not None and registry_state.get_version(c, name, gone) is None:
+            raise GenforgeError(f"{name}: champion v{gone} no longer exists (deleted from the registry), so there "
+                                f"is nothing to roll back from; choose one with `genforge registry promote {name} "
+                                f"VERSION --reason ...` (versions: {', '.join(registry_state.versions(c, name)) or 'none'})")
+        raise GenforgeError(f"{name} has no champion to roll back from; promote one first")
+    current = str(champion.version)
+    past = registry_state.history(c, name, current)
+    if len(past) < 2:
+        raise GenforgeError(f"{name}: no earlier champion to roll back to (history: {past or 'empty'})")
+    previous = past[-2]
+    registry_state.require_version(c, name, previous, f"previous champion v{previous}")
     record = {"name": name, "version": current, "decision": "rolled-back", "reasons": [reason],
-              "champion_before": current, "champion_after": previous,
-              "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    _record(c, name, current, None, record, None)
+              "champion_before": current, "champion_after": previous, "at": _now()}
+    registry_state.change_champion(c, name, previous, past[:-1], current, registry_state.decision_tags(record),
+                                   "rollback")
     return record
-
-
 
 
 def show(name: str) -> list[dict[str, Any]]:
     from evaluation.suite import SHOW_OUTPUTS
-    from mlflow.exceptions import MlflowException
 
     c = tracking.client()
-    try:
-        model = c.get_registered_model(name)
-    except MlflowException as exc:
-        known = sorted(m.name for m in c.search_registered_models())
-        raise GenforgeError(f"no registered model {name!r} (known: {', '.join(known) or 'none'})") from exc
+    model = registry_state.require_model(c, name)
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)

@@ -24,7 +24,7 @@ from genmodels import GenerativeModel, get_family
 from pipelines import catalog
 from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
-from pipelines.errors import GenforgeError
+from pipelines.errors import DataError, GenforgeError
 from pipelines.prepare import prepared_dir
 from pipelines.settings import TRAIN_OVERRIDES, validate_settings
 from pipelines.validate import require_validated
@@ -122,18 +122,59 @@ def _latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> tuple[dict[str, Any]
     return None, skipped
 
 
+def recorded_digests(directory: Path) -> dict[str, str]:
+    """The sha256 of model.pt and config.json that train recorded in train.json (`"sha256": {name: hex}`);
+    {} when train.json is missing, unreadable or older than the record (nothing to check against)."""
+    try:
+        info = json.loads((directory / catalog.file_name("train_info")).read_text())
+    except (OSError, ValueError):
+        return {}
+    digests = info.get("sha256") if isinstance(info, dict) else None
+    return {str(k): str(v) for k, v in digests.items()} if isinstance(digests, dict) else {}
+
+
+def check_model_files(directory: Path) -> None:
+    """Refuse model.pt/config.json whose bytes differ from what train recorded (a torn or edited copy)."""
+    from contracts.io import sha256_mismatches
+
+    bad = sha256_mismatches(directory, recorded_digests(directory))
+    if bad:
+        raise DataError(directory / bad[0], "sha256 differs from the one train recorded in train.json (corrupt, "
+                        "truncated or replaced); retrain it (`genforge stage train`)")
+
+
 def load_model(directory: Path, device: torch.device | str = "cpu") -> GenerativeModel:
-    """A trained model from `model.pt` (state dict) + `config.json`, loaded with weights_only=True."""
+    """A trained model from `model.pt` (state dict) + `config.json`, loaded with weights_only=True (a pickle
+    that holds anything but tensors is refused unrun). Corrupt, truncated or foreign files: one DataError."""
+    import pickle
+
     config_path, weights_path = directory / catalog.file_name("model_config"), directory / catalog.file_name("model")
     if not config_path.exists() or not weights_path.exists():
         raise GenforgeError(f"{directory}: no trained model (model.pt + config.json); run `genforge stage train` first")
-    spec = json.loads(config_path.read_text())
+    check_model_files(directory)
+    try:
+        spec = json.loads(config_path.read_text())
+        if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict) or "family" not in spec:
+            raise ValueError("no 'family' and 'config' object")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(config_path, f"not a genforge model config ({str(exc).splitlines()[0]}); retrain it "
+                        f"(`genforge stage train`)") from exc
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # its text advises weights_only=False: never repeat that
+        raise DataError(weights_path, "not a plain state dict (it holds objects other than tensors; refused "
+                        "without running them); retrain it (`genforge stage train`)") from exc
+    except (OSError, EOFError, RuntimeError, ValueError, AttributeError, ImportError) as exc:
+        raise DataError(weights_path, f"unreadable or truncated ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        f"retrain it (`genforge stage train`)") from exc
+    if not isinstance(state, dict):
+        raise DataError(weights_path, f"not a state dict (a {type(state).__name__}); retrain it (`genforge stage train`)")
     try:
         # config.json before the config split holds sampling keys (ddpm's sample_steps, eta) in "config":
         # from_config moves them to the sampling defaults; since contracts v2 "training" is a section of its own
-        model = family_class(spec["family"]).from_config({**spec["config"], **spec.get("training", {})},
+        model = family_class(spec["family"]).from_config({**spec["config"], **(spec.get("training") or {})},
                                                          spec.get("sampling"))
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        model.load_state_dict(state)
     except (ValueError, TypeError, RuntimeError, KeyError) as exc:
         raise GenforgeError(f"{directory}: the saved model does not fit the current {spec.get('family')} code "
                             f"({str(exc).splitlines()[0]}); retrain it") from exc

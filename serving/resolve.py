@@ -4,17 +4,20 @@ Imports mlflow's client only (never torch), so the generator's process stays tor
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.errors import ServingError
+from contracts.io import sha256_mismatches
 
 REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 ONNX_SUBDIR = "genforge_model/onnx"  # where `register` puts the graphs inside the run's artifacts
+FILES_TAG = "genforge.sha256"  # the version tag `register` writes: {"onnx/decoder.onnx": sha256, ...}
 
 
 class ResolveError(ServingError):
@@ -28,6 +31,12 @@ class ResolvedModel:
     aliases: list[str]
     source: str
     run_id: str | None
+    files: dict[str, str] = field(default_factory=dict)  # sha256 recorded at registration, {} for old versions
+
+    @property
+    def onnx_files(self) -> dict[str, str]:
+        """{file name inside onnx/: sha256} as registered."""
+        return {k[len("onnx/"):]: v for k, v in self.files.items() if k.startswith("onnx/")}
 
     @property
     def model_id(self) -> dict[str, str]:
@@ -55,9 +64,30 @@ def resolve(client, ref: str) -> ResolvedModel:
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as exc:
-        what = f"alias {alias!r}" if alias else f"version {version}"
-        raise ResolveError(f"{name} has no {what}") from exc
-    return ResolvedModel(name, str(mv.version), list(getattr(mv, "aliases", []) or []), mv.source, mv.run_id)
+        raise ResolveError(_missing(client, name, alias, version)) from exc
+    return ResolvedModel(name, str(mv.version), list(getattr(mv, "aliases", []) or []), mv.source, mv.run_id,
+                         _recorded_files(mv))
+
+
+def _missing(client, name: str, alias: str | None, version: str | None) -> str:
+    """Why `name@alias` / `name/version` does not resolve, with the versions the registry holds now."""
+    held = sorted(int(mv.version) for mv in client.search_model_versions(f"name='{name}'"))
+    listing = f"versions now: {', '.join(map(str, held)) or 'none'}"
+    if alias is None:
+        return f"{name} has no version {version} (deleted from the registry, or never registered; {listing})"
+    target = (client.get_registered_model(name).aliases or {}).get(alias)
+    if target is not None:  # a dangling alias: the version it names was deleted
+        return f"{name} has no alias {alias!r}: it points at version {target}, which no longer exists ({listing})"
+    return f"{name} has no alias {alias!r} (its version was deleted, or none was set; {listing})"
+
+
+def _recorded_files(mv) -> dict[str, str]:
+    raw = dict(getattr(mv, "tags", None) or {}).get(FILES_TAG)
+    try:
+        files = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
 
 
 def fetch_onnx(model: ResolvedModel, cache_root: Path) -> Path:
@@ -66,8 +96,9 @@ def fetch_onnx(model: ResolvedModel, cache_root: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
     final = cache_root / model.name / model.version
-    if (final / "sampler.json").exists():
-        return final
+    recorded = model.onnx_files
+    if (final / "sampler.json").exists() and not sha256_mismatches(final, recorded):
+        return final  # a cached copy that is corrupt or truncated is fetched again, never reused
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=final.parent))
     try:
@@ -78,6 +109,11 @@ def fetch_onnx(model: ResolvedModel, cache_root: Path) -> Path:
                                f"{str(exc).splitlines()[0]}); export and register it again") from exc
         if not (local / "sampler.json").exists():
             raise ResolveError(f"{model.name}/{model.version} has no ONNX graphs (no sampler.json in {model.source}/onnx)")
+        bad = sha256_mismatches(local, recorded)
+        if bad:
+            raise ResolveError(f"{model.source.rstrip('/')}/onnx/{bad[0]}: the registry's copy is corrupt or truncated "
+                               f"(sha256 differs from the one recorded when {model.name}/{model.version} was "
+                               f"registered); export and register the model again")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(local, final)
     finally:
