@@ -27,6 +27,8 @@ CONTEXT_SETTINGS: dict[str, Any] = {
     "classifier": {"epochs": 8},
 }
 
+NEAREST_K = 5  # PRDC's k (evaluation.metrics.generation_metrics): every set it sees needs more points
+
 Result = dict[str, tuple[Any, dict[str, Any]]]  # output key -> (value, setting beyond the common one)
 
 
@@ -54,6 +56,13 @@ class Metric:
     settings: ClassVar[dict[str, Any]] = {}              # evaluation.<key> -> default
     plots: ClassVar[tuple[str, ...]] = ()                # PNG file names under the plot folder
     default: ClassVar[bool] = True                       # part of the modality's default set
+    uses_generation: ClassVar[bool] = False              # reads ctx.generation / ctx.floor (FID, KID, PRDC)
+
+    def check(self, ctx: "EvalContext") -> None:
+        """Before any metric computes anything (no classifier, no samples): raise ConfigError naming the
+        setting when these settings cannot give a value on this data (or :class:`Skip`)."""
+        if self.uses_generation:
+            ctx.check_generation()
 
     def compute(self, ctx: "EvalContext") -> Result:
         """{output key: (value, setting)}; may write ``self.plots`` through ``ctx.plot_path``.
@@ -122,6 +131,21 @@ class EvalContext:
     def n(self) -> int:
         """Generated samples: evaluation.num_samples capped at the test split (the floor uses the same N)."""
         return min(int(self.settings["num_samples"]), len(self.test[0]))
+
+    def check_generation(self) -> None:
+        """The generation metrics (FID, KID, PRDC, class coverage) compare n samples and the n first test
+        images with the train split: each set needs more than NEAREST_K points (PRDC's k-NN radius)."""
+        from contracts.errors import ConfigError
+
+        n_test, n_train = len(self.test[0]), len(self.train[1])
+        if self.n <= NEAREST_K:
+            raise ConfigError("evaluation.num_samples", f"{self.settings['num_samples']} capped at the test split's "
+                                                        f"{n_test} images leaves {self.n} samples; PRDC (nearest_k = "
+                                                        f"{NEAREST_K}) needs at least {NEAREST_K + 1}")
+        if n_train <= NEAREST_K:
+            raise ConfigError("evaluation.metrics", f"the train split of {self.data.name} has {n_train} images; "
+                                                    f"FID/KID/PRDC compare against it and PRDC (nearest_k = "
+                                                    f"{NEAREST_K}) needs at least {NEAREST_K + 1}")
 
     def batched(self, fn: Callable[[Any], Any], x: np.ndarray, batch_size: int = 100) -> np.ndarray:
         """fn over float32 batches of ``x`` on the device -> one float32 numpy array (no grad)."""
@@ -218,7 +242,7 @@ class EvalContext:
         return metric_lib.generation_metrics(
             f["train"], f["fake"], real_labels=self.train[1], fake_pred_labels=f["fake_logits"].argmax(1),
             num_classes=self.num_classes, seed=self.seed, min_share=self.settings["mode_collapse"].get("min_share"),
-            extractor=self.extractor, **self.collapse_thresholds, **self.kid_settings)
+            extractor=self.extractor, nearest_k=NEAREST_K, **self.collapse_thresholds, **self.kid_settings)
 
     @_cached
     def floor(self) -> dict[str, Any]:
@@ -227,7 +251,7 @@ class EvalContext:
 
         f = self.features
         return metric_lib.generation_metrics(f["train"], f["test"], seed=self.seed, extractor=self.extractor,
-                                             **self.kid_settings)
+                                             nearest_k=NEAREST_K, **self.kid_settings)
 
     def common_setting(self) -> dict[str, Any]:
         """The setting every value carries (the feature extractor once the classifier is loaded)."""
