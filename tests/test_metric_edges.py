@@ -189,15 +189,15 @@ def test_fid_of_a_set_with_itself_is_zero_never_negative(n, d, scale, dtype):
 
 
 class _Data:
-    def __init__(self, train_y, test_y, class_names=None):
-        self.name, self.sha256, self.shape = "tiny", "0" * 64, (1, 4, 4)
+    def __init__(self, train_y, test_y, class_names=None, shape=(1, 8, 8)):
+        self.name, self.sha256, self.shape = "tiny", "0" * 64, shape
         self.num_classes = int(max(train_y.max(), test_y.max())) + 1
         self.meta = {"class_names": class_names or [str(c) for c in range(self.num_classes)]}
         self.splits = {"train": train_y, "test": test_y}
 
     def load(self, split):
         y = self.splits[split]
-        return np.zeros((len(y), 1, 4, 4), np.uint8), y
+        return np.zeros((len(y), *self.shape), np.uint8), y
 
 
 class _Model:
@@ -217,11 +217,12 @@ class _Context(EvalContext):
         pytest.fail("trained the classifier before the checks")
 
 
-def _ctx(tmp_path, train_y, test_y, holdout=(), **settings):
+def _ctx(tmp_path, train_y, test_y, holdout=(), shape=(1, 8, 8), **settings):
     from pipelines.evaluate import _settings
 
     ev = _settings({"evaluation": settings})
-    return _Context(_Model(), _Data(np.asarray(train_y), np.asarray(test_y)), ev, "cpu", tmp_path / "plots",
+    data = _Data(np.asarray(train_y), np.asarray(test_y), shape=shape)
+    return _Context(_Model(), data, ev, "cpu", tmp_path / "plots",
                     tmp_path / "clf", list(holdout))
 
 
@@ -246,6 +247,16 @@ def test_enough_samples_pass_the_checks(tmp_path):
     ctx = _ctx(tmp_path, np.arange(60) % 3, np.arange(6) % 3, num_samples=6)
     runnable, skipped = plan_metrics(ctx, ["fid", "prdc", "anomaly"])
     assert [n for n, _ in runnable] == ["fid", "prdc", "anomaly"] and skipped == {}
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 9), (3, 8, 4), (4, 8, 8), (2, 16, 16)])
+def test_images_the_domain_classifier_cannot_take(tmp_path, shape):
+    ctx = _ctx(tmp_path, np.arange(60) % 3, np.arange(40) % 3, shape=shape)
+    for name in ("fid", "prdc", "classifier_accuracy"):
+        assert _plan_error(ctx, [name]) == (
+            f"evaluation.metrics: {name} needs the domain classifier, which takes images of 1 or 3 channels and at "
+            f"least 8x8 pixels; tiny's images are {'x'.join(map(str, shape))}: leave {name} out of evaluation.metrics")
+    assert [n for n, _ in plan_metrics(ctx, ["nll", "anomaly"])[0]] == ["nll", "anomaly"]
 
 
 def test_tiny_train_split_is_refused(tmp_path):

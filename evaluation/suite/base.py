@@ -27,6 +27,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {
     "classifier": {"epochs": 8},
 }
 
+CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE = (1, 3), 8  # images the domain classifier takes (evaluation.classifier)
 NEAREST_K = 5  # PRDC's k (evaluation.metrics.generation_metrics): every set it sees needs more points
 
 Result = dict[str, tuple[Any, dict[str, Any]]]  # output key -> (value, setting beyond the common one)
@@ -57,10 +58,13 @@ class Metric:
     plots: ClassVar[tuple[str, ...]] = ()                # PNG file names under the plot folder
     default: ClassVar[bool] = True                       # part of the modality's default set
     uses_generation: ClassVar[bool] = False              # reads ctx.generation / ctx.floor (FID, KID, PRDC)
+    uses_classifier: ClassVar[bool] = False              # reads the domain classifier (implied by the above)
 
     def check(self, ctx: "EvalContext") -> None:
         """Before any metric computes anything (no classifier, no samples): raise ConfigError naming the
         setting when these settings cannot give a value on this data (or :class:`Skip`)."""
+        if self.uses_generation or self.uses_classifier:
+            ctx.check_classifier(self.name)
         if self.uses_generation:
             ctx.check_generation()
 
@@ -131,6 +135,18 @@ class EvalContext:
     def n(self) -> int:
         """Generated samples: evaluation.num_samples capped at the test split (the floor uses the same N)."""
         return min(int(self.settings["num_samples"]), len(self.test[0]))
+
+    def check_classifier(self, metric: str) -> None:
+        """The domain classifier takes 1 or 3 channels of at least CLASSIFIER_MIN_SIZE pixels a side."""
+        from contracts.errors import ConfigError
+
+        shape = tuple(int(v) for v in self.data.shape)
+        if len(shape) != 3 or shape[0] not in CLASSIFIER_CHANNELS or min(shape[1:]) < CLASSIFIER_MIN_SIZE:
+            raise ConfigError("evaluation.metrics", f"{metric} needs the domain classifier, which takes images of 1 "
+                                                    f"or 3 channels and at least {CLASSIFIER_MIN_SIZE}x"
+                                                    f"{CLASSIFIER_MIN_SIZE} pixels; {self.data.name}'s images are "
+                                                    f"{'x'.join(map(str, shape))}: leave {metric} out of "
+                                                    f"evaluation.metrics")
 
     def check_generation(self) -> None:
         """The generation metrics (FID, KID, PRDC, class coverage) compare n samples and the n first test
