@@ -30,6 +30,18 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE = (1, 3), 8  # images the domain classifier takes (evaluation.classifier)
 NEAREST_K = 5  # PRDC's k (evaluation.metrics.generation_metrics): every set it sees needs more points
 
+
+
+def too_few_samples(num_samples: int, n_test: int) -> str | None:
+    """The problem with ``evaluation.num_samples`` on a test split of ``n_test`` images, or None: the
+    generation metrics use min(num_samples, n_test) samples and PRDC needs more than NEAREST_K."""
+    n = min(num_samples, n_test)
+    if n > NEAREST_K:
+        return None
+    return (f"{num_samples} capped at the test split's {n_test} images leaves {n} samples; PRDC (nearest_k = "
+            f"{NEAREST_K}) needs at least {NEAREST_K + 1}")
+
+
 Result = dict[str, tuple[Any, dict[str, Any]]]  # output key -> (value, setting beyond the common one)
 
 
@@ -153,11 +165,10 @@ class EvalContext:
         images with the train split: each set needs more than NEAREST_K points (PRDC's k-NN radius)."""
         from contracts.errors import ConfigError
 
-        n_test, n_train = len(self.test[0]), len(self.train[1])
-        if self.n <= NEAREST_K:
-            raise ConfigError("evaluation.num_samples", f"{self.settings['num_samples']} capped at the test split's "
-                                                        f"{n_test} images leaves {self.n} samples; PRDC (nearest_k = "
-                                                        f"{NEAREST_K}) needs at least {NEAREST_K + 1}")
+        n_train = len(self.train[1])
+        problem = too_few_samples(int(self.settings["num_samples"]), len(self.test[0]))
+        if problem:
+            raise ConfigError("evaluation.num_samples", problem)
         if n_train <= NEAREST_K:
             raise ConfigError("evaluation.metrics", f"the train split of {self.data.name} has {n_train} images; "
                                                     f"FID/KID/PRDC compare against it and PRDC (nearest_k = "
