@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contracts.io import sha256_file
+from evaluation.suite.base import CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE
 
 __all__ = [
     "DomainClassifier",
@@ -64,11 +65,11 @@ class DomainClassifier(nn.Module):
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
-        if in_channels not in (1, 3):
+        if in_channels not in CLASSIFIER_CHANNELS:
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         h, w_ = (int(v) for v in image_size)
-        if min(h, w_) < 8:
-            raise ValueError(f"images must be at least 8x8, got {h}x{w_}")
+        if min(h, w_) < CLASSIFIER_MIN_SIZE:
+            raise ValueError(f"images must be at least {CLASSIFIER_MIN_SIZE}x{CLASSIFIER_MIN_SIZE}, got {h}x{w_}")
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.image_size = (h, w_)

@@ -12,8 +12,9 @@ from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
-from sklearn.metrics.pairwise import euclidean_distances
 from threadpoolctl import threadpool_limits
+
+from evaluation.prdc import prdc  # noqa: F401  (re-exported: metrics.prdc)
 
 __all__ = [
     "feature_stats",
@@ -157,98 +158,6 @@ def kid(
         sxy = kernel_sum(x, y, False) / (m * m)
         values[i] = sxx + syy - 2.0 * sxy
     return float(values.mean()), float(values.std())
-
-
-# -------------------------------------------------------------- precision/recall/density/coverage
-
-
-def _prdc_input(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array N x d, got shape {arr.shape}")
-    # like sklearn.metrics.pairwise_distances (what prdc calls): float32 stays float32 (sklearn
-    # then computes in float64 chunks and rounds distances to float32), anything else is float64
-    if arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float64)
-    return np.ascontiguousarray(arr)
-
-
-def _row_chunk(n_cols: int, chunk_bytes: int) -> int:
-    return max(1, int(chunk_bytes // (8 * max(n_cols, 1))))
-
-
-def _kth_nn_radii(x: np.ndarray, k: int, chunk_bytes: int) -> np.ndarray:
-    """Distance from each row of x to its k-th nearest neighbour in x (itself excluded).
-
-    Same value as prdc's ``compute_nearest_neighbour_distances``: the (k+1)-th smallest entry
-    of each row of the full self-distance matrix, whose diagonal sklearn sets to 0.
-    """
-    n = x.shape[0]
-    radii = np.empty(n, dtype=x.dtype)
-    step = _row_chunk(n, chunk_bytes)
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        dist = euclidean_distances(x[start:stop], x)
-        rows = np.arange(stop - start)
-        dist[rows, rows + start] = 0
-        radii[start:stop] = np.partition(dist, k, axis=1)[:, k]
-    return radii
-
-
-def prdc(
-    real_features: Any,
-    fake_features: Any,
-    nearest_k: int = 5,
-    chunk_bytes: int = 256 * 2**20,
-) -> dict[str, float]:
-    """Precision, recall, density and coverage (Naeem et al. 2020) with k nearest neighbours.
-
-    Exactly the definitions of the ``prdc`` package (``compute_prdc``): real = reference
-    features, fake = generated features; the k-NN radius of a point is the distance to its k-th
-    nearest neighbour within its own set; precision = share of fakes inside some real ball;
-    recall = share of reals inside some fake ball; density = mean over fakes of (number of real
-    balls containing it) / k; coverage = share of reals whose nearest fake lies inside their ball.
-
-    Distances are computed by row chunks (about ``chunk_bytes`` per block), so 10,000 x 10,000
-    needs a few hundred MB, not the three full matrices prdc holds. Float32 input stays float32,
-    as in prdc (via sklearn); anything else is computed in float64.
-    """
-    real = _prdc_input(real_features, "real_features")
-    fake = _prdc_input(fake_features, "fake_features")
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"feature dims differ: {real.shape[1]} vs {fake.shape[1]}")
-    k = int(nearest_k)
-    if k < 1:
-        raise ValueError("nearest_k must be >= 1")
-    for name, arr in (("real", real), ("fake", fake)):
-        if arr.shape[0] < k + 1:
-            raise ValueError(f"{name} set has {arr.shape[0]} samples; need at least nearest_k + 1 = {k + 1}")
-    real_radii = _kth_nn_radii(real, k, chunk_bytes)
-    fake_radii = _kth_nn_radii(fake, k, chunk_bytes)
-
-    n_real, n_fake = real.shape[0], fake.shape[0]
-    ball_counts = np.zeros(n_fake, dtype=np.int64)  # number of real balls that hold each fake
-    recall_hit = np.zeros(n_real, dtype=bool)
-    coverage_hit = np.zeros(n_real, dtype=bool)
-    step = _row_chunk(n_fake, chunk_bytes)
-    for start in range(0, n_real, step):
-        stop = min(start + step, n_real)
-        dist = euclidean_distances(real[start:stop], fake)
-        r = real_radii[start:stop, None]
-        ball_counts += (dist < r).sum(axis=0)
-        recall_hit[start:stop] = (dist < fake_radii[None, :]).any(axis=1)
-        coverage_hit[start:stop] = dist.min(axis=1) < real_radii[start:stop]
-
-    precision = (ball_counts > 0).mean()
-    recall = recall_hit.mean()
-    density = (1.0 / float(k)) * ball_counts.mean()
-    coverage = coverage_hit.mean()
-    return {
-        "precision": float(precision),
-        "recall": float(recall),
-        "density": float(density),
-        "coverage": float(coverage),
-    }
 
 
 # ------------------------------------------------------------------ class coverage / mode collapse

@@ -126,6 +126,20 @@ def stride2_levels(h: int, w: int) -> int:
     return n
 
 
+def require_halvable(family: str, shape: tuple[int, ...], levels: int, formula: str, fix: str) -> None:
+    """Refuse in one line (ValueError) images whose height and width cannot be halved ``levels`` times
+    exactly (a U-Net's or a multi-scale flow's levels), naming the family, the shape and the fix (``fix``
+    with ``{n}``: the most levels + 1 these images allow)."""
+    c, h, w = shape
+    f = 2 ** levels
+    if h % f or w % f:
+        fits, hh, ww = 0, h, w
+        while hh % 2 == 0 and ww % 2 == 0:
+            fits, hh, ww = fits + 1, hh // 2, ww // 2
+        raise ValueError(f"{family} needs image height and width divisible by {f} ({formula}); the data's images "
+                         f"are {c}x{h}x{w} (CxHxW): {fix.format(n=fits + 1)}, or resize the images")
+
+
 @dataclass
 class OnnxGraph:
     """One graph to export: serving feeds ``input_names`` and reads ``output_names``."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contracts.samplers import DDIMSpec, Noise
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, training
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, require_halvable, training
 from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample
 
 
@@ -61,11 +61,8 @@ class DDPMConfig(ModelConfig):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.dropout < 1.0 or self.lr <= 0:
             raise ValueError("dropout must be in [0, 1), lr > 0")
-        _, h, w = self.image_shape
-        f = 2 ** (len(self.channel_mult) - 1)
-        if h % f or w % f:
-            raise ValueError(f"image {h}x{w} is not divisible by 2**(len(channel_mult)-1) = {f}; "
-                             "use fewer levels in channel_mult")
+        require_halvable("ddpm", self.image_shape, len(self.channel_mult) - 1, "2**(len(channel_mult)-1)",
+                         "give channel_mult at most {n} entries")
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

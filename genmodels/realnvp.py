@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contracts.samplers import FlowSpec, Noise
-from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, evaluation, training
+from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, evaluation, require_halvable, training
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -78,10 +78,7 @@ class RealNVPConfig(ModelConfig):
             raise ValueError("actnorm_floor and actnorm_lr must be > 0")
         if not 0.0 < self.alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
-        _, h, w = self.image_shape
-        f = 2 ** (self.scales - 1)
-        if h % f or w % f:
-            raise ValueError(f"image {h}x{w} is not divisible by 2^(scales-1) = {f}; lower scales")
+        require_halvable("realnvp", self.image_shape, self.scales - 1, "2**(scales-1)", "set scales to at most {n}")
 
 
 def squeeze(x: torch.Tensor) -> torch.Tensor:

@@ -45,13 +45,13 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
     return ev
 
 
-def run_metrics(ctx: Any, names: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Run ``names`` in order over ``ctx``: ({output: {"value", "setting"}}, {skipped metric: reason}).
-    A metric needing a capability the model lacks, or raising ``Skip``, is skipped with the reason."""
+def plan_metrics(ctx: Any, names: list[str]) -> tuple[list[tuple[str, Any]], dict[str, str]]:
+    """Every metric's checks, before anything is computed (no classifier, no samples): ([(name, metric) that
+    will run], {skipped metric: reason}). A bad setting raises its ConfigError here."""
     from evaluation.suite import Skip, get_metric
 
-    metrics: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    runnable = []
     for name in names:
         metric = get_metric(name)
         lacks = metric.missing(ctx.capabilities)
@@ -59,7 +59,27 @@ def run_metrics(ctx: Any, names: list[str]) -> tuple[dict[str, Any], dict[str, s
             skipped[name] = f"the model lacks {', '.join(lacks)} (needs {', '.join(sorted(metric.needs))})"
             continue
         try:
-            result = metric().compute(ctx)
+            instance = metric()
+            instance.check(ctx)
+        except Skip as exc:
+            skipped[name] = str(exc)
+            continue
+        runnable.append((name, instance))
+    return runnable, skipped
+
+
+def run_metrics(ctx: Any, names: list[str], plan: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run ``names`` in order over ``ctx``: ({output: {"value", "setting"}}, {skipped metric: reason}).
+    A metric needing a capability the model lacks, or raising ``Skip``, is skipped with the reason.
+    ``plan``: what :func:`plan_metrics` returned (checked now when not given)."""
+    from evaluation.suite import Skip
+
+    runnable, skipped = plan or plan_metrics(ctx, names)
+    skipped = dict(skipped)
+    metrics: dict[str, Any] = {}
+    for name, instance in runnable:
+        try:
+            result = instance.compute(ctx)
         except Skip as exc:
             skipped[name] = str(exc)
             continue
@@ -87,11 +107,12 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         raise GenforgeError(f"{mdir}: trained on data {train_info['data_sha256'][:12]}, the prepared data is "
                             f"{ds.sha256[:12]}; rerun `genforge stage train --family {family}`")
     plot_dir = paths.plots  # one folder, whatever plots the metrics give (a DVC plots out)
-    shutil.rmtree(plot_dir, ignore_errors=True)
-    plot_dir.mkdir(parents=True, exist_ok=True)
     holdout = [int(c) for c in ((params.get("train") or {}).get("holdout_classes") or [])]
     ctx = EvalContext(model, ds, ev, device, plot_dir, catalog.classifier_cache(root), holdout)
-    metrics, skipped = run_metrics(ctx, names)
+    plan = plan_metrics(ctx, names)  # a setting this data cannot satisfy fails here, with the old report intact
+    shutil.rmtree(plot_dir, ignore_errors=True)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    metrics, skipped = run_metrics(ctx, names, plan)
 
     if "fid_inception" in metrics:
         inception = {"computed": True, "weights": str(ev["inception_weights"])}

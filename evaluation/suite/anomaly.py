@@ -21,6 +21,34 @@ class Anomaly(Metric):
     settings = {"anomaly": {"kinds": ["noise", "inversion", "occlusion"], "fpr": 0.05, "max_images": 500}}
     plots = ("roc.png", "score_histograms.png")
 
+    def check(self, ctx: EvalContext) -> None:
+        """Every anomaly set non-empty and enough normal test images, before any scoring (ConfigError)."""
+        from contracts.errors import ConfigError
+        from evaluation.anomaly import CORRUPTIONS
+
+        kinds = list(ctx.settings["anomaly"]["kinds"])
+        unknown = [k for k in kinds if k not in CORRUPTIONS]
+        if unknown:
+            raise ConfigError("evaluation.anomaly.kinds", f"unknown corruption {unknown[0]!r}; known: "
+                                                          f"{', '.join(CORRUPTIONS)}")
+        if not kinds and not ctx.holdout:
+            raise ConfigError("evaluation.anomaly.kinds", "is empty and train.holdout_classes is empty: no anomaly "
+                                                          "set to score; list a corruption (" + ", ".join(CORRUPTIONS)
+                              + "), hold out a class, or leave anomaly out of evaluation.metrics")
+        test_y = np.asarray(ctx.test[1])
+        names = list((getattr(ctx.data, "meta", None) or {}).get("class_names") or [])
+        for c in ctx.holdout:
+            if not (test_y == c).any():
+                label = f"{c} ({names[c]!r})" if 0 <= c < len(names) else str(c)
+                raise ConfigError("train.holdout_classes", f"class {label} has 0 images in the test split of "
+                                                           f"{ctx.data.name} ({len(test_y)} images): the held-out-"
+                                                           f"class anomaly set would be empty")
+        n_normal = int((~np.isin(test_y, ctx.holdout)).sum())
+        if n_normal < 2:
+            key = "train.holdout_classes" if ctx.holdout else "evaluation.metrics"
+            raise ConfigError(key, f"the test split of {ctx.data.name} has {n_normal} image(s) outside the held-out "
+                                   f"classes; anomaly needs at least 2 (half set the threshold, half measure it)")
+
     def compute(self, ctx: EvalContext) -> Result:
         from evaluation import anomaly as anomaly_lib
         from evaluation import plots

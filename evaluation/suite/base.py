@@ -27,6 +27,21 @@ CONTEXT_SETTINGS: dict[str, Any] = {
     "classifier": {"epochs": 8},
 }
 
+CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE = (1, 3), 8  # images the domain classifier takes (evaluation.classifier)
+NEAREST_K = 5  # PRDC's k (evaluation.metrics.generation_metrics): every set it sees needs more points
+
+
+
+def too_few_samples(num_samples: int, n_test: int) -> str | None:
+    """The problem with ``evaluation.num_samples`` on a test split of ``n_test`` images, or None: the
+    generation metrics use min(num_samples, n_test) samples and PRDC needs more than NEAREST_K."""
+    n = min(num_samples, n_test)
+    if n > NEAREST_K:
+        return None
+    return (f"{num_samples} capped at the test split's {n_test} images leaves {n} samples; PRDC (nearest_k = "
+            f"{NEAREST_K}) needs at least {NEAREST_K + 1}")
+
+
 Result = dict[str, tuple[Any, dict[str, Any]]]  # output key -> (value, setting beyond the common one)
 
 
@@ -54,6 +69,16 @@ class Metric:
     settings: ClassVar[dict[str, Any]] = {}              # evaluation.<key> -> default
     plots: ClassVar[tuple[str, ...]] = ()                # PNG file names under the plot folder
     default: ClassVar[bool] = True                       # part of the modality's default set
+    uses_generation: ClassVar[bool] = False              # reads ctx.generation / ctx.floor (FID, KID, PRDC)
+    uses_classifier: ClassVar[bool] = False              # reads the domain classifier (implied by the above)
+
+    def check(self, ctx: "EvalContext") -> None:
+        """Before any metric computes anything (no classifier, no samples): raise ConfigError naming the
+        setting when these settings cannot give a value on this data (or :class:`Skip`)."""
+        if self.uses_generation or self.uses_classifier:
+            ctx.check_classifier(self.name)
+        if self.uses_generation:
+            ctx.check_generation()
 
     def compute(self, ctx: "EvalContext") -> Result:
         """{output key: (value, setting)}; may write ``self.plots`` through ``ctx.plot_path``.
@@ -122,6 +147,32 @@ class EvalContext:
     def n(self) -> int:
         """Generated samples: evaluation.num_samples capped at the test split (the floor uses the same N)."""
         return min(int(self.settings["num_samples"]), len(self.test[0]))
+
+    def check_classifier(self, metric: str) -> None:
+        """The domain classifier takes 1 or 3 channels of at least CLASSIFIER_MIN_SIZE pixels a side."""
+        from contracts.errors import ConfigError
+
+        shape = tuple(int(v) for v in self.data.shape)
+        if len(shape) != 3 or shape[0] not in CLASSIFIER_CHANNELS or min(shape[1:]) < CLASSIFIER_MIN_SIZE:
+            raise ConfigError("evaluation.metrics", f"{metric} needs the domain classifier, which takes images of 1 "
+                                                    f"or 3 channels and at least {CLASSIFIER_MIN_SIZE}x"
+                                                    f"{CLASSIFIER_MIN_SIZE} pixels; {self.data.name}'s images are "
+                                                    f"{'x'.join(map(str, shape))}: leave {metric} out of "
+                                                    f"evaluation.metrics")
+
+    def check_generation(self) -> None:
+        """The generation metrics (FID, KID, PRDC, class coverage) compare n samples and the n first test
+        images with the train split: each set needs more than NEAREST_K points (PRDC's k-NN radius)."""
+        from contracts.errors import ConfigError
+
+        n_train = len(self.train[1])
+        problem = too_few_samples(int(self.settings["num_samples"]), len(self.test[0]))
+        if problem:
+            raise ConfigError("evaluation.num_samples", problem)
+        if n_train <= NEAREST_K:
+            raise ConfigError("evaluation.metrics", f"the train split of {self.data.name} has {n_train} images; "
+                                                    f"FID/KID/PRDC compare against it and PRDC (nearest_k = "
+                                                    f"{NEAREST_K}) needs at least {NEAREST_K + 1}")
 
     def batched(self, fn: Callable[[Any], Any], x: np.ndarray, batch_size: int = 100) -> np.ndarray:
         """fn over float32 batches of ``x`` on the device -> one float32 numpy array (no grad)."""
@@ -218,7 +269,7 @@ class EvalContext:
         return metric_lib.generation_metrics(
             f["train"], f["fake"], real_labels=self.train[1], fake_pred_labels=f["fake_logits"].argmax(1),
             num_classes=self.num_classes, seed=self.seed, min_share=self.settings["mode_collapse"].get("min_share"),
-            extractor=self.extractor, **self.collapse_thresholds, **self.kid_settings)
+            extractor=self.extractor, nearest_k=NEAREST_K, **self.collapse_thresholds, **self.kid_settings)
 
     @_cached
     def floor(self) -> dict[str, Any]:
@@ -227,7 +278,7 @@ class EvalContext:
 
         f = self.features
         return metric_lib.generation_metrics(f["train"], f["test"], seed=self.seed, extractor=self.extractor,
-                                             **self.kid_settings)
+                                             nearest_k=NEAREST_K, **self.kid_settings)
 
     def common_setting(self) -> dict[str, Any]:
         """The setting every value carries (the feature extractor once the classifier is loaded)."""

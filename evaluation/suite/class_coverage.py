@@ -7,6 +7,7 @@ from evaluation.suite.base import EvalContext, Metric, Result
 class ClassCoverage(Metric):
     name = "class_coverage"
     modality = "image"
+    uses_generation = True
     needs = frozenset({"samples"})
     outputs = ("class_coverage",)
 

@@ -7,6 +7,7 @@ from evaluation.suite.base import EvalContext, Metric, Result
 class ClassKL(Metric):
     name = "class_kl"
     modality = "image"
+    uses_generation = True
     needs = frozenset({"samples"})
     outputs = ("class_kl",)
 

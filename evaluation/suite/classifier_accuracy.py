@@ -5,6 +5,7 @@ from evaluation.suite.base import EvalContext, Metric, Result
 
 
 class ClassifierAccuracy(Metric):
+    uses_classifier = True
     name = "classifier_accuracy"
     modality = "image"
     outputs = ("classifier_test_accuracy",)

@@ -5,6 +5,7 @@ from evaluation.suite.base import EvalContext, Metric, Result
 
 
 class ConditionalAccuracy(Metric):
+    uses_classifier = True
     name = "conditional_accuracy"
     modality = "image"
     needs = frozenset({"samples", "conditional"})

@@ -10,6 +10,7 @@ FLOOR = "test split vs train split, same N"
 class FID(Metric):
     name = "fid"
     modality = "image"
+    uses_generation = True
     needs = frozenset({"samples"})
     outputs = ("fid", "fid_real_floor", "fid_ratio")
 

@@ -8,6 +8,7 @@ from evaluation.suite.fid import FLOOR
 class KID(Metric):
     name = "kid"
     modality = "image"
+    uses_generation = True
     needs = frozenset({"samples"})
     outputs = ("kid", "kid_real_floor")
     # subsets smaller than N, or every subset is the whole set and the std says nothing

@@ -7,6 +7,7 @@ from evaluation.suite.base import EvalContext, Metric, Result
 class ModeCollapse(Metric):
     name = "mode_collapse"
     modality = "image"
+    uses_generation = True
     needs = frozenset({"samples"})
     outputs = ("mode_collapse",)
     settings = {"mode_collapse": {"coverage_threshold": 0.7, "kl_threshold": 0.5, "recall_threshold": 0.2,

@@ -11,6 +11,7 @@ KEYS = ("precision", "recall", "density", "coverage")
 class PRDC(Metric):
     name = "prdc"
     modality = "image"
+    uses_generation = True
     needs = frozenset({"samples"})
     outputs = tuple(k for key in KEYS for k in (key, f"{key}_real_floor"))
 

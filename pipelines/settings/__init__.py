@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import ConfigError
+from evaluation.suite.base import too_few_samples
 from pipelines.settings.models import TRAIN_OVERRIDES, ModelSettings, check_family, family_fields, known_families
 from pipelines.settings.schema import build, closest, did_you_mean, mapping, unknown
-from pipelines.settings.sections import (NEAREST_K, CheckSettings, DataSettings, EvaluationSettings,
+from pipelines.settings.sections import (CheckSettings, DataSettings, EvaluationSettings,
                                          RegistrySettings, TrainSettings, ValidationSettings, known_metric_names,
                                          known_metric_outputs)
 
@@ -102,11 +103,9 @@ def check_against_data(settings: Settings, meta: Mapping[str, Any]) -> None:
         if len(set(holdout)) >= num_classes:
             raise ConfigError("train.holdout_classes", f"holds out all {num_classes} classes; nothing left to train on")
     n_test = (meta.get("counts") or {}).get("test")
-    if isinstance(n_test, int) and min(settings.evaluation.num_samples, n_test) <= NEAREST_K:
-        n = min(settings.evaluation.num_samples, n_test)
-        raise ConfigError("evaluation.num_samples", f"{settings.evaluation.num_samples} capped at the test split's "
-                                                    f"{n_test} images leaves {n} samples; PRDC (nearest_k = "
-                                                    f"{NEAREST_K}) needs at least {NEAREST_K + 1}")
+    problem = too_few_samples(settings.evaluation.num_samples, n_test) if isinstance(n_test, int) else None
+    if problem:
+        raise ConfigError("evaluation.num_samples", problem)
 
 
 __all__ = ["CheckSettings", "DataSettings", "EvaluationSettings", "ModelSettings", "RegistrySettings", "Settings",

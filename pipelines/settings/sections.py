@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from contracts.errors import ConfigError
+from evaluation.suite.base import NEAREST_K  # PRDC's k in evaluate (a torch-free import)
 from pipelines.settings.schema import check_partial, did_you_mean, join, mapping, setting, unknown
 
 ANOMALY_KINDS = ("noise", "inversion", "occlusion")  # evaluation/anomaly.py corrupt(); plus holdout_classes
-NEAREST_K = 5  # PRDC's k in pipelines/evaluate.py (evaluation.metrics.generation_metrics' default)
 
 
 def known_metric_outputs() -> frozenset[str]:
@@ -46,6 +46,12 @@ def _dataset_name(value: str | None) -> str | None:
         return None
     return (f"{value!r} must be a plain folder name (letters, digits, . _ -); it names data/prepared/<name>/ "
             f"and may not leave that folder")
+
+
+def _anomaly_kind(value: str) -> str | None:
+    if value in ANOMALY_KINDS:
+        return None
+    return f"unknown corruption {value!r}{did_you_mean(value, ANOMALY_KINDS)}"
 
 
 def _device(value: str) -> str | None:
@@ -135,7 +141,7 @@ class ModeCollapseSettings:
 
 @dataclass(frozen=True)
 class AnomalySettings:
-    kinds: tuple[str, ...] = ANOMALY_KINDS  # names are checked where the sets are made (evaluation/anomaly.py)
+    kinds: tuple[str, ...] = setting(ANOMALY_KINDS, check=_anomaly_kind)
     fpr: float = setting(0.05, gt=0, lt=1)
     max_images: int = setting(500, ge=2)
 
