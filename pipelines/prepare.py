@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from contracts.io import atomic_write_text, json_text
+from contracts.io import atomic_write_text, json_text, remove_stale_temps
 from pipelines import catalog
 from pipelines.dataset import SPLITS, atomic_dir, data_sha256, sha256_file, write_npz_deterministic
 from pipelines.errors import GenforgeError
 from pipelines.sources import RawDataset, default_name, load_source, source_fingerprint
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SAFE_NAME = catalog.SAFE_NAME
 
 
 def dataset_name(params: dict[str, Any]) -> str:
@@ -73,6 +72,7 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
     data = params.get("data") or {}
     source = str(data.get("source", "mnist5k"))
     out = prepared_dir(root, params)
+    remove_stale_temps(out.parent, (out.name,))  # what a killed prepare of this data set left (the stage lock is ours)
     raw = _split_if_needed(load_source(source, catalog.raw_dir(root)),
                            float(data.get("test_fraction", 0.2)), int(data.get("seed", 0)))
     splits = {"train": (raw.train_images, raw.train_labels), "test": (raw.test_images, raw.test_labels)}
@@ -105,6 +105,6 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
             "data_sha256": digest,
             "created": created or dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         }
-        (tmp / catalog.file_name("prepared_meta")).write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(tmp / catalog.file_name("prepared_meta"), json.dumps(meta, indent=2) + "\n")
     return {"dataset": out.name, "path": str(out), "counts": counts, "data_sha256": digest,
             "shape": meta["shape"], "num_classes": num_classes}
