@@ -8,6 +8,7 @@ and anything else in it (a user's notes) is left alone. Any other folder that is
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Iterable
@@ -24,15 +25,16 @@ class OutputFolderError(ServingError):
 
 
 def user_files(out_root: Path) -> list[str]:
-    """Files (POSIX paths relative to `out_root`) that are not temp files of a killed run; empty folders
-    (a run killed before its first file) do not count."""
+    """Files (POSIX paths relative to `out_root`, links to files included) that are not temp files of a killed
+    run; folders do not count (nor are links to folders followed: the generator refuses writing through them)."""
     if not out_root.is_dir():
         return []
     found = []
-    for p in sorted(out_root.rglob("*")):
-        if (p.is_file() or p.is_symlink()) and not _TEMP.match(p.name):
-            found.append(p.relative_to(out_root).as_posix())
-    return found
+    for folder, _, names in os.walk(out_root):
+        for name in names:
+            if not _TEMP.match(name):
+                found.append((Path(folder) / name).relative_to(out_root).as_posix())
+    return sorted(found)
 
 
 def check_foreign_folder(out_root: Path, targets: Iterable[str], overwrite: bool) -> None:
