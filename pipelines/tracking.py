@@ -2,6 +2,7 @@
 thread-safe under Prefect's thread pool, so nothing here touches `mlflow.start_run`)."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -43,9 +44,17 @@ def client():
 
     with exclusive(db.with_name(db.name + ".lock"), f"the MLflow store {db} (creating its schema)",
                    wait=STORE_LOCK_WAIT):
-        c = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        c._tracking_client.store  # noqa: B018 (creates the tables / runs the migrations now, under the lock)
-        c._get_registry_client().store  # noqa: B018
+        quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]  # "Creating initial tables"
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.WARNING)
+        try:
+            c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            c._tracking_client.store  # noqa: B018 (creates the tables / runs the migrations now, under the lock)
+            c._get_registry_client().store  # noqa: B018
+        finally:
+            for q, level in zip(quiet, levels):
+                q.setLevel(level)
         _ready.add(uri)
     return c
 
