@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import BusyError
+from contracts.errors import BusyError, ServingError
 from contracts.io import exclusive
 from pipelines import catalog
 from pipelines.stages import FAMILY_STAGES, stage
@@ -148,10 +148,10 @@ def _user_folder(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
 
 
 def test_generate_refuses_a_folder_of_the_users(vae_onnx, tmp_path):
-    from serving.generator import GenerationError, generate
+    from serving.generator import generate
 
     user, files = _user_folder(tmp_path)
-    with pytest.raises(GenerationError, match=r"holds files genforge did not write \(notes.txt, png/0000000.png, "
+    with pytest.raises(ServingError, match=r"holds files genforge did not write \(notes.txt, png/0000000.png, "
                                               r"preview.png\).*--overwrite"):
         generate(vae_onnx, 20, 0, user, png=True)
     assert {n: (user / n).read_bytes() for n in files} == files and sorted(os.listdir(user)) == sorted(
@@ -159,17 +159,19 @@ def test_generate_refuses_a_folder_of_the_users(vae_onnx, tmp_path):
 
 
 def test_overwrite_never_replaces_a_users_file(vae_onnx, tmp_path):
-    from serving.generator import GenerationError, generate
+    from serving.generator import generate
 
     user, files = _user_folder(tmp_path)
-    with pytest.raises(GenerationError, match=r"mine/png/0000000.png: exists and was not written by genforge"):
+    with pytest.raises(ServingError, match=r"mine/preview.png: exists and was not written by genforge"):
         generate(vae_onnx, 20, 0, user, png=True, overwrite=True)
-    (user / "png" / "0000000.png").unlink()
-    with pytest.raises(GenerationError, match=r"mine/preview.png: exists and was not written by genforge"):
-        generate(vae_onnx, 20, 0, user, overwrite=True)
+    assert {n: (user / n).read_bytes() for n in files} == files
     (user / "preview.png").unlink()
-    generate(vae_onnx, 20, 0, user, overwrite=True)  # beside the user's notes, nothing of theirs replaced
-    assert (user / "notes.txt").read_bytes() == b"notes" and (user / "manifest.json").is_file()
+    with pytest.raises(ServingError, match=r"mine/png/0000000.png: exists and was not written by genforge"):
+        generate(vae_onnx, 20, 0, user, png=True, overwrite=True)
+    assert not (user / "manifest.json").exists() and not (user / "shards").exists()  # refused before any write
+    generate(vae_onnx, 20, 0, user, overwrite=True)  # no --png: beside the user's files, none of them replaced
+    assert (user / "notes.txt").read_bytes() == b"notes" and (user / "png/0000000.png").read_bytes() == b"my own picture"
+    assert (user / "manifest.json").is_file() and (user / "preview.png").read_bytes() != b"my own preview"
 
 
 def test_overwrite_replaces_only_genforges_own_outputs(vae_onnx, tmp_path):
