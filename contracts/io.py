@@ -114,18 +114,26 @@ def write_npz_deterministic(path: str | Path, arrays: Mapping[str, np.ndarray]) 
 
 
 @contextlib.contextmanager
+def removed_on_error(folder: Path, path: str | Path) -> Iterator[None]:
+    """Run the block; when it fails, remove the temp `folder` and re-raise (a machine error as a StorageError
+    naming `path`, see ``storage_error``)."""
+    try:
+        yield
+    except BaseException as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        error = storage_error(exc, path)
+        if error is not None and error is not exc:
+            raise error from exc
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder beside `final`; on success it replaces `final`, on error it is removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with removed_on_error(tmp, final):
         yield tmp
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        error = storage_error(exc, final)
-        if error is not None and error is not exc:
-            raise error from exc
-        raise
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a prepared folder is an ordinary folder
     old = None
     if final.exists():

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from contracts.io import atomic_write_json, remove_stale_temps, sha256_file, storage_error
+from contracts.io import atomic_write_json, remove_stale_temps, removed_on_error, sha256_file
 from pipelines.errors import GenforgeError
 
 
@@ -57,17 +57,11 @@ def finish(folder: Path, manifest: str, record: dict[str, Any]) -> dict[str, Any
     """Commit the files written into the staging folder with `record` (+ "files": {name: sha256}) as the
     manifest; returns the manifest written."""
     staging = staging_dir(folder, manifest)
-    try:
+    with removed_on_error(staging, staging):
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())
                  if p.is_file() and not p.name.startswith(".") and p.name != manifest}
         record = {**record, "files": files}
         atomic_write_json(staging / manifest, record, fsync=True)  # the commit point
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        error = storage_error(exc, staging)
-        if error is not None and error is not exc:
-            raise error from exc
-        raise
     recover(folder, manifest)
     return record
 
