@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contracts.io import atomic_dir, atomic_write_text
+from contracts.io import atomic_dir, atomic_write_text, remove_stale_temps
 from pipelines import catalog, commit
 from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
@@ -88,6 +88,7 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         raise GenforgeError(f"{mdir}: trained on data {train_info['data_sha256'][:12]}, the prepared data is "
                             f"{ds.sha256[:12]}; rerun `genforge stage train --family {family}`")
     plot_dir = paths.plots  # one folder, whatever plots the metrics give (a DVC plots out)
+    remove_stale_temps(plot_dir.parent, (plot_dir.name, paths.metrics.name))  # a killed evaluation's leftovers
     holdout = [int(c) for c in ((params.get("train") or {}).get("holdout_classes") or [])]
     with atomic_dir(plot_dir) as tmp_plots:  # the plots replace the old ones as a whole, when all are written
         ctx = EvalContext(model, ds, ev, device, tmp_plots, catalog.classifier_cache(root), holdout)
