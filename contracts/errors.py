@@ -41,3 +41,18 @@ class ValidationFailed(GenforgeError):
 
 class ServingError(GenforgeError):
     """Base of everything serving raises at a user: resolving a model, reading its graphs, generating."""
+
+
+class BusyError(GenforgeError):
+    """Another genforge process holds the lock on the same thing (a data set, a family, the project's run):
+    ``busy: <what> is in use by pid <pid> (<command>, since <time>)``; nothing was done, retry later."""
+
+
+class StorageError(GenforgeError):
+    """Writing or reading a file failed for a reason outside genforge (disk full, quota, read-only file
+    system, permissions); names the path and the system's words for the problem."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)

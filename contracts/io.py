@@ -6,17 +6,26 @@ the same folder, is flushed (and fsynced when asked), then ``os.replace``d over 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+
+from contracts.errors import BusyError, StorageError
+
+# errors of the machine, not of genforge: disk full, quota, file too large, read-only, permissions
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -34,13 +43,29 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def storage_error(exc: BaseException, path: str | Path | None = None) -> StorageError | None:
+    """A StorageError naming the path and the problem ("No space left on device") when `exc` (or an error it
+    was raised from) is an OSError of the machine (``STORAGE_ERRNOS``), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            where = exc.filename or path
+            return StorageError(where, exc.strerror or os.strerror(exc.errno))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) -> None:
     """Write `data` to `path` (making its folder) through ``temp_name(path)`` and ``os.replace`` (mode 0644); with `fsync`, the
-    data is on disk before the rename. On any error the temp file is removed and `path` is untouched."""
+    data is on disk before the rename. On any error the temp file is removed and `path` is untouched; a full
+    disk, a quota or a read-only/forbidden folder is a StorageError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(data)
             if fsync:
@@ -48,9 +73,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) ->
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            raise StorageError(path, exc.strerror or os.strerror(exc.errno)) from exc
         raise
 
 
@@ -125,17 +152,28 @@ def clean_stale_dirs(final: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
+def removed_on_error(folder: Path, path: str | Path) -> Iterator[None]:
+    """Run the block; when it fails, remove the temp `folder` and re-raise (a machine error as a StorageError
+    naming `path`, see ``storage_error``)."""
+    try:
+        yield
+    except BaseException as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        error = storage_error(exc, path)
+        if error is not None and error is not exc:
+            raise error from exc
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder ``.<name>.tmp-<pid>-*`` beside `final`; on success it replaces `final`, on error it is
     removed. What killed runs left (``clean_stale_dirs``) is tidied first."""
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_dirs(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
-    try:
+    with removed_on_error(tmp, final):
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a prepared folder is an ordinary folder
     old = None
     if final.exists():
@@ -166,3 +204,69 @@ def sha256_mismatches(base: str | Path, recorded: Mapping[str, str]) -> list[str
         except OSError:
             bad.append(name)
     return bad
+
+
+def remove_stale_temps(folder: Path, names: tuple[str, ...] | None = None) -> list[Path]:
+    """Remove what a killed atomic write left in `folder`: ``.<name>.tmp-<pid>`` files (``temp_name``) and
+    ``.<name>.tmp-*`` / ``.<name>.old-*`` folders (``atomic_dir``), for the given `names` (None: any name).
+    Call it while holding the lock that guards `folder`'s writers. Returns what was removed."""
+    removed: list[Path] = []
+    if not folder.is_dir() or folder.is_symlink():
+        return removed
+    pattern = re.compile(r"^\.(.+)\.(tmp|old)-[A-Za-z0-9_]+$")
+    for p in folder.iterdir():
+        m = pattern.match(p.name)
+        if m is None or (names is not None and m.group(1) not in names) or p.is_symlink():
+            continue
+        if p.is_dir():
+            final = folder / m.group(1)
+            if m.group(2) == "old" and not final.exists():
+                with contextlib.suppress(OSError):  # a kill between atomic_dir's two renames: put it back
+                    p.rename(final)
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _holder(info: Path) -> str:
+    try:
+        h = json.loads(info.read_text())
+        return f"pid {h['pid']} ({h['command']}, since {h['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (no holder record)"
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | Path, what: str, *, wait: float = 0) -> Iterator[None]:
+    """Hold the inter-process lock `lock_path` (``filelock``, an OS lock released when the process dies, even by
+    kill -9) while the block runs. When another process holds it after `wait` seconds: BusyError
+    ``busy: <what> is in use by pid <pid> (<command>, since <time>)``. The holder is recorded in
+    ``<lock_path>.holder`` (JSON) for that message. Not re-entrant: take each lock in one place."""
+    from filelock import FileLock, Timeout
+
+    lock_path = Path(lock_path)
+    info = lock_path.with_name(lock_path.name + ".holder")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path), timeout=wait, mode=0o644)
+        lock.acquire()
+    except Timeout:
+        raise BusyError(f"busy: {what} is in use by {_holder(info)}; lock {lock_path}") from None
+    except OSError as exc:
+        error = storage_error(exc, lock_path)
+        if error is None:
+            raise
+        raise error from exc
+    try:
+        since = dt.datetime.now().astimezone().replace(microsecond=0).isoformat()
+        with contextlib.suppress(OSError):
+            atomic_write_json(info, {"pid": os.getpid(), "command": " ".join(["genforge", *sys.argv[1:]]),
+                                     "since": since})
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            info.unlink()
+        lock.release()

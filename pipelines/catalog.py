@@ -8,8 +8,25 @@ in `pipelines/` builds an output path by hand.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from contracts.errors import GenforgeError
+
+# a data set, family or model name becomes one folder name: it may not hold a separator, start with . or -,
+# or be . or .. (so no name can reach outside models/, reports/, data/prepared/ or outputs/)
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_name(kind: str, value: object) -> str:
+    """`value` when it is a plain folder name (``SAFE_NAME``, no ".."), else a GenforgeError naming `kind`
+    (e.g. "--family", "data.name"). Every path below is built through here, so a stage, a command or the
+    Prefect flow cannot be handed a name that leaves the project."""
+    if not isinstance(value, str) or not SAFE_NAME.match(value) or ".." in value:
+        raise GenforgeError(f"{kind} {value!r} must be a plain name (letters, digits, . _ -, starting with a letter "
+                            f"or digit, no '..'): it names a folder inside the project and may not leave it")
+    return value
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,7 @@ _ENTRIES = [
     Entry("classifier_cache", "models/classifiers", True, "domain classifiers, keyed by data sha256"),
     Entry("generator_cache", ".genforge/models", True, "ONNX models fetched from the registry for serving"),
     Entry("outputs", "outputs", True, "samples `genforge run` generates from each champion"),
+    Entry("locks", ".genforge/locks", True, "inter-process locks: one per data set, per family, and the main run"),
 ]
 CATALOG: dict[str, Entry] = {e.name: e for e in _ENTRIES}
 
@@ -71,7 +89,11 @@ def entry(name: str) -> Entry:
 
 
 def path(name: str, root: Path, dataset: str = "", family: str = "") -> Path:
-    """Absolute path of entry `name` under the project `root`."""
+    """Absolute path of entry `name` under the project `root` (`dataset` and `family` checked by `check_name`)."""
+    if dataset:
+        check_name("data set name", dataset)
+    if family:
+        check_name("family", family)
     return Path(root) / entry(name).format(dataset, family)
 
 
@@ -115,7 +137,16 @@ def generator_cache(root: Path) -> Path:
 
 def outputs_dir(root: Path, model: str) -> Path:
     """Where `genforge run` writes the samples of registered model `model` (`<dataset>-<family>`)."""
-    return path("outputs", root) / model
+    return path("outputs", root) / check_name("model name", model)
+
+
+def lock_path(root: Path, dataset: str = "", family: str = "") -> Path:
+    """The lock of one family's stages (`<dataset>-<family>.lock`), of a data set's stages (`data-<dataset>.lock`)
+    or, with neither, of the project's main run (`run.lock`)."""
+    folder = path("locks", root)
+    if family:
+        return folder / f"{check_name('data set name', dataset)}-{check_name('family', family)}.lock"
+    return folder / (f"data-{check_name('data set name', dataset)}.lock" if dataset else "run.lock")
 
 
 def file_name(name: str) -> str:

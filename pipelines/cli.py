@@ -87,14 +87,12 @@ def _stage_command(spec: Any) -> None:
     def run(params_file: Optional[Path], overrides: Optional[list[str]], family: Optional[str]) -> None:
         # prepare (and its source fingerprint) make the data: its meta.json cannot be checked before them
         params, root = _params(params_file, overrides, data_checks=spec.name not in DATA_MAKERS), project_root()
-        fn = spec.function()  # imported on use: a fast --help
-        args = (params, root) if family is None else (params, root, family)
         title = spec.name if family is None else f"{spec.name} {family}"
         if spec.progress_bar:  # draws its own progress bar: no spinner over it
             started = time.perf_counter()
-            _report(title, fn(*args), started)
+            _report(title, spec.call(params, root, family), started)
         else:
-            _run_stage(title, lambda: fn(*args))
+            _run_stage(title, lambda: spec.call(params, root, family))
 
     if spec.per_family:
         def command(family: str = FamilyOption, set_: Optional[list[str]] = SetOption,
@@ -182,6 +180,9 @@ def generate_cmd(
                                         "index or a class name (index:K / name:NAME where a name is a number)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     png: bool = typer.Option(False, "--png", help="Also write one PNG per sample."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace another generation's outputs in --out, or write beside files of "
+                                        "yours there (a file genforge did not write is never replaced)."),
     provider: str = typer.Option("auto", "--provider", help="auto (CUDA when it works) | cpu | cuda."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (ddim samplers; default: the model's)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta, 0 = deterministic (default: the model's)."),
@@ -198,7 +199,7 @@ def generate_cmd(
     local = fetch_onnx(resolved, catalog.generator_cache(project_root()))
     result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
                       model_id=resolved.model_id, provider=provider,
-                      sampling={"steps": steps, "eta": eta, "temperature": temperature})
+                      sampling={"steps": steps, "eta": eta, "temperature": temperature}, overwrite=overwrite)
     summary = {k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))}
     _report(f"generated {n} samples from {resolved.name}/{resolved.version}", summary, started)
 
@@ -211,11 +212,19 @@ def run_main(
     task_runner: str = typer.Option("thread", "--task-runner", help="thread (sequential) | dask (families in parallel)."),
 ) -> None:
     """The main job: the retrain flow for every family in model.families, then samples from each champion."""
+    from contracts.io import exclusive
+
+    params, root = _params(params_file, set_, data_checks=False), project_root()
+    # one main run per project at a time: a second one (a schedule overlapping a manual run) is refused at once
+    with exclusive(catalog.lock_path(root), f"the main run of {root}"):
+        _run_locked(params, root, samples, task_runner, pinned=not set_ and params_file is None)
+
+
+def _run_locked(params: dict[str, Any], root: Path, samples: int, task_runner: str, pinned: bool) -> None:
     from pipelines.flows import families_of, generate_flow, run_retrain
     from pipelines.prepare import dataset_name
     from pipelines.registry import model_name, show
 
-    params, root = _params(params_file, set_, data_checks=False), project_root()
     started = time.perf_counter()
     results = run_retrain(params, root, task_runner)
     dataset = dataset_name(params)
@@ -228,7 +237,8 @@ def run_main(
         samples_at = "-"
         if champion is not None and samples > 0:
             target = catalog.outputs_dir(root, name)
-            generate_flow(f"{name}@champion", samples, 0, str(target), str(root))
+            # outputs/<model> is genforge's own: a new champion's samples replace the previous ones
+            generate_flow(f"{name}@champion", samples, 0, str(target), str(root), overwrite=True)
             samples_at = str(target)
         status = results.get(f"train:{family}", {}).get("status", "")
         rows.append({"model": name, "champion": champion["version"] if champion else "-",
@@ -244,7 +254,7 @@ def run_main(
     for row in rows:
         table.add_row(*[str(v) for v in row.values()])
     Console(width=max(out.width, 160)).print(table)
-    _dvc_commit(root, pinned=not set_ and params_file is None)
+    _dvc_commit(root, pinned=pinned)
     out.print("Review: [bold]genforge registry show <model>[/bold] or "
               "[bold]mlflow ui --backend-store-uri sqlite:///mlflow.db[/bold] (http://127.0.0.1:5000)\n"
               "Flow runs: [bold]prefect server start[/bold] with PREFECT_HOME=.prefect (http://127.0.0.1:4200)")
@@ -365,6 +375,11 @@ def main() -> None:
     except (typer.Exit, click.exceptions.Exit) as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 (serving / MLflow errors that are the user's, see _library_user_error)
+        from contracts.io import storage_error
+
+        disk = storage_error(exc)  # a full disk, a quota, a read-only or forbidden folder: the machine's, one line
+        if disk is not None:
+            _fail(str(disk), disk.exit_code)
         if not _library_user_error(exc):
             raise
         _fail(f"{exc.__class__.__name__}: {exc}" if not str(exc) else str(exc), 1)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from pipelines import catalog
+from contracts.io import atomic_dir, atomic_write_text, remove_stale_temps
+from pipelines import catalog, commit
 from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
 from pipelines.train import load_model, model_dir, select_device
@@ -101,18 +101,20 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     mdir = model_dir(root, ds.name, family)
     paths = catalog.Layout(root, ds.name, family)
     device = select_device(str((params.get("train") or {}).get("device", "auto")))
+    # model.pt and config.json checked against train.json's sha256: never a mix of two trainings
+    train_info = commit.verify(mdir, paths.train_info.name, f"rerun `genforge stage train --family {family}`")
     model = load_model(mdir, device)
-    train_info = json.loads(paths.train_info.read_text()) if paths.train_info.exists() else {}
     if train_info.get("data_sha256") not in (None, ds.sha256):
         raise GenforgeError(f"{mdir}: trained on data {train_info['data_sha256'][:12]}, the prepared data is "
                             f"{ds.sha256[:12]}; rerun `genforge stage train --family {family}`")
     plot_dir = paths.plots  # one folder, whatever plots the metrics give (a DVC plots out)
+    remove_stale_temps(plot_dir.parent, (plot_dir.name, paths.metrics.name))  # a killed evaluation's leftovers
     holdout = [int(c) for c in ((params.get("train") or {}).get("holdout_classes") or [])]
-    ctx = EvalContext(model, ds, ev, device, plot_dir, catalog.classifier_cache(root), holdout)
-    plan = plan_metrics(ctx, names)  # a setting this data cannot satisfy fails here, with the old report intact
-    shutil.rmtree(plot_dir, ignore_errors=True)
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    metrics, skipped = run_metrics(ctx, names, plan)
+    with atomic_dir(plot_dir) as tmp_plots:  # the plots replace the old ones as a whole, when all are written
+        ctx = EvalContext(model, ds, ev, device, tmp_plots, catalog.classifier_cache(root), holdout)
+        plan = plan_metrics(ctx, names)  # a setting this data cannot satisfy fails here, the old report intact
+        metrics, skipped = run_metrics(ctx, names, plan)
+    pngs = [plot_dir / p.name for p in ctx.pngs]
 
     if "fid_inception" in metrics:
         inception = {"computed": True, "weights": str(ev["inception_weights"])}
@@ -128,14 +130,12 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
               "classifier": None if clf_info is None else {k: clf_info.get(k) for k in ("path", "test_accuracy",
                                                                                          "cached", "train_seconds")},
               "seconds": round(time.perf_counter() - started, 2)}
-    tmp = paths.metrics.with_name(paths.metrics.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
-    tmp.replace(paths.metrics)
+    atomic_write_text(paths.metrics, json.dumps(report, indent=2, default=_jsonable) + "\n")
 
     if train_info.get("run_id"):
         c = tracking.client()
         tracking.log_metrics(c, train_info["run_id"], {f"eval/{k}": v for k, v in summary.items()}, 0)
-        for path in [paths.metrics, *ctx.pngs]:
+        for path in [paths.metrics, *pngs]:
             tracking.log_artifact(c, train_info["run_id"], path, "evaluation")
     return {"family": family, "dataset": ds.name, "metrics": str(paths.metrics), "seconds": report["seconds"],
             **{k: round(v, 4) for k, v in summary.items() if k in HEADLINE_OUTPUTS}}

@@ -88,8 +88,7 @@ def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 def _call(stage: str, params: dict[str, Any], root: Path, family: str | None) -> dict[str, Any]:
     spec = stages.stage(stage)
     kwargs = {"progress": False} if spec.progress_bar else {}
-    args = (params, root, family) if spec.per_family else (params, root)
-    return spec.function()(*args, **kwargs)
+    return spec.call(params, root, family, **kwargs)
 
 
 def _run_logged(stage: str, params: dict[str, Any], root: str, family: str | None) -> dict[str, Any]:
@@ -265,14 +264,16 @@ def retrain_parallel(params: dict[str, Any], root: str) -> dict[str, Any]:
 
 
 @flow(name="generate", log_prints=True)
-def generate_flow(model_ref: str, n: int, seed: int, out_dir: str, root: str, batch_size: int = 256) -> dict[str, Any]:
+def generate_flow(model_ref: str, n: int, seed: int, out_dir: str, root: str, batch_size: int = 256,
+                  overwrite: bool = False) -> dict[str, Any]:
     from pipelines import tracking
     from serving.generator import generate
     from serving.resolve import fetch_onnx, resolve
 
     resolved = resolve(tracking.client(), model_ref)
     local = fetch_onnx(resolved, catalog.generator_cache(Path(root)))
-    result = generate(local, n, seed, Path(out_dir), batch_size=batch_size, model_id=resolved.model_id)
+    result = generate(local, n, seed, Path(out_dir), batch_size=batch_size, model_id=resolved.model_id,
+                      overwrite=overwrite)
     return {"model": f"{resolved.name}/{resolved.version}", "out_dir": out_dir, "n": n,
             "provider": result.get("provider"), "seconds": result.get("run", {}).get("seconds")}
 

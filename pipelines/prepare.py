@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from pipelines.errors import DataError, GenforgeError
 from pipelines.images import ImageOptions
 from pipelines.sources import RawDataset, default_name, load_source, source_fingerprint
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SAFE_NAME = catalog.SAFE_NAME
 
 
 def dataset_name(params: dict[str, Any]) -> str:
@@ -120,6 +119,6 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
             "data_sha256": digest,
             "created": created or dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         }
-        (tmp / catalog.file_name("prepared_meta")).write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(tmp / catalog.file_name("prepared_meta"), json.dumps(meta, indent=2) + "\n")
     return {"dataset": out.name, "path": str(out), "counts": counts, "data_sha256": digest,
             "shape": meta["shape"], "num_classes": num_classes}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.io import atomic_write_text
-from pipelines import catalog, registry_state, tracking
+from pipelines import catalog, commit, registry_state, tracking
 from pipelines.errors import DataError, GenforgeError
 from pipelines.gate import gate_decision, observed, parity_limit, resolve_gate
 from pipelines.prepare import prepared_dir
@@ -39,6 +39,14 @@ def _git_commit(root: Path) -> str:
         return "unknown"
 
 
+def _trained(mdir: Path, paths: catalog.Layout, family: str) -> dict[str, Any]:
+    """train.json, with model.pt and config.json checked against its sha256 (pipelines.commit)."""
+    info = commit.verify(mdir, paths.train_info.name, f"rerun `genforge stage train --family {family}`")
+    if not info:
+        raise GenforgeError(f"{paths.train_info}: missing; run `genforge stage train --family {family}` first")
+    return info
+
+
 # ---- export ----------------------------------------------------------------------------------
 def export(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     from pipelines.train import load_model
@@ -47,6 +55,7 @@ def export(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     ds = require_validated(root, prepared_dir(root, params))
     mdir = model_dir(root, ds.name, family)
     paths = catalog.Layout(root, ds.name, family)
+    train_info = _trained(mdir, paths, family)
     model = load_model(mdir, "cpu")
     atol = parity_limit(gate_settings(params, family))
     try:
@@ -55,7 +64,6 @@ def export(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         raise GenforgeError(f"{paths.onnx}: ONNX export failed its parity check ({exc}); the model cannot be "
                             f"registered as servable. Report: {paths.onnx / 'parity.json'}") from exc
     parity = json.loads((paths.onnx / "parity.json").read_text())
-    train_info = json.loads(paths.train_info.read_text())
     c = tracking.client()
     tracking.log_metrics(c, train_info["run_id"], {"export/parity_max_abs_error": parity["max_abs_error"]}, 0)
     tracking.log_artifact(c, train_info["run_id"], paths.onnx / "parity.json", "export")
@@ -106,7 +114,7 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     for needed, stage in ((paths.train_info, "train"), (metrics_path, "evaluate"), (onnx_dir / "parity.json", "export")):
         if not needed.exists():
             raise GenforgeError(f"{needed}: missing; run `genforge stage {stage} --family {family}` first")
-    train_info = _read_json(paths.train_info, "train")
+    train_info = _trained(mdir, paths, family)
     metrics = _read_json(metrics_path, "evaluate")
     parity = _read_json(onnx_dir / "parity.json", "export")
     if not parity.get("passed") or not (onnx_dir / "sampler.json").exists():

@@ -65,6 +65,26 @@ class Stage:
         module, function = self.target.split(":")
         return getattr(importlib.import_module(module), function)
 
+    def call(self, params: dict[str, Any], root: Path, family: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Run the stage holding its lock (`catalog.lock_path`): a family's stages share one lock per
+        (data set, family), the data stages one per data set. Another process holding it is a BusyError
+        ("busy: ... in use by pid ... (command, since ...)") at once, not a wait: a stage can run for an hour,
+        and a scheduled run overlapping a manual one must not queue up behind it unseen. The CLI, the Prefect
+        flows and dvc.yaml (which calls the CLI) all come through here."""
+        from contracts.io import exclusive
+        from pipelines import catalog
+        from pipelines.prepare import dataset_name
+
+        dataset = dataset_name(params)
+        if self.per_family:
+            catalog.check_name("--family", family)
+            what, lock = f"{dataset}/{family}", catalog.lock_path(root, dataset, family)
+        else:
+            what, lock = f"data set {dataset}", catalog.lock_path(root, dataset)
+        fn = self.function()
+        with exclusive(lock, what):
+            return fn(params, root, family, **kwargs) if self.per_family else fn(params, root, **kwargs)
+
     def param_keys(self, family: str | None = None) -> list[str]:
         """The dotted params keys, `{family}` filled with `family` (DVC: `${item}`)."""
         return [p.format(family=family) if family is not None else p for p in self.params]

@@ -7,10 +7,11 @@ of an epoch. So epoch k+1 after a restart sees the same weights, order and noise
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
+import contextlib
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from typing import Any
 import torch
 
 from contracts.data import DataSpec
-from contracts.io import atomic_write_json
+from contracts.io import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from contracts.modalities import get_modality
 from genmodels import GenerativeModel, get_family
-from pipelines import catalog
+from pipelines import catalog, commit
 from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
 from pipelines.errors import DataError, GenforgeError
@@ -93,9 +94,19 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through a buffer and `atomic_write_bytes` (a full disk is a StorageError naming `path`)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _close_stale_runs(c, experiment: str, keep: str | None, committed: str | None) -> None:
+    """Runs of this family's experiment still RUNNING although no training holds them (the stage lock is
+    ours): killed by kill -9 or a power cut. Marked KILLED, or FINISHED for the run whose outputs were
+    committed (killed between the commit and the run's end)."""
+    for run in c.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=1000):
+        if run.info.run_id != keep:
+            c.set_terminated(run.info.run_id, status="FINISHED" if run.info.run_id == committed else "KILLED")
 
 
 def _write_epoch_grid(c, run_id: str, samples: torch.Tensor, path: Path) -> None:
@@ -198,7 +209,6 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     from pipelines import tracking
 
     ds, model, settings, fingerprint = plan_training(params, root, family)
-    seed, epochs, batch_size = int(settings["seed"]), int(settings["epochs"]), int(settings["batch_size"])
     device = select_device(str(settings["device"]))
     model = model.to(device)
 
@@ -206,6 +216,9 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     paths = catalog.Layout(root, ds.name, family)
     ckpt_dir = paths.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    commit.recover(out, paths.train_info.name)  # a commit a kill interrupted: finished or dropped
+    for folder in (out, ckpt_dir):  # temp files of atomic writes a kill interrupted
+        remove_stale_temps(folder)
     resume, passed_over = _latest_checkpoint(ckpt_dir, fingerprint)
     for reason in passed_over:
         log.warning("not resuming from %s", reason)
@@ -221,20 +234,46 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     x_all = torch.from_numpy(get_modality(model.config.data.modality).to_model(images)).to(device)
     y_all = torch.from_numpy(labels).to(device)
     n = len(x_all)
-    steps_per_epoch = math.ceil(n / batch_size)
 
     c = tracking.client()
+    experiment = tracking.experiment_id(c, f"{ds.name}-{family}")
+    committed = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        committed = json.loads(paths.train_info.read_text()).get("run_id")
+    _close_stale_runs(c, experiment, str(resume["run_id"]) if resume is not None else None, committed)
+    logged: dict[str, int] = {}
     if resume is not None:
         model.load_training_state(resume["training_state"])
         start_epoch, run_id, history = int(resume["epoch"]), str(resume["run_id"]), list(resume["history"])
+        logged = tracking.last_steps(c, run_id)  # steps logged after the checkpoint, before the kill
     else:
-        run = c.create_run(tracking.experiment_id(c, f"{ds.name}-{family}"),
+        run = c.create_run(experiment,
                            run_name=f"train-{family}", tags={"genforge.stage": "train", "genforge.family": family,
                                                              "genforge.data_sha256": ds.sha256})
         run_id, start_epoch, history = run.info.run_id, 0, []
         tracking.log_params(c, run_id, {"family": family, "model": model.config.to_dict(), "train": settings,
                                         "data": {"name": ds.name, "sha256": ds.sha256, "train_images": n}})
     c.set_terminated(run_id, status="RUNNING")
+    try:
+        result = _fit_and_commit(c, run_id, model, ds, family, settings, fingerprint, paths, device, x_all, y_all,
+                                 start_epoch, history, logged, progress)
+    except BaseException as exc:  # never leave the run RUNNING: Ctrl-C is KILLED, anything else FAILED
+        with contextlib.suppress(Exception):
+            c.set_terminated(run_id, status="KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
+        raise
+    c.set_terminated(run_id, status="FINISHED")
+    return result | {"model_dir": str(out)}
+
+
+def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, settings: dict[str, Any],
+                    fingerprint: str, paths: catalog.Layout, device: torch.device, x_all: torch.Tensor,
+                    y_all: torch.Tensor, start_epoch: int, history: list[dict[str, Any]], logged: dict[str, int],
+                    progress: bool) -> dict[str, Any]:
+    from pipelines import tracking
+
+    seed, epochs, batch_size = int(settings["seed"]), int(settings["epochs"]), int(settings["batch_size"])
+    ckpt_dir, n = paths.checkpoints, len(x_all)
+    steps_per_epoch = math.ceil(n / batch_size)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -259,7 +298,6 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
                 if bad:
                     writer.wait()  # the checkpoints already queued are the good ones
                     last = sorted(ckpt_dir.glob("epoch-*.pt"))
-                    c.set_terminated(run_id, status="FAILED")
                     raise TrainingDiverged(
                         f"{family}: non-finite loss {bad} at epoch {epoch + 1}, step {step + 1}; training stopped. "
                         f"Last good checkpoint: {last[-1] if last else 'none (diverged in the first epoch)'}; "
@@ -269,13 +307,14 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
                 global_step = epoch * steps_per_epoch + step + 1
                 if global_step % log_every == 0:
                     writer.submit(tracking.log_metrics, c, run_id, {f"train/{k}": v for k, v in losses.items()},
-                                  global_step)
+                                  global_step, logged)
                 bar.update(task, advance=1, losses="  ".join(f"{k} {v:.4g}" for k, v in losses.items()))
             train_seconds += time.perf_counter() - started
             trained_images += n
             epoch_means = {k: v / steps_per_epoch for k, v in sums.items()}
             history.append({"epoch": epoch + 1, **epoch_means})
-            writer.submit(tracking.log_metrics, c, run_id, {f"epoch/{k}": v for k, v in epoch_means.items()}, epoch + 1)
+            writer.submit(tracking.log_metrics, c, run_id, {f"epoch/{k}": v for k, v in epoch_means.items()}, epoch + 1,
+                          logged)
 
             model.eval()
             samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
@@ -285,10 +324,13 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
             writer.submit(_save_atomic, checkpoint, ckpt_dir / f"epoch-{epoch + 1:04d}.pt")
 
     model.eval()
-    _save_atomic(model.state_dict(), paths.model)
+    # model.pt, config.json and train.json as one unit (pipelines.commit): a kill leaves the old set or the new
+    out = paths.model_dir
+    staging = commit.begin(out, paths.train_info.name)
+    _save_atomic(model.state_dict(), staging / paths.model.name)
     # training settings once (the values really used), sampling defaults beside the architecture, outside
     # the fingerprint (plan_training)
-    atomic_write_json(paths.model_config, {"family": family,
+    atomic_write_json(staging / paths.model_config.name, {"family": family,
                                             "config": {**model.config.architecture(), **model.config.evaluation_settings()},
                                             "training": model.config.training_settings(),
                                             "sampling": model.sampling})
@@ -298,8 +340,7 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
         "train_images_per_s": round(trained_images / train_seconds, 1) if train_seconds else None,
         "final": history[-1] if history else {}, "history": history,
     }
-    paths.train_info.write_text(json.dumps(summary, indent=2) + "\n")
+    commit.finish(out, paths.train_info.name, summary)
     tracking.log_artifact(c, run_id, paths.model_config)
-    c.set_terminated(run_id, status="FINISHED")
     return {k: summary[k] for k in ("family", "dataset", "run_id", "epochs", "resumed_from_epoch",
-                                    "train_images_per_s", "final", "device")} | {"model_dir": str(out)}
+                                    "train_images_per_s", "final", "device")}

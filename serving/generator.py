@@ -77,6 +77,7 @@ from contracts.errors import ConfigError, ServingError
 from contracts.io import atomic_write_bytes, npz_bytes, sha256_file
 from contracts.modalities import get_modality
 from contracts.samplers import SamplerSpec, SamplerSpecError, as_spec
+from serving import outdir
 from serving.samplers import check_sessions, check_spec, run_sampler
 
 try:  # POSIX; without it concurrent runs are simply not detected
@@ -110,12 +111,14 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
              label: int | str | None = None, threads: int | None = None, png: bool = False,
              model_id: dict | None = None, provider: str = "auto",
              progress: Callable[[int, int], None] | None = None,
-             sampling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             sampling: Mapping[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Generate ``n`` samples of the model in ``model_dir`` into ``out_dir`` (see the module doc).
 
     Returns the final manifest plus ``"run"``: {"generated_shards", "reused_shards", "seconds",
     "samples_per_s", "threads", "out_dir"}. ``progress(done, n)`` is called after every shard.
     ``sampling``: options overriding the sampler's defaults (None values ignored), e.g. {"steps": 20}.
+    ``overwrite``: replace another job's outputs, and write into a folder holding files of the user's
+    (never replacing one of them: serving.outdir).
     Raises ``GenerationError`` for bad input, before anything is written.
     """
     started = time.perf_counter()
@@ -141,7 +144,9 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
         raise GenerationError(f"model_id must be JSON-serialisable: {e}") from None
     job = {"format": MANIFEST_FORMAT, "model": model_id, "model_sha256": fingerprint, "sampler": spec.kind,
            "sampling": overrides, "seed": int(seed), "n": n, "batch_size": batch_size, "label": label}
-    _check_existing(out_root, job)  # before loading anything heavy, and before writing anything
+    num_shards = math.ceil(n / batch_size)
+    want = outdir.targets(num_shards, shard_name, min(n, PNG_LIMIT) if png else 0, modality.FILE_SUFFIX)
+    _check_existing(out_root, job, overwrite, want)  # before loading anything heavy, and before writing anything
 
     providers, _ = select_provider(provider)
     sessions = {name: _load_session(path, providers, threads) for name, path in graph_files.items()}
@@ -153,11 +158,12 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     log.info("generating %d samples of %s with %s (%s threads)", n, json.dumps(model_id), used_provider,
              threads or "default")
 
-    num_shards = math.ceil(n / batch_size)
     counts = [min(batch_size, n - k * batch_size) for k in range(num_shards)]
     out_root.mkdir(parents=True, exist_ok=True)
     with _locked(out_root):
-        existing = _check_existing(out_root, job)  # again, now that no other run can write
+        existing = _check_existing(out_root, job, overwrite, want)  # again, now that no other run can write
+        if existing is None and (out_root / MANIFEST).exists():  # --overwrite: another job's outputs go first
+            outdir.remove_own_outputs(out_root)
         shard_dir = _inside(out_root, SHARD_DIR)
         shard_dir.mkdir(exist_ok=True)
         for folder in (out_root, shard_dir, out_root / PNG_DIR):
@@ -377,8 +383,9 @@ def _verified_shards(out_root: Path, manifest: Mapping[str, Any], counts: list[i
     return kept
 
 
-def _check_existing(out_root: Path, job: dict) -> dict | None:
-    """The manifest of the same job in ``out_root``, or None; GenerationError for anything else."""
+def _check_existing(out_root: Path, job: dict, overwrite: bool = False, want: list[str] = ()) -> dict | None:
+    """The manifest of the same job in ``out_root``, or None (also for another job's, with ``overwrite``);
+    GenerationError for anything else: a folder of the user's (serving.outdir), another job's outputs."""
     if out_root.exists() and not out_root.is_dir():
         raise GenerationError(f"output path {out_root} is a file, not a folder")
     path = _inside(out_root, MANIFEST)
@@ -387,6 +394,7 @@ def _check_existing(out_root: Path, job: dict) -> dict | None:
         if shards.exists() and (not shards.is_dir() or any(p for p in shards.iterdir() if not _TMP_RE.match(p.name))):
             raise GenerationError(f"{out_root} holds {SHARD_DIR}/ but no {MANIFEST}: refusing to write into "
                                   "a folder this generator did not create")
+        outdir.check_foreign_folder(out_root, want, overwrite)
         return None
     if not path.is_file():
         raise GenerationError(f"{path} is not a file")
@@ -397,10 +405,12 @@ def _check_existing(out_root: Path, job: dict) -> dict | None:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise GenerationError(f"{path} is not a genforge generation manifest: refusing to overwrite it")
     differ = [k for k in _JOB_KEYS if manifest.get(k, {} if k == "sampling" else None) != job[k]]
+    if differ and overwrite:
+        return None
     if differ:
         details = ", ".join(f"{k}: {manifest.get(k)!r} there, {job[k]!r} now" for k in differ)
         raise GenerationError(f"{out_root} holds another generation job ({details}); "
-                              "choose another output folder or delete it")
+                              "choose another output folder, or pass --overwrite to replace its outputs")
     return manifest
 
 

@@ -32,8 +32,9 @@ def test_retrain_flow_end_to_end_then_generate(project):
 
 
 def test_a_failing_stage_stops_the_flow_and_a_fixed_rerun_resumes_there(project):
-    broken = tiny_params(*LOOSE_GATE, "model.families=[vae]", "evaluation.anomaly.kinds=[melted]")
-    with pytest.raises(Exception, match="melted"):
+    # a setting only the evaluate stage can find wrong (the weights file is looked for when evaluate starts)
+    broken = tiny_params(*LOOSE_GATE, "model.families=[vae]", f"evaluation.inception_weights={project / 'nope.pt'}")
+    with pytest.raises(Exception, match="evaluation.inception_weights: .*nope.pt: no such file"):
         run_retrain(broken, project)
     c = tracking.client()
     assert c.search_registered_models() == []  # nothing reached the registry

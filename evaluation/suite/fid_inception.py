@@ -13,6 +13,17 @@ class FIDInception(Metric):
     outputs = ("fid_inception",)
     settings = {"inception_weights": None}   # a local torchvision inception_v3 state dict; never downloaded
 
+    def check(self, ctx: EvalContext) -> None:
+        """A weights path that is not a file is an error before anything is computed (never a download)."""
+        from pathlib import Path
+
+        from contracts.errors import ConfigError
+
+        weights = ctx.settings.get("inception_weights")
+        if weights and not Path(weights).is_file():
+            raise ConfigError("evaluation.inception_weights", f"{weights}: no such file (a local torchvision "
+                              f"inception_v3 state dict; genforge never downloads it)")
+
     def compute(self, ctx: EvalContext) -> Result:
         weights = ctx.settings.get("inception_weights")
         if not weights:
