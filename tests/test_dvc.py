@@ -4,6 +4,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import LOOSE_GATE, BIN, REPO
 
 PROJECT_FILES = ["pipelines", "genmodels", "evaluation", "serving", "contracts", "dvc.yaml", "params.yaml", ".dvcignore",
@@ -38,6 +40,7 @@ def _status(work: Path, env: dict) -> dict:
     return json.loads(_sh([str(BIN / "dvc"), "status", "--json"], work, env).strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a real server / remote round trip: `make test-all`
 def test_dvc_repro_then_push_and_pull_into_a_fresh_clone(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}

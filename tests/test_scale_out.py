@@ -29,6 +29,7 @@ def _start(args: list[str], url: str, env: dict, cwd=None, timeout: float = 120)
 
 
 
+@pytest.mark.slow  # a real server / remote round trip: `make test-all`
 def test_stages_register_against_an_mlflow_tracking_server(project, monkeypatch, tmp_path):
     from pipelines import tracking
     from pipelines.evaluate import evaluate
@@ -62,6 +63,7 @@ def test_stages_register_against_an_mlflow_tracking_server(project, monkeypatch,
         stop_process_group(server)
 
 
+@pytest.mark.slow  # a real server / remote round trip: `make test-all`
 def test_dvc_push_and_pull_through_an_s3_compatible_server(tmp_path):
     port = free_port()
     creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -20,6 +20,7 @@ def test_schedule_without_a_server_says_how_to_start_one(cli, project, monkeypat
     assert proc.returncode == 1 and "genforge server start" in proc.stderr and "PREFECT_API_URL" in proc.stderr
 
 
+@pytest.mark.slow  # a real server / remote round trip: `make test-all`
 def test_served_schedule_is_visible_and_a_triggered_run_completes(project, monkeypatch, tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
