@@ -122,3 +122,12 @@ def stop_process_group(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Prefect stops its ephemeral API server at interpreter exit and logs that to a stream pytest has already
+    closed; without this every passing run ends with a 'Logging error' traceback. Only logging's own
+    handler errors are silenced, and only after the session."""
+    import logging
+
+    logging.raiseExceptions = False
