@@ -207,27 +207,26 @@ def sha256_mismatches(base: str | Path, recorded: Mapping[str, str]) -> list[str
 
 
 def remove_stale_temps(folder: Path, names: tuple[str, ...] | None = None) -> list[Path]:
-    """Remove what a killed atomic write left in `folder`: ``.<name>.tmp-<pid>`` files (``temp_name``) and
-    ``.<name>.tmp-*`` / ``.<name>.old-*`` folders (``atomic_dir``), for the given `names` (None: any name).
-    Call it while holding the lock that guards `folder`'s writers. Returns what was removed."""
+    """Remove what a killed atomic write left in `folder`: ``.<name>.tmp-<pid>`` files (``temp_name``), and, through
+    ``clean_stale_dirs``, the ``.<name>.tmp-*`` / ``.<name>.old-*`` folders of ``atomic_dir`` (a lost ``.old`` is put
+    back), for the given `names` (None: any name). Call it while holding the lock that guards `folder`'s
+    writers. Returns what was removed."""
     removed: list[Path] = []
     if not folder.is_dir() or folder.is_symlink():
         return removed
-    pattern = re.compile(r"^\.(.+)\.(tmp|old)-[A-Za-z0-9_]+$")
+    pattern = re.compile(r"^\.(.+)\.(tmp|old)-[A-Za-z0-9_-]+$")
+    folders: set[str] = set()
     for p in folder.iterdir():
         m = pattern.match(p.name)
         if m is None or (names is not None and m.group(1) not in names) or p.is_symlink():
             continue
         if p.is_dir():
-            final = folder / m.group(1)
-            if m.group(2) == "old" and not final.exists():
-                with contextlib.suppress(OSError):  # a kill between atomic_dir's two renames: put it back
-                    p.rename(final)
-                continue
-            shutil.rmtree(p, ignore_errors=True)
+            folders.add(m.group(1))
         else:
             p.unlink(missing_ok=True)
-        removed.append(p)
+            removed.append(p)
+    for name in sorted(folders):
+        removed += clean_stale_dirs(folder / name)
     return removed
 
 
