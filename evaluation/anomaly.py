@@ -13,6 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 __all__ = [
     "CORRUPTIONS",
     "anomaly_metrics",
+    "roc_points",
     "threshold_at_fpr",
     "corrupt",
     "corrupted_sets",
@@ -77,6 +78,20 @@ def anomaly_metrics(
         "n_normal": int(normal.size),
         "n_anomalous": int(anomalous.size),
     }
+
+
+def roc_points(scores_normal: Any, scores_anomalous: Any, digits: int = 6) -> list[dict[str, float]]:
+    """The ROC curve as data: ``[{"fpr": f, "tpr": t}, ...]`` from (0, 0) to (1, 1), anomalies positive,
+    higher score = more anomalous. Only the corners of the staircase are kept (``roc_curve(drop_intermediate=True)``):
+    at most one row per distinct score plus the origin; rates are rounded to ``digits`` decimals.
+    Raises ValueError for empty or non-finite scores."""
+    from sklearn.metrics import roc_curve
+
+    normal = _scores(scores_normal, "scores_normal")
+    anomalous = _scores(scores_anomalous, "scores_anomalous")
+    y_true = np.concatenate([np.zeros(normal.size), np.ones(anomalous.size)])
+    fpr, tpr, _ = roc_curve(y_true, np.concatenate([normal, anomalous]), drop_intermediate=True)
+    return [{"fpr": round(float(f), digits), "tpr": round(float(t), digits)} for f, t in zip(fpr, tpr)]
 
 
 def _as_float01(images: Any) -> np.ndarray:

@@ -68,9 +68,18 @@ _ENTRIES = [
     Entry("registered", "models/{dataset}/{family}/registered.json", False, "the MLflow version register made"),
     # one family's reports
     Entry("report_dir", "reports/{dataset}/{family}", True, "evaluation and promotion reports of one family"),
-    Entry("metrics", "reports/{dataset}/{family}/metrics.json", False, "evaluation metrics (DVC metrics)"),
-    Entry("plots", "reports/{dataset}/{family}/plots", True, "evaluation plots (DVC plots)"),
+    Entry("metrics", "reports/{dataset}/{family}/metrics.json", False, "the full evaluation report (each value with "
+                                                                       "its setting)"),
+    Entry("plots", "reports/{dataset}/{family}/plots", True, "evaluation plots, PNG (DVC plots)"),
     Entry("promotion", "reports/{dataset}/{family}/promotion.json", False, "the promotion gate's decision"),
+    # what git versions beside the code (not ignored, DVC `cache: false`): small numbers and curves a reviewer
+    # compares between commits with `dvc metrics diff` / `dvc plots diff` (pipelines/versioned.py)
+    Entry("summary", "metrics/{dataset}/{family}/summary.json", False,
+          "flat numeric metrics summary (DVC metrics): the registry's summary outputs and training's numbers"),
+    Entry("loss_curves", "metrics/{dataset}/{family}/loss", True, "per-epoch mean of each training loss, one CSV "
+                                                                  "each (DVC plots)"),
+    Entry("roc_curve", "metrics/{dataset}/{family}/roc.csv", False, "ROC of the anomaly score, all anomaly sets "
+                                                                    "together (DVC plots; header only without one)"),
     # caches and products outside the stage graph
     Entry("classifier_cache", "models/classifiers", True, "domain classifiers, keyed by data sha256"),
     Entry("generator_cache", ".genforge/models", True, "ONNX models fetched from the registry for serving"),

@@ -15,6 +15,8 @@ HEADER = """\
 # The same stage functions the Prefect flows run, driven by DVC: `make repro` (= dvc repro with .venv on PATH).
 # `genforge run` ends with `dvc commit`, so right after it `dvc repro` only reruns the `source` fingerprint (always
 # changed by design: it re-reads data.source) and finds nothing else to do.
+# Outputs live in DVC's cache (restored by `dvc checkout`) except the `cache: false` ones under metrics/, which git
+# versions, so `dvc metrics diff` and `dvc plots diff` compare any two commits; data/sources/ is re-derived.
 # Code deps are computed: each stage's module import closure within pipelines/genmodels/evaluation/serving/contracts;
 # stages that run a family add genmodels/${item}.py and the files any family imports besides its own (base.py,
 # parents such as vae.py for cvae and dcgan.py for wgan_gp): foreach cannot give each family its own list.
@@ -28,6 +30,7 @@ def _path(name: str) -> str:
 def _out_lines(out: Output, pad: str) -> list[str]:
     flags = [f"cache: {str(out.cache).lower()}"] if not out.cache else []
     flags += ["persist: true"] if out.persist else []
+    flags += [f"{key}: {_yaml_scalar(value)}" for key, value in out.plot]
     if not flags:
         return [f"{pad}- {_path(out.entry)}" + (f"    # {out.note}" if out.note else "")]
     lines = [f"{pad}- {_path(out.entry)}:"]
@@ -35,6 +38,15 @@ def _out_lines(out: Output, pad: str) -> list[str]:
         note = f"    # {out.note}" if out.note and i == len(flags) - 1 else ""
         lines.append(f"{pad}    {flag}{note}")
     return lines
+
+
+def _yaml_scalar(value: str) -> str:
+    """A plot property as a YAML string: plain when YAML reads it back as the same string, else quoted."""
+    import json
+
+    import yaml
+
+    return value if yaml.safe_load(value) == value and ":" not in value else json.dumps(value)
 
 
 def stage_body(s: Stage) -> list[str]:

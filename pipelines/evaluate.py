@@ -3,7 +3,8 @@
 Runs the configured metrics (`params.yaml: evaluation.metrics`, null: the data modality's default set from
 `evaluation.suite`) in one loop over a shared, lazily computed `EvalContext`; a metric whose capabilities the
 model lacks is recorded under `skipped` with the reason. Writes `reports/<dataset>/<family>/metrics.json`
-(each value with its setting) and PNG plots, and logs both to the MLflow run that trained the model.
+(each value with its setting) and PNG plots, and logs both to the MLflow run that trained the model; the flat
+numeric summary and the ROC data that git versions go to `metrics/<dataset>/<family>/` (pipelines.versioned).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.io import atomic_dir, atomic_write_text, remove_stale_temps
-from pipelines import catalog, commit
+from pipelines import catalog, commit, versioned
 from pipelines.errors import GenforgeError
 from pipelines.prepare import prepared_dir
 from pipelines.train import load_model, model_dir, select_device
@@ -91,6 +92,7 @@ def run_metrics(ctx: Any, names: list[str], plan: Any = None) -> tuple[dict[str,
 
 def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     from evaluation.suite import HEADLINE_OUTPUTS, EvalContext, selected_metrics
+    from evaluation.suite.base import CURVES
     from evaluation.suite.fid_inception import NOT_SET
     from pipelines import tracking
 
@@ -131,6 +133,9 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
                                                                                          "cached", "train_seconds")},
               "seconds": round(time.perf_counter() - started, 2)}
     atomic_write_text(paths.metrics, json.dumps(report, indent=2, default=_jsonable) + "\n")
+    versioned.write_summary(paths.summary, versioned.flat_summary(metrics, train_info))  # what git versions
+    for curve, columns in CURVES.items():
+        versioned.write_curve(getattr(paths, f"{curve}_curve"), ctx.curves.get(curve, []), columns)
 
     if train_info.get("run_id"):
         c = tracking.client()

@@ -24,13 +24,16 @@ CODE_ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Output:
     """One product of a stage: a catalog entry, and how DVC keeps it (`kind`: outs | metrics | plots;
-    `cache: False` leaves it in git's hands; `persist` keeps it across reruns)."""
+    `cache: False` leaves it in git's hands: the path must not be ignored by git, or `git checkout` of another
+    commit leaves a stale copy that `dvc checkout` cannot restore; `persist` keeps it across reruns; `plot`: a
+    data plot's DVC properties, e.g. (("x", "epoch"), ("template", "linear")))."""
 
     entry: str
     cache: bool = True
     persist: bool = False
     kind: str = "outs"
     note: str = ""  # a comment beside it in dvc.yaml
+    plot: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,19 +104,24 @@ STAGES: tuple[Stage, ...] = (
           inputs=("source_fingerprint",), outputs=(Output("prepared"),), params=("data",)),
     Stage("validate", "pipelines.validate:validate",
           "Check the prepared data (Great Expectations suite); write reports/<dataset>/validation.json.",
-          inputs=("prepared",), outputs=(Output("validation_report", cache=False),), params=("validation",)),
+          inputs=("prepared",), outputs=(Output("validation_report"),), params=("validation",)),
     Stage("train", "pipelines.train:train",
           "Train one family on the validated data; resumes from the last checkpoint after a kill.",
           per_family=True, inputs=("prepared", "validation_report"),
-          outputs=(Output("model"), Output("model_config"), Output("train_info", cache=False),
+          outputs=(Output("model"), Output("model_config"), Output("train_info"),
                    Output("checkpoints", persist=True,
                           note="kept across reruns, so a killed `dvc repro` resumes from the last epoch"),
-                   Output("train_samples")),
+                   Output("train_samples"),
+                   Output("loss_curves", cache=False, kind="plots", plot=(("x", "epoch"), ("template", "linear")))),
           params=("train", "model.{family}"), family_code=True, progress_bar=True),
     Stage("evaluate", "pipelines.evaluate:evaluate",
           "Evaluate a trained family: reports/<dataset>/<family>/metrics.json and plots, logged to MLflow.",
           per_family=True, inputs=("prepared", "validation_report", "model", "model_config", "train_info"),
-          outputs=(Output("metrics", cache=False, kind="metrics"), Output("plots", cache=False, kind="plots")),
+          outputs=(Output("metrics"), Output("summary", cache=False, kind="metrics"),
+                   Output("roc_curve", cache=False, kind="plots",
+                          plot=(("x", "fpr"), ("y", "tpr"), ("template", "simple"),
+                                ("x_label", "false positive rate"), ("y_label", "true positive rate"))),
+                   Output("plots", kind="plots")),
           params=("evaluation", "train.device", "train.holdout_classes"), family_code=True),
     Stage("export", "pipelines.registry:export",
           "Export the family's ONNX graphs and check parity with PyTorch (max abs error <= 1e-4).",
@@ -124,11 +132,11 @@ STAGES: tuple[Stage, ...] = (
           "Register the trained, evaluated, exported model in MLflow as <dataset>-<family> @challenger.",
           per_family=True,
           inputs=("validation_report", "model", "model_config", "train_info", "onnx", "metrics"),
-          outputs=(Output("registered", cache=False),), external=("mlflow",), retries=2),
+          outputs=(Output("registered"),), external=("mlflow",), retries=2),
     Stage("promote", "pipelines.registry:promote",
           "Run the promotion gate (params.yaml: registry) on the latest registered version.",
           per_family=True, inputs=("validation_report", "registered"),
-          outputs=(Output("promotion", cache=False),), params=("registry",), external=("mlflow",), cached=False),
+          outputs=(Output("promotion"),), params=("registry",), external=("mlflow",), cached=False),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 DATA_STAGES = tuple(s for s in STAGES if not s.per_family)

@@ -22,7 +22,7 @@ from contracts.data import DataSpec
 from contracts.io import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from contracts.modalities import get_modality
 from genmodels import GenerativeModel, get_family
-from pipelines import catalog, commit
+from pipelines import catalog, commit, versioned
 from pipelines.background import BackgroundWriter, snapshot
 from pipelines.config import params_hash
 from pipelines.errors import DataError, GenforgeError
@@ -339,8 +339,10 @@ def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, set
         "params_hash": fingerprint, "epochs": epochs, "resumed_from_epoch": start_epoch, "device": str(device),
         "train_images_per_s": round(trained_images / train_seconds, 1) if train_seconds else None,
         "final": history[-1] if history else {}, "history": history,
+        "train_seconds": round(train_seconds, 2),  # optimisation time of this process (from the resume point)
     }
     commit.finish(out, paths.train_info.name, summary)
+    versioned.write_loss_curves(paths.loss_curves, history)  # the DVC plot of the losses, versioned by git
     tracking.log_artifact(c, run_id, paths.model_config)
     return {k: summary[k] for k in ("family", "dataset", "run_id", "epochs", "resumed_from_epoch",
                                     "train_images_per_s", "final", "device")}

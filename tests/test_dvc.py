@@ -1,4 +1,6 @@
-"""Real DVC: `dvc repro validate` runs prepare and validate, then `dvc push`/`dvc pull` round-trips the data."""
+"""Real DVC: `dvc repro validate` runs prepare and validate, then `dvc push`/`dvc pull` round-trips the data;
+after `genforge run`, `dvc repro` has nothing to do; between two commits `dvc metrics diff` / `dvc plots diff`
+compare the versioned summaries and curves, and `git checkout` + `dvc checkout` of the older one is consistent."""
 import os
 import shutil
 import subprocess
@@ -104,3 +106,117 @@ def test_dvc_after_genforge_run_has_nothing_to_do_and_a_train_param_reruns_from_
 
     metrics = _sh([dvc, "metrics", "show", "--json"], work, env)
     assert "fid_ratio" in metrics
+    _check_versioned(work, env, "digits", ["vae", "dcgan"])
+
+
+def _check_versioned(work: Path, env: dict, dataset: str, families: list[str]) -> dict:
+    """The files git versions for DVC after a run: a flat numeric summary per family (DVC's only metrics), one
+    loss CSV per training loss, the ROC (header only for a model without a score), all outside .gitignore.
+    Returns {family: summary}."""
+    import json
+    import math
+
+    from pipelines import catalog
+
+    shown = json.loads(_sh([str(BIN / "dvc"), "metrics", "show", "--json"], work, env).strip().splitlines()[-1])
+    files = shown[""]["data"]
+    layouts = {f: catalog.Layout(work, dataset, f) for f in families}
+    assert set(files) == {layouts[f].summary.relative_to(work).as_posix() for f in families}
+    summaries = {}
+    for family, paths in layouts.items():
+        summary = json.loads(paths.summary.read_text())
+        assert summary == files[paths.summary.relative_to(work).as_posix()]["data"]
+        assert all(type(v) in (int, float) and math.isfinite(v) for v in summary.values()), summary
+        assert {"fid", "fid_ratio", "coverage", "mode_collapse", "train_epochs", "train_seconds"} <= set(summary)
+        assert 8 <= len(summary) <= 20, summary
+        losses = sorted(p.name for p in paths.loss_curves.iterdir())
+        assert losses and all((paths.loss_curves / n).read_text().startswith(f"epoch,{n[:-4]}\n1,") for n in losses)
+        roc = paths.roc_curve.read_text().splitlines()
+        assert roc[0] == "fpr,tpr" and (len(roc) > 2) == ("anomaly_auroc" in summary), (family, roc[:3])
+        summaries[family] = summary
+    versioned = [str(p.relative_to(work)) for ls in layouts.values() for p in (ls.summary, ls.roc_curve)]
+    proc = subprocess.run(["git", "check-ignore", *versioned, "dvc_plots/index.html"], cwd=work, env=env,
+                          capture_output=True, text=True)
+    assert proc.stdout.split() == ["dvc_plots/index.html"], proc.stdout  # the summaries are committed, not ignored
+    return summaries
+
+
+@pytest.mark.slow  # two whole pipeline runs and DVC across commits (~2-3 min on 2 cores): `make test-all`
+def test_metrics_and_plots_diff_between_commits_and_a_consistent_checkout_of_the_older_one(tmp_path):
+    """Run, commit, change model.vae.epochs, run, commit: `dvc metrics diff HEAD~1` is a readable table of the
+    changed numbers, `dvc plots diff HEAD~1` writes dvc_plots/index.html (git-ignored), `dvc exp show` lists both
+    commits; `git checkout HEAD~1` + `dvc checkout` restores the older model's files together and `dvc repro`
+    has nothing to do; the MLflow registry (not versioned by git) keeps both versions and its champion."""
+    import json
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import tiny_params
+
+    db = tmp_path / "work" / "mlflow.db"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "COLUMNS": "200"}
+    dvc, genforge, work = str(BIN / "dvc"), str(BIN / "genforge"), tmp_path / "work"
+    _copy_project(work)
+    params = tiny_params(*LOOSE_GATE, "model.families=[vae,dcgan]")
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _sh(["git", "init", "-q", "-b", "main"], work, env)
+    _sh(["git", "add", "-A"], work, env)
+    _sh(["git", "commit", "-qm", "init"], work, env)
+
+    assert "dvc.lock updated" in _sh([genforge, "run", "--samples", "20"], work, env)
+    first = _check_versioned(work, env, "digits", ["vae", "dcgan"])
+    _sh(["git", "add", "-A"], work, env)
+    _sh(["git", "commit", "-qm", "vae 2 epochs"], work, env)
+    assert _sh(["git", "status", "--porcelain"], work, env) == ""  # nothing left out of the commit, nothing stray
+    params["model"]["vae"]["epochs"] = 3
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "dvc.lock updated" in _sh([genforge, "run", "--samples", "20"], work, env)
+    second = _check_versioned(work, env, "digits", ["vae", "dcgan"])
+    assert second["dcgan"] == first["dcgan"] and second["vae"]["train_epochs"] == 3
+    _sh(["git", "add", "-A"], work, env)
+    _sh(["git", "commit", "-qm", "vae 3 epochs"], work, env)
+
+    diff = _sh([dvc, "metrics", "diff", "HEAD~1"], work, env)
+    print(diff)
+    lines = diff.strip().splitlines()
+    assert lines[0].split() == ["Path", "Metric", "HEAD~1", "workspace", "Change"]
+    assert all(len(line) <= 200 for line in lines), max(lines, key=len)
+    rows = {row.split()[1]: row.split()[2:] for row in lines[1:]}
+    assert rows["train_epochs"] == ["2", "3", "1"]
+    changed = {k for k in second["vae"] if second["vae"][k] != first["vae"][k]}
+    assert set(rows) == changed and len(rows) >= 5  # one row per changed number, none for the unchanged dcgan
+    assert all(row.split()[0] == "metrics/digits/vae/summary.json" for row in lines[1:])
+    diff_json = json.loads(_sh([dvc, "metrics", "diff", "HEAD~1", "--json"], work, env).strip().splitlines()[-1])
+    assert diff_json["metrics/digits/vae/summary.json"]["train_epochs"] == {"old": 2, "new": 3, "diff": 1}
+
+    plots = _sh([dvc, "plots", "diff", "HEAD~1"], work, env)
+    html = (work / "dvc_plots" / "index.html").read_text()
+    assert "dvc_plots/index.html" in plots and "metrics/digits/vae/loss/loss.csv" in html
+    assert "metrics/digits/vae/roc.csv" in html and "HEAD~1" in html and "workspace" in html
+    assert _sh(["git", "status", "--porcelain"], work, env) == ""  # dvc_plots/ is ignored
+    exp = _sh([dvc, "exp", "show", "-n", "2", "--csv", "--drop", "deps|params"], work, env)
+    assert exp.count("metrics/digits/vae/summary.json:fid_ratio") == 1 and len(exp.strip().splitlines()) == 4
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    aliases_before = client.get_registered_model("digits-vae").aliases
+    _sh(["git", "checkout", "-q", "HEAD~1"], work, env)
+    _sh([dvc, "checkout"], work, env)
+    assert _status(work, env) == {"source": ["always changed"]}
+    vae = work / "models" / "digits" / "vae"
+    train = json.loads((vae / "train.json").read_text())
+    registered = json.loads((vae / "registered.json").read_text())
+    promotion = json.loads((work / "reports" / "digits" / "vae" / "promotion.json").read_text())
+    assert train["epochs"] == 2 and json.loads((work / "metrics/digits/vae/summary.json").read_text()) == first["vae"]
+    assert registered["version"] == promotion["version"] == "1" and registered["run_id"] == train["run_id"]
+    from contracts.io import sha256_mismatches
+
+    assert sha256_mismatches(vae, train["files"]) == []  # model.pt and config.json of that very training
+    # the registry is not rolled back: version 1 still exists, and champion/challenger point where they did
+    assert client.get_model_version("digits-vae", registered["version"]).run_id == train["run_id"]
+    assert client.get_registered_model("digits-vae").aliases == aliases_before
+    repro = _sh([dvc, "repro"], work, env)
+    assert _ran(repro) == {"source"}, repro
+    assert _sh(["git", "status", "--porcelain"], work, env) == ""  # dvc.lock and the versioned files unchanged

@@ -57,6 +57,7 @@ def test_dvc_yaml_has_the_table_s_stages_params_outs_and_deps():
             assert list(got) == list(want), (s.name, kind)
             for path, o in want.items():
                 assert got[path].get("cache", True) == o.cache and got[path].get("persist", False) == o.persist
+                assert {k: v for k, v in got[path].items() if k not in ("cache", "persist")} == dict(o.plot), path
 
 
 def test_every_project_module_a_stage_imports_is_a_dvc_dep():

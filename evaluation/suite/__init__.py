@@ -65,6 +65,18 @@ def metric_outputs() -> dict[str, str]:
     return {key: name for name in METRICS for key in get_metric(name).outputs}
 
 
+def summary_outputs() -> dict[str, str]:
+    """The metrics.json keys a reviewer compares between commits -> the metric that writes them: each registered
+    metric's ``summary`` (None: all its ``outputs``), in table order. The DVC metrics summary holds those of
+    them a run wrote as numbers (pipelines.versioned)."""
+    out: dict[str, str] = {}
+    for name in METRICS:
+        metric = get_metric(name)
+        for key in metric.outputs if metric.summary is None else metric.summary:
+            out[key] = name
+    return out
+
+
 def default_settings() -> dict[str, Any]:
     """The ``evaluation.*`` defaults: the context's plus each metric's ``settings`` (a fresh deep copy)."""
     import copy
@@ -94,4 +106,5 @@ def selected_metrics(names: Any, modality: str) -> list[str]:
 
 __all__ = ["METRICS", "SHOW_OUTPUTS", "HEADLINE_OUTPUTS", "EvalContext", "Metric", "Skip", "closest",
            "default_metrics", "default_settings", "get_metric", "metric_outputs", "selected_metrics",
+           "summary_outputs",
            "to_model_input"]

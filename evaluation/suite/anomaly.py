@@ -18,6 +18,7 @@ class Anomaly(Metric):
     needs = frozenset({"score"})
     outputs = (*(f"anomaly_{kind}_{key}" for kind in KINDS for key in PER_SET),
                *(f"anomaly_{key}" for key in COMBINED))
+    summary = ("anomaly_auroc", "anomaly_aupr")  # all anomaly sets together; per set: metrics.json
     settings = {"anomaly": {"kinds": ["noise", "inversion", "occlusion"], "fpr": 0.05, "max_images": 500}}
     plots = ("roc.png", "score_histograms.png")
 
@@ -81,6 +82,7 @@ class Anomaly(Metric):
             out[f"anomaly_{key}"] = (m[key], {"anomaly_set": "+".join(sets), "fpr_target": cfg["fpr"],
                                               "score": "model.score"})
         per_kind = dict(zip(sets, all_scores))
+        ctx.curves["roc"] = anomaly_lib.roc_points(normal_scores, np.concatenate(all_scores))
         plots.save_roc_curve(normal_scores, per_kind, ctx.plot_path("roc.png"), fpr_target=fpr)
         plots.save_score_histograms(normal_scores, per_kind, ctx.plot_path("score_histograms.png"),
                                     threshold=m["threshold"])

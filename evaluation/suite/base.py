@@ -28,6 +28,8 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 }
 
 CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE = (1, 3), 8  # images the domain classifier takes (evaluation.classifier)
+# the data curves metrics may give (EvalContext.curves) -> their columns, x first; evaluate writes each as a CSV
+CURVES: dict[str, tuple[str, str]] = {"roc": ("fpr", "tpr")}
 NEAREST_K = 5  # PRDC's k (evaluation.metrics.generation_metrics): every set it sees needs more points
 
 
@@ -66,6 +68,9 @@ class Metric:
     modality: ClassVar[str] = "any"                     # "image" | "tokens" | "any"
     needs: ClassVar[frozenset[str]] = frozenset()        # subset of CAPABILITIES
     outputs: ClassVar[tuple[str, ...]] = ()              # metrics.json keys it may write
+    # the outputs a reviewer compares between commits (the flat DVC metrics summary, `dvc metrics diff`):
+    # None means all of `outputs`; numbers only reach it (lists and strings are left out)
+    summary: ClassVar[tuple[str, ...] | None] = None
     settings: ClassVar[dict[str, Any]] = {}              # evaluation.<key> -> default
     plots: ClassVar[tuple[str, ...]] = ()                # PNG file names under the plot folder
     default: ClassVar[bool] = True                       # part of the modality's default set
@@ -122,6 +127,9 @@ class EvalContext:
         self.seed = int(settings["seed"])
         self.num_classes = int(data.num_classes)
         self.pngs: list[Path] = []
+        # data curves a metric hands to evaluate for DVC data plots: name -> rows of {column: number}
+        # (CURVES names each one's columns; e.g. "roc": false and true positive rates)
+        self.curves: dict[str, list[dict[str, float]]] = {}
 
     # ---- model and data ----------------------------------------------------------------------
     @property

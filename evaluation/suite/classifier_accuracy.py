@@ -9,6 +9,7 @@ class ClassifierAccuracy(Metric):
     name = "classifier_accuracy"
     modality = "image"
     outputs = ("classifier_test_accuracy",)
+    summary = ()  # the classifier's quality, not the model's: it moves only with the data
 
     def compute(self, ctx: EvalContext) -> Result:
         info = ctx.classifier[1]

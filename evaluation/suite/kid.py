@@ -11,6 +11,7 @@ class KID(Metric):
     uses_generation = True
     needs = frozenset({"samples"})
     outputs = ("kid", "kid_real_floor")
+    summary = ("kid",)
     # subsets smaller than N, or every subset is the whole set and the std says nothing
     settings = {"kid": {"subsets": 20, "subset_size": 500}}
 

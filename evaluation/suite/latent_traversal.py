@@ -35,6 +35,7 @@ class LatentTraversal(Metric):
     modality = "image"
     needs = frozenset({"encode", "decode"})
     outputs = ("latent_traversal", "active_units")
+    summary = ("active_units",)
     plots = ("latent_traversal.png",)
 
     def compute(self, ctx: EvalContext) -> Result:

@@ -14,6 +14,7 @@ class PRDC(Metric):
     uses_generation = True
     needs = frozenset({"samples"})
     outputs = tuple(k for key in KEYS for k in (key, f"{key}_real_floor"))
+    summary = KEYS  # the floors move only with the data
 
     def compute(self, ctx: EvalContext) -> Result:
         gen, floor = ctx.generation, ctx.floor
