@@ -132,10 +132,13 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
               "classifier": None if clf_info is None else {k: clf_info.get(k) for k in ("path", "test_accuracy",
                                                                                          "cached", "train_seconds")},
               "seconds": round(time.perf_counter() - started, 2)}
+    # what git versions (pipelines.versioned), made before anything is written: a bad value fails with none new
+    tracked = {paths.summary: versioned.json_text(versioned.flat_summary(metrics, train_info)),
+               **{getattr(paths, f"{curve}_curve"): versioned.curve_csv(ctx.curves.get(curve, []), columns)
+                  for curve, columns in CURVES.items()}}
     atomic_write_text(paths.metrics, json.dumps(report, indent=2, default=_jsonable) + "\n")
-    versioned.write_summary(paths.summary, versioned.flat_summary(metrics, train_info))  # what git versions
-    for curve, columns in CURVES.items():
-        versioned.write_curve(getattr(paths, f"{curve}_curve"), ctx.curves.get(curve, []), columns)
+    for path, text in tracked.items():
+        atomic_write_text(path, text)
 
     if train_info.get("run_id"):
         c = tracking.client()

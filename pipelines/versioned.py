@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from contracts.io import atomic_dir, atomic_write_json, atomic_write_text, remove_stale_temps
+from contracts.io import atomic_dir, remove_stale_temps
 
 # training's numbers in the summary: train.json key -> summary key
 TRAIN_NUMBERS = {"epochs": "train_epochs", "train_seconds": "train_seconds"}
@@ -74,9 +75,9 @@ def flat_summary(metrics: Mapping[str, Any], train_info: Mapping[str, Any] | Non
     return out
 
 
-def write_summary(path: Path, summary: Mapping[str, int | float]) -> None:
-    """Write `summary` (flat_summary's result) as indented JSON, atomically."""
-    atomic_write_json(path, dict(summary))
+def json_text(summary: Mapping[str, int | float]) -> str:
+    """`summary` (flat_summary's result) as the file's text: indented JSON, a trailing newline."""
+    return json.dumps(dict(summary), indent=2, allow_nan=False) + "\n"
 
 
 def curve_csv(rows: Iterable[Mapping[str, Any]], columns: tuple[str, ...]) -> str:
@@ -94,11 +95,6 @@ def curve_csv(rows: Iterable[Mapping[str, Any]], columns: tuple[str, ...]) -> st
             values.append(number)
         writer.writerow(values)
     return buf.getvalue()
-
-
-def write_curve(path: Path, rows: Iterable[Mapping[str, Any]], columns: tuple[str, ...]) -> None:
-    """Write one data plot (`curve_csv`) atomically."""
-    atomic_write_text(path, curve_csv(rows, columns))
 
 
 def loss_series(history: list[Mapping[str, Any]]) -> dict[str, list[dict[str, float]]]:

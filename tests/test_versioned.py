@@ -61,7 +61,8 @@ def test_the_summary_is_flat_and_numeric_for_a_sample_of_every_registered_output
     bools = [k for k in keys if isinstance(report[k]["value"], (bool, np.bool_))]
     assert bools and all(summary[k] in (0, 1) and type(summary[k]) is int for k in bools)
     assert summary["train_epochs"] == 4 and summary["train_seconds"] == 12.3457  # 6 significant digits
-    text = json.dumps(summary)
+    text = versioned.json_text(summary)  # allow_nan=False: raises on anything JSON cannot hold
+    assert json.loads(text) == summary
     assert "text" not in text and "reports/" not in text and "NaN" not in text and "Infinity" not in text
 
 
@@ -86,13 +87,15 @@ def test_loss_curves_are_one_csv_per_loss_and_replace_the_old_folder(tmp_path):
     assert not list(tmp_path.glob(".loss.*"))  # no temp folder left
 
 
-def test_a_curve_csv_refuses_what_is_not_a_number(tmp_path):
+def test_a_curve_csv_refuses_what_is_not_a_number():
     assert versioned.curve_csv([], ("fpr", "tpr")) == "fpr,tpr\n"
+    assert versioned.curve_csv([{"fpr": np.float32(0.5), "tpr": 1}], ("fpr", "tpr")) == "fpr,tpr\n0.5,1\n"
     with pytest.raises(ValueError, match="row 1: 'tpr' is 'x', not a finite number"):
         versioned.curve_csv([{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": "x"}], ("fpr", "tpr"))
     with pytest.raises(ValueError, match="row 0: 'tpr' is None"):
-        versioned.write_curve(tmp_path / "roc.csv", [{"fpr": 0}], ("fpr", "tpr"))
-    assert not (tmp_path / "roc.csv").exists()
+        versioned.curve_csv([{"fpr": 0}], ("fpr", "tpr"))
+    with pytest.raises(ValueError, match="'fpr' is nan"):
+        versioned.curve_csv([{"fpr": float("nan"), "tpr": 0}], ("fpr", "tpr"))
 
 
 def test_roc_points_run_from_0_0_to_1_1_and_separate_perfectly_scored_anomalies():
