@@ -119,7 +119,8 @@ def _ignored(paths: list[str]) -> set[str]:
 
 
 def test_dvc_yaml_metrics_and_plots_are_the_catalog_s_versioned_paths():
-    do = {name: body.get("do", body) for name, body in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()}
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    do = {name: body.get("do", body) for name, body in stages.items()}
 
     def entries(stage, kind):
         return {next(iter(i)) if isinstance(i, dict) else i: (next(iter(i.values())) if isinstance(i, dict) else {})
