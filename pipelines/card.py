@@ -272,15 +272,14 @@ def _promotion_json(c, run_id: str | None, version: str) -> dict[str, Any] | Non
     """The gate's record logged by ``promote`` (``promotion/v<version>/promotion.json``), or None."""
     if not run_id:
         return None
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
     import tempfile
     from pathlib import Path
 
+    from mlflow.exceptions import MlflowException
+
     with tempfile.TemporaryDirectory(prefix="genforge-card-") as tmp:
         try:
-            local = download_artifacts(run_id=run_id, artifact_path=f"promotion/v{version}/promotion.json",
-                                       dst_path=tmp, tracking_uri=c._tracking_client.tracking_uri)
+            local = c.download_artifacts(run_id, f"promotion/v{version}/promotion.json", tmp)
             return json.loads(Path(local).read_text())
         except (MlflowException, OSError, ValueError):
             return None

@@ -57,8 +57,6 @@ def _pick(c, name: str, version: str | None):
             raise GenforgeError(f"{name} has no @challenger version; name one: `genforge registry review {name} VERSION` "
                                 f"(versions: {', '.join(registry_state.versions(c, name)) or 'none'})")
         version = str(target)
-    elif not str(version).isdigit():
-        raise UsageError(f"VERSION must be a version number like 3, got {version!r}")
     mv = registry_state.require_version(c, name, str(version))
     champion, dangling = registry_state.champion(c, name)
     return mv, champion, dangling
@@ -106,6 +104,8 @@ def write_review(name: str, version: str | None = None, out: Path | None = None,
     given, a ``review.html`` at ``out`` that genforge did not write, or a version that cannot be served."""
     from evaluation.suite import HEADLINE_OUTPUTS
 
+    if version is not None and not str(version).isdigit():
+        raise UsageError(f"VERSION must be a version number like 3, got {version!r}")
     if n < 1:
         raise UsageError(f"-n must be at least 1, got {n}")
     if seed < 0:
