@@ -346,7 +346,7 @@ def card_record(c, name: str, version: str, *, decision: dict[str, Any] | None =
         wall = (run.info.end_time - run.info.start_time) / 1000.0
     return {"name": name, "version": version, "run_id": mv.run_id, "tags": tags, "modality": modality,
             "sampler": tags.get("sampler"), "decision": decision, "pending": pending, "checks_from": checks_from,
-            "gate": gate or (logged or {}).get("gate"), "headline": list(headline),
+            "gate": gate or (decision or {}).get("gate") or (logged or {}).get("gate"), "headline": list(headline),
             "champion": {"version": str(champion.version), "tags": champion_tags} if champion is not None else None,
             "grid": grid,
             "dataset": {"name": tags.get("dataset"), "sha256": tags.get("data_sha256"),

@@ -65,7 +65,8 @@ def test_card_sections_come_in_order_with_every_check_first(kind):
     assert rows["coverage >= 0.2"][1:4] == ["0.31", "0.2", "0.25"] and rows["coverage >= 0.2"][4] == "✓ pass"
     assert rows["conditional_accuracy >= 0.5"][4].startswith("skipped")
     assert rows["parity_max_abs_error <= 0.0001"][4] == "✓ pass" and rows["data validated"][4] == "✓ pass"
-    assert rows["fid_ratio beats the champion"][1] == "12" and rows["fid_ratio beats the champion"][4].startswith("✓ pass")
+    assert rows["fid_ratio beats the champion"][1:3] == ["12", "< 20 − 0.5"]  # the champion's value minus the margin
+    assert rows["fid_ratio beats the champion"][4].startswith("✓ pass")
     assert f"sampler: `{kind}`" in md and "epochs: 20, wall time: 95.2 s" in md
     assert "- sha256: `" + "ab" * 32 + "`" in md and "validation: passed (27 checks)" in md
     assert "git commit: `c0ffee1`" in md and "params hash: `" + "9f" * 32 + "`" in md
