@@ -17,7 +17,7 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=171
 export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test test-all repro bench clean
+.PHONY: setup run test test-all repro bench browser clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ repro: setup
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# headless Chromium for the slow tests that open review.html and the MLflow UI (Debian's package; needs root)
+browser:
+	apt-get update && apt-get install -y chromium
 
 clean:
 	rm -rf $(VENV) .pytest_cache

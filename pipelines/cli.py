@@ -168,6 +168,22 @@ def registry_rollback(name: str = typer.Argument(..., metavar="NAME"),
     _report(f"{name} rolled back", rollback(name, reason), time.perf_counter())
 
 
+@registry_app.command("review")
+def registry_review(name: str = typer.Argument(..., metavar="NAME", help="Registered model, e.g. mnist5k-vae."),
+                    version: Optional[str] = typer.Argument(None, metavar="[VERSION]",
+                                                            help="Version to review (default: @challenger)."),
+                    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for review.html "
+                                                           "(default: review/<name>-v<version>)."),
+                    n: int = typer.Option(64, "-n", "--num", help="Samples per grid."),
+                    seed: int = typer.Option(0, "--seed", help="Seed of both grids.")) -> None:
+    """Write review.html: the version and the champion side by side (grids from the same seed, the gate's
+    checks, metrics with deltas); self-contained, opens with no network."""
+    from pipelines.review import write_review
+
+    started = time.perf_counter()
+    _report(f"review of {name}", write_review(name, version, out_dir, n=n, seed=seed), started)
+
+
 @app.command("generate")
 def generate_cmd(
     model: str = typer.Argument(..., metavar="MODEL",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.io import atomic_write_text
-from pipelines import catalog, commit, registry_state, tracking
+from pipelines import card, catalog, commit, registry_state, tracking
 from pipelines.errors import DataError, GenforgeError
 from pipelines.gate import gate_decision, observed, parity_limit, resolve_gate
 from pipelines.prepare import prepared_dir
@@ -160,6 +160,8 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     record = {"name": name, "version": str(mv.version), "run_id": run_id, "source": mv.source,
               "content_sha256": content}
     atomic_write_text(paths.registered, json.dumps(record, indent=2) + "\n")
+    card.publish_registered(c, name, str(mv.version), gate_settings(params, family),  # the model card, gate pending
+                            catalog.validation_report(root, ds.name), onnx_dir / "sampler.json")
     c.set_model_version_tag(name, mv.version, REGISTER_DONE_TAG, "true")
     return record | {"alias": "challenger"}
 
@@ -233,6 +235,7 @@ def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         for key, value in registry_state.decision_tags(record).items():
             c.set_model_version_tag(name, version, key, value)
     _write_promotion(c, record, reg.get("run_id"), out)
+    card.publish_card(c, name, version, decision=record)
     return _summary(record)
 
 
@@ -250,6 +253,7 @@ def manual_promote(name: str, version: str, reason: str) -> dict[str, Any]:
     new_history = past if past and past[-1] == str(mv.version) else past + [str(mv.version)]
     registry_state.change_champion(c, name, str(mv.version), new_history, str(mv.version),
                                    registry_state.decision_tags(record), "manual-promote")
+    card.publish_card(c, name, str(mv.version), decision=record)
     return record
 
 
@@ -278,6 +282,7 @@ def rollback(name: str, reason: str) -> dict[str, Any]:
               "champion_before": current, "champion_after": previous, "at": _now()}
     registry_state.change_champion(c, name, previous, past[:-1], current, registry_state.decision_tags(record),
                                    "rollback")
+    card.publish_card(c, name, current, decision=record)
     return record
 
 

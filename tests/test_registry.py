@@ -228,3 +228,147 @@ def test_likelihood_families_compete_on_bits_per_dim_by_default():
     challenger = {**tags, "metric.fid_ratio": "150", "metric.bits_per_dim": "0.12"}
     assert gate_decision(challenger, {**tags, "metric.bits_per_dim": "0.13"}, gate)["promoted"]
     assert not gate_decision(challenger, {**tags, "metric.bits_per_dim": "0.11"}, gate)["promoted"]
+
+
+# ---- the model card and the review page (pipelines/card.py, pipelines/review.py) ---------------------
+def _card_rows(md):
+    return {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split(" | ")]
+                                          for line in md.splitlines() if line.startswith("| "))}
+
+
+def test_model_card_is_the_description_and_an_artifact(registry_env, tmp_path):
+    from pipelines.card import DESCRIPTION_LIMIT, card_artifact
+
+    c = tracking.client()
+    v1, v2 = c.get_model_version("digits-vae", "1"), c.get_model_version("digits-vae", "2")
+    assert v1.description.startswith("# digits-vae v1: vae on digits")
+    assert "**Decision: ✓ promoted**" in v1.description and "no champion to beat" in v1.description
+    card = v2.description
+    assert card.startswith("# digits-vae v2: vae on digits") and len(card) <= DESCRIPTION_LIMIT
+    # the latest decision (the gate's rejection, or the manual promote/rollback of the test above) first,
+    # then every check of the gate's record for v2 with observed value, limit, v1's value and status
+    assert card.index(f"{v2.tags['promotion.decision']}**") < card.index("| check | observed | limit |")
+    gate = json.loads((registry_env["root"] / "reports" / "digits" / "vae" / "promotion.json").read_text())
+    assert gate["version"] == "2" and len(gate["checks"]) >= 5
+    rows = _card_rows(card)
+    for check in gate["checks"]:
+        row = rows[check["check"]]
+        status = {"passed": "✓ pass", "failed": "✗ fail"}.get(check["status"], check["status"])
+        assert row[4].startswith(status), (row, check)
+        if isinstance(check["observed"], float):
+            assert float(row[1]) == pytest.approx(check["observed"], rel=1e-3)
+            assert float(row[3]) == pytest.approx(check["champion"], rel=1e-3)
+    assert rows["fid_ratio beats the champion"][4].startswith("✗ fail")
+    # metrics against the champion: challenger minus champion, the gate's direction, the real-data floor
+    ratio2, ratio1 = float(v2.tags["metric.fid_ratio"]), float(v1.tags["metric.fid_ratio"])
+    assert rows["fid_ratio"][3].startswith(f"{ratio2 - ratio1:+.4g} ({'worse' if ratio2 > ratio1 else 'better'})")
+    assert float(rows["fid"][4]) == pytest.approx(float(v2.tags["metric.fid_real_floor"]), rel=1e-3)
+    # the grid: an image of the run, linked for the MLflow UI; data, training and serving facts
+    assert f"(get-artifact?path=evaluation%2Fsamples.png&run_uuid={v2.run_id})" in card
+    assert "evaluation/samples.png" in {a.path for a in c.list_artifacts(v2.run_id, "evaluation")}
+    assert f"- sha256: `{v2.tags['data_sha256']}`" in card and "- validation: passed (" in card
+    assert "sampler: `direct`, modality: `image`" in card and "- epochs: 1, wall time: " in card
+    assert f"params hash: `{v2.tags['params_hash']}`" in card and "genforge generate digits-vae/2 -n 16" in card
+    logged = c.download_artifacts(v2.run_id, card_artifact("2"), str(tmp_path))
+    assert open(logged).read() == card
+
+
+def test_registry_review_writes_a_self_contained_page(registry_env, cli, tmp_path, monkeypatch):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from pipelines import catalog
+    from pipelines.review import GENERATOR, write_review
+    from serving.generator import generate
+    from serving.resolve import fetch_onnx, resolve
+
+    root, out = registry_env["root"], tmp_path / "review"
+    proc = cli(["registry", "review", "digits-vae", "--out", str(out)], root)  # @challenger v2 vs champion v1
+    assert proc.returncode == 0, proc.stderr
+    page = (out / "review.html").read_text()
+    assert GENERATOR in page and "digits-vae: v2 vs champion v1" in page
+    for external in ("http://", "https://", "<script", "<link", "url("):
+        assert external not in page, external
+    grids = [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+    assert len(grids) == 2 and grids[0] != grids[1]
+    assert Image.open(io.BytesIO(grids[0])).size == Image.open(io.BytesIO(grids[1])).size
+    monkeypatch.chdir(root)
+    c = tracking.client()
+    for version, shown in (("2", grids[0]), ("1", grids[1])):  # the ONNX generator's grid for seed 0, n 64
+        local = fetch_onnx(resolve(c, f"digits-vae/{version}"), catalog.generator_cache(root))
+        generate(local, 64, 0, tmp_path / f"g{version}", provider="cpu")
+        assert (tmp_path / f"g{version}" / "preview.png").read_bytes() == shown
+    r1, r2 = (float(c.get_model_version("digits-vae", v).tags["metric.fid_ratio"]) for v in ("1", "2"))
+    assert re.search(rf'<td>fid_ratio</td>.*?<td class="num [a-z]*">{re.escape(f"{r2 - r1:+.4g}")} \(', page)
+    assert "fid_ratio beats the champion" in page and "data validated" in page
+    # the champion itself, which replaced no earlier champion: shown alone, and the page says so
+    alone = write_review("digits-vae", "1", tmp_path / "alone")
+    html1 = (tmp_path / "alone" / "review.html").read_text()
+    assert alone["compared_with"] is None and html1.count("data:image/png;base64,") == 1
+    assert "replaced no earlier one: shown alone" in html1
+    # a page genforge wrote is replaced; a file of the user's never is
+    write_review("digits-vae", "1", tmp_path / "alone")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "review.html").write_text("my notes")
+    with pytest.raises(GenforgeError, match="not written by genforge"):
+        write_review("digits-vae", "2", tmp_path / "mine")
+    assert (tmp_path / "mine" / "review.html").read_text() == "my notes"
+    with pytest.raises(GenforgeError, match="version 99 no longer exists"):
+        write_review("digits-vae", "99", tmp_path / "v99")
+    with pytest.raises(GenforgeError, match="must be a version number"):
+        write_review("digits-vae", "two", tmp_path / "two")
+    assert not (tmp_path / "v99").exists() and not (tmp_path / "two").exists()
+    proc = cli(["registry", "review", "digits-nope"], root)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: no registered model 'digits-nope'")
+    assert "Traceback" not in proc.stderr and not (root / "review").exists()
+
+
+@pytest.mark.slow  # a browser: `make test-all` (`make browser` installs chromium)
+def test_review_page_and_mlflow_version_page_in_headless_chromium(registry_env, tmp_path, monkeypatch):
+    import os
+    import re
+    import urllib.request
+
+    from pipelines.review import write_review
+    from tests import browser
+    from tests.conftest import BIN, free_port, stop_process_group
+    from tests.test_scale_out import _start
+
+    browser.chromium()
+    monkeypatch.chdir(registry_env["root"])
+    write_review("digits-vae", "2", tmp_path / "review")
+    url = (tmp_path / "review" / "review.html").as_uri()
+    shot = tmp_path / "review.png"
+    browser.run(url, tmp_path / "p1", screenshot=shot)
+    variance, inked = browser.not_blank(shot)
+    assert variance > 100 and inked > 0.05, (variance, inked)
+    dom = browser.run(url, tmp_path / "p2")
+    for text in ("digits-vae: v2 vs champion v1", "Gate checks", "fid_ratio beats the champion", "Metrics",
+                 "real-data floor", "genforge generate digits-vae/2"):
+        assert text in dom, text
+    assert dom.count("data:image/png;base64,") == 2
+
+    # the MLflow UI's model version page shows the card first, with the run's sample grid
+    port = free_port()
+    server = _start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                     "--backend-store-uri", registry_env["uri"]], f"http://127.0.0.1:{port}/health",
+                    {**os.environ}, timeout=180)
+    try:
+        page = f"http://127.0.0.1:{port}/#/models/digits-vae/versions/2"
+        dom = browser.run(page, tmp_path / "p3", budget_ms=15000)
+        assert "# digits-vae" not in dom and "digits-vae v2: vae on digits" in dom  # rendered, not raw Markdown
+        assert dom.index("digits-vae v2: vae on digits") < dom.index("fid_ratio beats the champion") \
+            < dom.index("How to serve it") < dom.index(">Tags<")
+        src = re.search(r'<img[^>]+src="(get-artifact\?path=evaluation%2Fsamples\.png&amp;run_uuid=[0-9a-f]+)"', dom)
+        assert src, "the card's sample grid is not an <img> in the rendered description"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{src.group(1).replace('&amp;', '&')}") as r:
+            assert r.status == 200 and r.read(8) == b"\x89PNG\r\n\x1a\n"
+        shot = tmp_path / "mlflow.png"
+        browser.run(page, tmp_path / "p4", screenshot=shot, budget_ms=15000)
+        variance, inked = browser.not_blank(shot)
+        assert variance > 100 and inked > 0.05, (variance, inked)
+    finally:
+        stop_process_group(server)
