@@ -226,7 +226,7 @@ def gate_decision(tags: dict[str, str], champion_tags: dict[str, str] | None, ga
                            f"{'>' if beats else '<='} margin {gate['margin']}")
     promoted = bool(hard_ok and beats)
     return {"decision": "promoted" if promoted else "rejected", "promoted": promoted, "checks": checks,
-            "primary_metric": primary, "direction": gate["direction"], "value": value,
+            "primary_metric": primary, "direction": gate["direction"], "margin": float(gate["margin"]), "value": value,
             "champion_value": observed(champion_tags, primary), "reasons": reasons}
 
 
@@ -260,6 +260,6 @@ def rejection_text(decision: dict[str, Any]) -> str:
     if champion is None:
         return "; ".join(decision.get("reasons") or []) or "rejected"
     sign = 1.0 if decision.get("direction", "minimize") == "minimize" else -1.0
-    margin = float((decision.get("gate") or {}).get("margin", 0.0))
+    margin = float(decision.get("margin", (decision.get("gate") or {}).get("margin", 0.0)))
     return (f"{primary} {_fmt(float(value))} vs champion {_fmt(float(champion))}: improvement "
             f"{_fmt(sign * (float(champion) - float(value)))} <= margin {margin:g}")
