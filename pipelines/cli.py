@@ -253,15 +253,27 @@ def _run_locked(params: dict[str, Any], root: Path, samples: int, task_runner: s
         rows.append({"model": name, "champion": champion["version"] if champion else "-",
                      "latest": latest.get("version", "-"), "decision": latest.get("decision", "-"),
                      "primary metric": metric, "coverage": latest.get("coverage", "-"),
-                     "collapse": latest.get("mode_collapse", "-"), "train": status.split(":")[0] if status else "-",
+                     "collapse": latest.get("mode_collapse", "-"), "train": _train_status(status),
                      "reasons": latest.get("reasons", "-"), "samples": samples_at})
     from pipelines.terminal import print_table
 
     print_table(out, rows, f"genforge run on {dataset} ({time.perf_counter() - started:.0f} s)")
     _dvc_commit(root, pinned=pinned)
+    from prefect.settings import PREFECT_UI_URL
+
+    from pipelines.flows import api_url
+
+    api = api_url()  # a Prefect server keeps the flow runs, their task runs and artifacts; the ephemeral one does not
     out.print("Review: [bold]genforge registry show <model>[/bold] or "
               "[bold]mlflow ui --backend-store-uri sqlite:///mlflow.db[/bold] (http://127.0.0.1:5000)\n"
-              "Flow runs: [bold]prefect server start[/bold] with PREFECT_HOME=.prefect (http://127.0.0.1:4200)")
+              + (f"Flow runs and their artifacts: {PREFECT_UI_URL.value()}/runs" if api else
+                 "Flow runs and their artifacts: [bold]genforge server start[/bold] (http://127.0.0.1:4200), then "
+                 "[bold]export PREFECT_API_URL=http://127.0.0.1:4200/api[/bold] before the next run"), soft_wrap=True)
+
+
+def _train_status(status: str) -> str:
+    """The run table's `train` cell: ran, cached (inputs and params unchanged) or skipped (the champion matches)."""
+    return "cached" if status.startswith("skipped (cached") else (status.split(":")[0] if status else "-")
 
 
 @app.command("schedule")

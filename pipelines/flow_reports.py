@@ -101,7 +101,7 @@ def family_markdown(info: dict[str, Any]) -> str:
     metrics ([(name, value, champion's value)], the primary metric first), primary_metric, checks (the gate's
     records from promotion.json), run_link, version_link, champion_link, preview (a path), hint."""
     decision = str(info.get("decision") or "-")
-    mark = {"promoted": "✅", "rejected": "❌", "skipped": "⏭️"}.get(decision, "•")
+    mark = {"promoted": "✓", "rejected": "✗", "skipped": "–"}.get(decision, "•")  # no emoji: fonts lack them
     lines = [f"# {info['model']}: {mark} {decision}", ""]
     if info.get("reason"):
         lines += [f"**{'Why' if decision != 'skipped' else 'Skipped'}:** {info['reason']}", ""]

@@ -93,7 +93,7 @@ def test_family_markdown_shows_decision_metrics_checks_and_links(monkeypatch):
             "metrics": [("fid_ratio", 9.5, 3.0), ("coverage", 0.8, 0.8)], "preview": "reports/x/plots/samples.png",
             "version_link": mlflow_link("mnist5k-vae v4", "#/models/mnist5k-vae/versions/4")}
     md = family_markdown(info)
-    assert md.startswith("# mnist5k-vae: ❌ rejected") and "**Why:** fid_ratio 9.5 > 5" in md
+    assert md.startswith("# mnist5k-vae: ✗ rejected") and "**Why:** fid_ratio 9.5 > 5" in md
     assert "| **fid_ratio** (primary) | 9.5 | 3 | +6.5 |" in md
     assert "| fid_ratio <= 5 | 9.5 | 5 | 3 | ✗ failed |" in md
     assert "| coverage >= 0.5 | 0.8 | 0.5 | 0.8 | ✓ passed |" in md
