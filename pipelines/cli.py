@@ -54,8 +54,9 @@ def _params(params_file: Optional[Path], overrides: Optional[list[str]], data_ch
 
 
 def _report(title: str, result: dict[str, Any], started: float) -> None:
-    console.print(f"[green]✓[/green] {title} [dim]({time.perf_counter() - started:.1f} s)[/dim]")
-    out.print_json(json.dumps(result, default=str))
+    from pipelines.terminal import report  # a rejected promotion: a red ✗ with its failed checks
+
+    report(console, out, title, result, started)
 
 
 def _run_stage(title: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -134,19 +135,18 @@ app.add_typer(registry_app, name="registry")
 
 
 @registry_app.command("show")
-def registry_show(name: str = typer.Argument(..., metavar="NAME", help="Registered model, e.g. mnist5k-vae.")) -> None:
-    """Versions side by side: aliases, main metrics, data sha256, promotion decision."""
-    from rich.table import Table
-
+def registry_show(name: str = typer.Argument(..., metavar="NAME", help="Registered model, e.g. mnist5k-vae."),
+                  as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout.")) -> None:
+    """Versions side by side: aliases, created, git commit, data sha256, main metrics, decision and reasons."""
     from pipelines.registry import show
+    from pipelines.terminal import print_json, print_table
 
     rows = show(name)
-    table = Table(title=f"{name} (MLflow registry: mlflow ui --backend-store-uri sqlite:///mlflow.db)")
-    for col in rows[0] if rows else ["version"]:
-        table.add_column(col, no_wrap=True)
-    for row in rows:
-        table.add_row(*[str(v) for v in row.values()])
-    Console(width=max(out.width, 140)).print(table)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(out, rows, f"{name} (MLflow registry: mlflow ui --backend-store-uri sqlite:///mlflow.db)",
+                    "no versions")
 
 
 @registry_app.command("promote")
@@ -200,6 +200,7 @@ def generate_cmd(
                                    help="Replace another generation's outputs in --out, or write beside files of "
                                         "yours there (a file genforge did not write is never replaced)."),
     provider: str = typer.Option("auto", "--provider", help="auto (CUDA when it works) | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest (shards counted) as JSON on stdout."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (ddim samplers; default: the model's)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta, 0 = deterministic (default: the model's)."),
     temperature: Optional[float] = typer.Option(None, "--temperature",
@@ -207,17 +208,21 @@ def generate_cmd(
 ) -> None:
     """Batch-generate samples from a registered model with ONNX Runtime (never imports torch)."""
     from pipelines import tracking
+    from pipelines.terminal import generation_summary, print_json, sample_progress
     from serving.generator import generate
     from serving.resolve import fetch_onnx, resolve
 
-    started = time.perf_counter()  # every error below is a ServingError: main() prints it as one line
+    # every error below is a ServingError: main() prints it as one line
     resolved = resolve(tracking.client(), model)
     local = fetch_onnx(resolved, catalog.generator_cache(project_root()))
-    result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
-                      model_id=resolved.model_id, provider=provider,
-                      sampling={"steps": steps, "eta": eta, "temperature": temperature}, overwrite=overwrite)
-    summary = {k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))}
-    _report(f"generated {n} samples from {resolved.name}/{resolved.version}", summary, started)
+    ref = f"{resolved.name}/{resolved.version}"
+    with sample_progress(console, n, ref) as progress:
+        result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
+                          model_id=resolved.model_id, provider=provider, progress=progress,
+                          sampling={"steps": steps, "eta": eta, "temperature": temperature}, overwrite=overwrite)
+    console.print(generation_summary(result, ref), highlight=False, soft_wrap=True)
+    if as_json:
+        print_json({k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))})
 
 
 @app.command("run")
@@ -239,7 +244,7 @@ def run_main(
 def _run_locked(params: dict[str, Any], root: Path, samples: int, task_runner: str, pinned: bool) -> None:
     from pipelines.flows import families_of, generate_flow, run_retrain
     from pipelines.prepare import dataset_name
-    from pipelines.registry import model_name, show
+    from pipelines.registry import gate_settings, model_name, show
 
     started = time.perf_counter()
     results = run_retrain(params, root, task_runner)
@@ -257,23 +262,34 @@ def _run_locked(params: dict[str, Any], root: Path, samples: int, task_runner: s
             generate_flow(f"{name}@champion", samples, 0, str(target), str(root), overwrite=True)
             samples_at = str(target)
         status = results.get(f"train:{family}", {}).get("status", "")
+        primary = gate_settings(params, family)["primary_metric"]  # fid_ratio, bits_per_dim, ...: named
+        metric = latest.get("primary", "-")
+        if metric == "-" and latest.get(primary, "-") != "-":
+            metric = f"{primary} {latest[primary]}"
         rows.append({"model": name, "champion": champion["version"] if champion else "-",
                      "latest": latest.get("version", "-"), "decision": latest.get("decision", "-"),
-                     "fid": latest.get("fid", "-"), "floor": latest.get("fid_real_floor", "-"),
-                     "coverage": latest.get("coverage", "-"), "collapse": latest.get("mode_collapse", "-"),
-                     "train": status.split(":")[0] if status else "-", "samples": samples_at})
-    from rich.table import Table
+                     "primary metric": metric, "coverage": latest.get("coverage", "-"),
+                     "collapse": latest.get("mode_collapse", "-"), "train": _train_status(status),
+                     "reasons": latest.get("reasons", "-"), "samples": samples_at})
+    from pipelines.terminal import print_table
 
-    table = Table(title=f"genforge run on {dataset} ({time.perf_counter() - started:.0f} s)")
-    for col in rows[0]:
-        table.add_column(col, no_wrap=True)
-    for row in rows:
-        table.add_row(*[str(v) for v in row.values()])
-    Console(width=max(out.width, 160)).print(table)
+    print_table(out, rows, f"genforge run on {dataset} ({time.perf_counter() - started:.0f} s)")
     _dvc_commit(root, pinned=pinned)
+    from prefect.settings import PREFECT_UI_URL
+
+    from pipelines.flows import api_url
+
+    api = api_url()  # a Prefect server keeps the flow runs, their task runs and artifacts; the ephemeral one does not
     out.print("Review: [bold]genforge registry show <model>[/bold] or "
               "[bold]mlflow ui --backend-store-uri sqlite:///mlflow.db[/bold] (http://127.0.0.1:5000)\n"
-              "Flow runs: [bold]prefect server start[/bold] with PREFECT_HOME=.prefect (http://127.0.0.1:4200)")
+              + (f"Flow runs and their artifacts: {PREFECT_UI_URL.value()}/runs" if api else
+                 "Flow runs and their artifacts: [bold]genforge server start[/bold] (http://127.0.0.1:4200), then "
+                 "[bold]export PREFECT_API_URL=http://127.0.0.1:4200/api[/bold] before the next run"), soft_wrap=True)
+
+
+def _train_status(status: str) -> str:
+    """The run table's `train` cell: ran, cached (inputs and params unchanged) or skipped (the champion matches)."""
+    return "cached" if status.startswith("skipped (cached") else (status.split(":")[0] if status else "-")
 
 
 @app.command("schedule")
@@ -297,15 +313,11 @@ app.add_typer(server_app, name="server")
 
 @server_app.command("start")
 def server_start(port: int = typer.Option(4200, "--port"), host: str = typer.Option("127.0.0.1", "--host")) -> None:
-    """Start `prefect server start` on loopback with PREFECT_HOME under the project."""
-    import os
-    import subprocess
+    """Start `prefect server start` on loopback with PREFECT_HOME under the project; its UI talks to --port,
+    and SIGTERM/SIGINT stop it (no server is left behind)."""
+    from pipelines.server import start_server
 
-    console.print(f"Prefect API at http://{host}:{port}/api; in another shell: "
-                  f"[bold]export PREFECT_API_URL=http://{host}:{port}/api[/bold]")
-    bin_dir = Path(sys.executable).parent
-    prefect = bin_dir / "prefect" if (bin_dir / "prefect").exists() else "prefect"
-    sys.exit(subprocess.call([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=os.environ))
+    raise typer.Exit(start_server(host, port, console))
 
 
 def _dvc_commit(root: Path, pinned: bool) -> None:

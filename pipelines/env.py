@@ -13,6 +13,8 @@ OFFLINE_DEFAULTS = {
     # the ephemeral API server needs 8-15 s on 2 busy cores; Prefect's 20 s default is too tight
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_LOGGING_LOG_PRINTS": "true",
+    # MLflow's tqdm "Downloading artifacts" bars (fetching a version's ONNX graphs) stay out of the job's output
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 

@@ -30,7 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from pipelines.config import params_hash, section  # noqa: E402
 from pipelines.settings import validate_settings  # noqa: E402
 from pipelines.errors import GenforgeError  # noqa: E402
-from pipelines import catalog, stages  # noqa: E402
+from pipelines import catalog, flow_reports, stages  # noqa: E402
 from pipelines.prepare import dataset_name  # noqa: E402
 
 CODE_VERSION = "1"  # bump to invalidate every cached stage result after a breaking change
@@ -172,6 +172,7 @@ def _stage(stage: str, params: dict[str, Any], root: Path, family: str | None, r
     spec = stages.stage(stage)
     runner = _runner(spec)
     key = f"{stage}:{family}" if family else stage
+    runner = runner.with_options(task_run_name=flow_reports.task_run_name(stage, dataset_name(params), family))
     problem = product_problem(stage, params, root, family) if spec.cached else None
     if problem:  # a cached result would be a lie: run the stage again
         get_run_logger().info("%s: not reusing a cached result: %s", key, problem)
@@ -216,9 +217,11 @@ def _family_chain(params: dict[str, Any], root: Path, family: str, results: dict
     if reason:
         get_run_logger().info("%s: training skipped, %s", family, reason)
         results[f"train:{family}"] = {"status": f"skipped: {reason}"}
-        return
-    for spec in stages.FAMILY_STAGES:
-        _stage(spec.name, params, root, family, results)
+        flow_reports.record_skip("train", family, reason)  # a `Skipped` task in the UI, with the reason
+    else:
+        for spec in stages.FAMILY_STAGES:
+            _stage(spec.name, params, root, family, results)
+    flow_reports.publish_family(params, root, family, results)  # the `<dataset>-<family>-decision` artifact
 
 
 def families_of(params: dict[str, Any]) -> list[str]:
@@ -274,8 +277,14 @@ def generate_flow(model_ref: str, n: int, seed: int, out_dir: str, root: str, ba
     local = fetch_onnx(resolved, catalog.generator_cache(Path(root)))
     result = generate(local, n, seed, Path(out_dir), batch_size=batch_size, model_id=resolved.model_id,
                       overwrite=overwrite)
-    return {"model": f"{resolved.name}/{resolved.version}", "out_dir": out_dir, "n": n,
-            "provider": result.get("provider"), "seconds": result.get("run", {}).get("seconds")}
+    run = result.get("run", {})
+    summary = {"model": f"{resolved.name}/{resolved.version}", "out_dir": out_dir, "n": n, "seed": seed,
+               "provider": result.get("provider"), "seconds": round(run.get("seconds") or 0.0, 2),
+               "samples_per_s": round(run.get("samples_per_s") or 0.0, 1),
+               "shards_generated": run.get("generated_shards"), "shards_reused": run.get("reused_shards"),
+               "preview": str(Path(out_dir) / result["preview"]) if result.get("preview") else None}
+    flow_reports.publish_generation(summary)  # a `<model>-generation` table artifact
+    return summary
 
 
 def run_retrain(params: dict[str, Any], root: Path, task_runner: str = "thread") -> dict[str, Any]:

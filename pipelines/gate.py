@@ -226,5 +226,40 @@ def gate_decision(tags: dict[str, str], champion_tags: dict[str, str] | None, ga
                            f"{'>' if beats else '<='} margin {gate['margin']}")
     promoted = bool(hard_ok and beats)
     return {"decision": "promoted" if promoted else "rejected", "promoted": promoted, "checks": checks,
-            "primary_metric": primary, "direction": gate["direction"], "value": value,
+            "primary_metric": primary, "direction": gate["direction"], "margin": float(gate["margin"]), "value": value,
             "champion_value": observed(champion_tags, primary), "reasons": reasons}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def failed_check_text(check: dict[str, Any]) -> str:
+    """One failed check as `<metric> <observed> <op> <limit>`, the relation that does hold, e.g.
+    `fid_ratio 812.3 > 500` for a `max: 500` check, `coverage 0.0007 < 0.03` for `min: 0.03`,
+    `validated false != true`, `fid_ratio missing (required)`."""
+    metric, observed_value, limit = check.get("metric"), check.get("observed"), check.get("limit")
+    if observed_value is None:
+        return f"{metric} missing (required)"
+    op = {"max": ">", "min": "<"}.get(str(check.get("op")), "!=")
+    return f"{metric} {_fmt(observed_value)} {op} {_fmt(limit)}"
+
+
+def rejection_text(decision: dict[str, Any]) -> str:
+    """Why a gate decision (``gate_decision``'s record, or promotion.json) rejected the version, in one line:
+    every failed check (``failed_check_text``, joined by "; "), else the primary metric against the champion
+    (`fid_ratio 97.1 vs champion 96.9: improvement -0.2 <= margin 0`). "" for a promoted version."""
+    if decision.get("decision") != "rejected":
+        return ""
+    failed = [failed_check_text(c) for c in decision.get("checks") or [] if c.get("status") == "failed"]
+    if failed:
+        return "; ".join(failed)
+    primary, value, champion = decision.get("primary_metric"), decision.get("value"), decision.get("champion_value")
+    if value is None:
+        return f"{primary} missing (required)"
+    if champion is None:
+        return "; ".join(decision.get("reasons") or []) or "rejected"
+    sign = 1.0 if decision.get("direction", "minimize") == "minimize" else -1.0
+    margin = float(decision.get("margin", (decision.get("gate") or {}).get("margin", 0.0)))
+    return (f"{primary} {_fmt(float(value))} vs champion {_fmt(float(champion))}: improvement "
+            f"{_fmt(sign * (float(champion) - float(value)))} <= margin {margin:g}")

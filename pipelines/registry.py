@@ -188,7 +188,10 @@ def _write_promotion(c, record: dict[str, Any], run_id: str | None, out: Path) -
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in ("name", "version", "decision", "champion_before", "champion_after", "reasons")}
+    from pipelines.gate import rejection_text
+
+    summary = {k: record.get(k) for k in ("name", "version", "decision", "champion_before", "champion_after", "reasons")}
+    return summary | ({"rejected": rejection_text(record)} if record.get("decision") == "rejected" else {})
 
 
 def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
@@ -286,7 +289,20 @@ def rollback(name: str, reason: str) -> dict[str, Any]:
     return record
 
 
+def _rejected(tags: dict[str, str]) -> str:
+    """A rejected version's reasons: the `promotion.rejected` tag (`fid_ratio 812.3 > 500; ...`), or, for
+    versions decided before that tag existed, the failed entries of `promotion.reasons`."""
+    if tags.get("promotion.rejected"):
+        return tags["promotion.rejected"]
+    reasons = [r.strip() for r in tags.get("promotion.reasons", "").split("; ") if r.strip()]
+    return "; ".join(r.removeprefix("failed: ") for r in reasons if r.startswith("failed:")) or "; ".join(reasons[-1:])
+
+
 def show(name: str) -> list[dict[str, Any]]:
+    """One row per version, oldest first: version, aliases, created (UTC), git (short commit), data (sha256
+    prefix), the main metrics (evaluation.suite.SHOW_OUTPUTS), primary (the gate's primary metric and value),
+    decision and reasons (a rejected version's failed checks, a manual decision's reason). Raises
+    GenforgeError for an unknown model."""
     from evaluation.suite import SHOW_OUTPUTS
 
     c = tracking.client()
@@ -297,11 +313,19 @@ def show(name: str) -> list[dict[str, Any]]:
     rows = []
     for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
         tags = dict(mv.tags)
-        row = {"version": int(mv.version), "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-"}
+        created = dt.datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, dt.timezone.utc)
+        row = {"version": int(mv.version), "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
+               "created": created.strftime("%Y-%m-%d %H:%M UTC"), "git": tags.get("git_commit", "")[:8] or "-",
+               "data": tags.get("data_sha256", "")[:12]}
         for key in SHOW_OUTPUTS:
             v = observed(tags, key)
             row[key] = "-" if v is None else (("yes" if v else "no") if key == "mode_collapse" else round(v, 4))
-        row["data"] = tags.get("data_sha256", "")[:12]
+        primary = tags.get("promotion.primary_metric")
+        value = observed(tags, primary) if primary else None
+        row["primary"] = f"{primary} {value:.4g}" if value is not None else "-"
         row["decision"] = tags.get("promotion.decision", "-")
+        row["reasons"] = (_rejected(tags) if row["decision"] == "rejected" else
+                          tags.get("promotion.reasons", "") if row["decision"] in ("manual-promote", "rolled-back")
+                          else "") or "-"
         rows.append(row)
     return rows

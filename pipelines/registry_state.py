@@ -89,6 +89,12 @@ def decision_tags(record: dict[str, Any]) -> dict[str, str]:
         tags["promotion.checks"] = "; ".join(
             f"{k['check']}: {k['status']} (observed {k['observed']}, champion {k['champion']})"
             for k in record["checks"])[:4900]
+    if record.get("primary_metric"):
+        tags["promotion.primary_metric"] = str(record["primary_metric"])
+    if record["decision"] == "rejected":  # `fid_ratio 812.3 > 500; ...`: what `registry show` prints
+        from pipelines.gate import rejection_text
+
+        tags["promotion.rejected"] = rejection_text(record)[:4900]
     return tags
 
 

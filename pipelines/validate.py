@@ -63,9 +63,13 @@ def _gx_validate(tables: dict[str, pd.DataFrame], shares: pd.DataFrame, num_clas
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
+                                                             ProgressBarsConfig)
 
-    context = gx.get_context(mode="ephemeral")
+    # in memory and without a data docs site: GX's default ephemeral context makes a temporary docs folder
+    # and logs "Created temporary directory ... for ephemeral docs site" into the job's output
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))
+    context = gx.get_context(mode="ephemeral", project_config=config)
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("genforge")
     images_batch = source.add_dataframe_asset("images").add_batch_definition_whole_dataframe("split")

@@ -372,3 +372,65 @@ def test_review_page_and_mlflow_version_page_in_headless_chromium(registry_env, 
         assert variance > 100 and inked > 0.05, (variance, inked)
     finally:
         stop_process_group(server)
+
+
+def _genforge(args, cwd, monkeypatch, capsys):
+    """`genforge ARGS` in this process (no interpreter start-up): (exit code, stdout, stderr), not a terminal."""
+    from pipelines.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["genforge", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_rejected_promotion_is_a_red_cross_and_registry_show_is_never_cut(registry_env, monkeypatch, capsys):
+    from tests.conftest import tiny_args
+
+    root = registry_env["root"]
+    code, out, err = _genforge(["stage", "promote", "--family", "vae",
+                                *tiny_args(*LOOSE_GATE, "registry.max_fid_ratio=0.5")], root, monkeypatch, capsys)
+    assert code == 0, err
+    fid_ratio = float(tracking.client().get_model_version("digits-vae", "2").tags["metric.fid_ratio"])
+    assert f"✗ rejected: fid_ratio {fid_ratio:.4g} > 0.5" in err and "✓" not in err
+    assert json.loads(out)["decision"] == "rejected"
+
+    code, out, err = _genforge(["registry", "show", "digits-vae"], root, monkeypatch, capsys)  # piped
+    assert code == 0, err
+    assert "…" not in out and "\x1b[" not in out
+    lines = out.splitlines()
+    v2 = next(line for line in lines if line.startswith("│ 2 "))
+    assert "challenger" in v2 and "✗ rejected" in v2 and f"fid_ratio {fid_ratio:.4g} > 0.5" in v2
+    assert max(len(line) for line in lines) > 120  # wider than the pipe's 80 columns, and nothing was cut
+    git = tracking.client().get_model_version("digits-vae", "1").tags["git_commit"][:8]
+    assert git in next(line for line in lines if line.startswith("│ 1 "))
+
+    code, out, err = _genforge(["registry", "show", "digits-vae", "--json"], root, monkeypatch, capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows == json.loads(json.dumps(show("digits-vae")))
+    assert [r["version"] for r in rows] == [1, 2] and rows[1]["decision"] == "rejected"
+    assert rows[1]["reasons"] == f"fid_ratio {fid_ratio:.4g} > 0.5" and rows[1]["primary"].startswith("fid_ratio ")
+    assert rows[0]["created"].endswith("UTC") and rows[0]["git"] == git
+
+
+def test_generate_prints_a_summary_and_the_manifest_only_with_json(registry_env, tmp_path, monkeypatch, capsys):
+    root = registry_env["root"]
+    code, out, err = _genforge(["generate", "digits-vae/1", "-n", "30", "--batch-size", "10", "--out",
+                                str(tmp_path / "a")], root, monkeypatch, capsys)
+    assert code == 0, err
+    assert out == ""  # the manifest only with --json
+    assert "✓ generated 30 samples from digits-vae/1 (seed 0) into" in err and "samples/s" in err
+    assert "CPUExecutionProvider" in err and "━" not in err  # not a terminal: no progress bar
+    code, out, err = _genforge(["generate", "digits-vae/1", "-n", "30", "--batch-size", "10", "--seed", "1",
+                                "--out", str(tmp_path / "b"), "--json"], root, monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["n"] == 30 and manifest["seed"] == 1 and manifest["shards"] == 3 and manifest["complete"]
+    assert manifest["run"]["out_dir"] == str(tmp_path / "b")
