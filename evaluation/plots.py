@@ -86,7 +86,7 @@ def save_image_grid(
 
 
 GRID_WIDTH = 384  # px a captioned grid aims at (nearest-neighbour upscaling by a whole factor)
-GRID_BORDER, GRID_BORDER_VALUE = 2, 128  # grey lines between tiles: dark samples stay apart
+GRID_BORDER, GRID_BORDER_COLOUR = 2, (70, 110, 170)  # blue lines between tiles: apart whatever their grey
 CAPTION_PX = 14
 
 
@@ -113,27 +113,32 @@ def _wrap(text: str, font, width: int) -> list[str]:
 def captioned_grid(
     images: Any, caption: str, nrow: int = 8, width: int = GRID_WIDTH, border: int = GRID_BORDER
 ) -> Image.Image:
-    """A review grid as a PIL image: ``N x C x H x W`` images (uint8 or float in [0, 1]) tiled ``nrow`` per
-    row, each upscaled by the whole factor (nearest neighbour, >= 1) that brings the tiles' width closest to
-    ``width`` px, with grey ``border``-px lines between tiles and ``caption`` (e.g. ``vae v3 · run 1a2b3c4d ·
-    seed 0 · epoch 3/20``) in a white band above, wrapped at `` · `` when wider than the grid.
-    Mode ``L`` for 1 channel, ``RGB`` for 3. Raises ValueError for other shapes or no images."""
+    """A review grid as an RGB PIL image: ``N x C x H x W`` images (C = 1 or 3; uint8 or float in [0, 1])
+    tiled ``nrow`` per row, each upscaled by the whole factor (nearest neighbour, >= 1) that brings the tiles'
+    width closest to ``width`` px, with ``border``-px lines in ``GRID_BORDER_COLOUR`` between tiles (visible
+    on black, white and grey samples alike) and ``caption`` (e.g. ``vae v3 · run 1a2b3c4d · seed 0 ·
+    epoch 3/20``) in a white band above, wrapped at `` · `` when wider than the grid.
+    Raises ValueError for other shapes or no images."""
     from PIL import ImageDraw
 
     x = _to_uint8(images)
     ncol = max(1, min(int(nrow), len(x)))
     scale = max(1, round(width / (ncol * x.shape[3])))
-    grid = image_grid(x, nrow=ncol, padding=border, pad_value=GRID_BORDER_VALUE, scale=scale)
-    tiles = Image.fromarray(np.ascontiguousarray(grid[:, :, 0] if grid.shape[2] == 1 else grid))
+    grid = image_grid(x, nrow=ncol, padding=border, scale=scale)
+    if grid.shape[2] == 1:
+        grid = np.repeat(grid, 3, axis=2)
+    inside = image_grid(np.full((len(x), 1, *x.shape[2:]), 255, np.uint8), nrow=ncol, padding=border, scale=scale)
+    grid[inside[:, :, 0] == 0] = GRID_BORDER_COLOUR
+    tiles = Image.fromarray(np.ascontiguousarray(grid), "RGB")
     font = _font(CAPTION_PX)
     lines = _wrap(caption, font, tiles.width - 8) if caption else []
     line_h = CAPTION_PX + 4
     band = 6 + line_h * len(lines) if lines else 0
-    out = Image.new(tiles.mode, (tiles.width, tiles.height + band), 255 if tiles.mode == "L" else (255, 255, 255))
+    out = Image.new("RGB", (tiles.width, tiles.height + band), (255, 255, 255))
     out.paste(tiles, (0, band))
     draw = ImageDraw.Draw(out)
     for i, line in enumerate(lines):
-        draw.text((4, 3 + i * line_h), line, fill=0 if tiles.mode == "L" else (0, 0, 0), font=font)
+        draw.text((4, 3 + i * line_h), line, fill=(0, 0, 0), font=font)
     return out
 
 

@@ -7,8 +7,12 @@
   The validation result (``reports/<ds>/validation.json``) goes to the input's tags.
 - Runs are named ``vae v3 · latent16 · w8 · 20 ep``: family, the registry version the run will most likely
   become (the model's highest version + 1), up to two architecture fields, epochs.
-- Experiments carry a Markdown description (``mlflow.note.content``) and the kind MLflow 3's UI uses to
-  pick its view (``mlflow.experimentKind`` = ``custom_model_development``: the model-training view).
+- Experiments carry a Markdown description (``mlflow.note.content``) and their kind (``mlflow.experimentKind``
+  = ``custom_model_development``, "Machine learning", not GenAI). MLflow 3.17's UI picks the view from its own
+  GenAI / Model-training switch (GenAI by default) rather than this tag, so links made here (``ui_url``)
+  carry ``?workflowType=machine_learning``.
+- Sample grids are captioned, upscaled images logged with ``log_image(key, step)``: ``train/samples`` at
+  step = epochs done (0: the untrained model, where the UI's slider opens) and ``eval/samples``.
 """
 from __future__ import annotations
 
@@ -236,3 +240,20 @@ def log_grid(c, run_id: str, grid: Any, key: str, step: int) -> None:
     """Log ``grid`` (a PIL image) to the run as image ``key`` at ``step``: the run page's image slider (MLflow
     writes the PNG and a compressed preview under ``images/``)."""
     c.log_image(run_id, grid, key=key, step=int(step), synchronous=True)
+
+
+# MLflow 3.17's UI has one GenAI / Model-training switch for all experiments (kept in the browser, GenAI by
+# default); with it on, `mlflow.experimentKind` is not consulted, so links carry the switch themselves
+ML_VIEW = "workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str | None = None, run_id: str | None = None, tab: str | None = None) -> str:
+    """A link into the MLflow UI at ``base`` (e.g. ``http://127.0.0.1:5000``) that opens the model-training
+    view: the experiment's runs, a run, or a run's tab (``model-metrics`` for the loss charts and the
+    per-epoch sample slider, ``artifacts``)."""
+    path = "#/experiments"
+    if experiment_id is not None:
+        path += f"/{experiment_id}"
+        if run_id is not None:
+            path += f"/runs/{run_id}" + (f"/{tab}" if tab else "")
+    return f"{base.rstrip('/')}/{path}?{ML_VIEW}"

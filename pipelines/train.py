@@ -292,6 +292,14 @@ def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, set
     image_steps = lineage.logged_image_steps(c, run_id, lineage.TRAIN_SAMPLES_KEY) if start_epoch else set()
     loop_started = time.perf_counter()
     with bar, BackgroundWriter() as writer:
+        def grid(done: int) -> None:  # the samples after `done` epochs: a file and the run's image at step `done`
+            model.eval()
+            samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
+            writer.submit(_write_epoch_grid, c, run_id, samples, paths.train_samples / f"epoch-{done:04d}.png",
+                          lineage.grid_caption(label, run_id, seed, done, epochs), done, image_steps)
+
+        if start_epoch == 0:  # the untrained model at step 0, where MLflow's image slider opens
+            grid(0)
         task = bar.add_task(f"{family} epoch {start_epoch + 1}/{epochs}", total=steps_per_epoch * (epochs - start_epoch),
                             losses="")
         for epoch in range(start_epoch, epochs):
@@ -326,10 +334,7 @@ def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, set
             writer.submit(tracking.log_metrics, c, run_id, {f"epoch/{k}": v for k, v in epoch_means.items()}, epoch + 1,
                           logged)
 
-            model.eval()
-            samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
-            writer.submit(_write_epoch_grid, c, run_id, samples, paths.train_samples / f"epoch-{epoch + 1:04d}.png",
-                          lineage.grid_caption(label, run_id, seed, epoch + 1, epochs), epoch + 1, image_steps)
+            grid(epoch + 1)
             checkpoint = {"training_state": snapshot(model.training_state()), "epoch": epoch + 1, "run_id": run_id,
                           "history": list(history), "fingerprint": fingerprint}
             writer.submit(_save_atomic, checkpoint, ckpt_dir / f"epoch-{epoch + 1:04d}.pt")

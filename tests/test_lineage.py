@@ -19,17 +19,20 @@ def test_captioned_grid_upscales_draws_borders_and_a_caption():
     images = rng.integers(0, 256, (16, 1, 8, 8), dtype=np.uint8)
     grid = plots.captioned_grid(images, "vae v3 · run 1a2b3c4d · seed 0 · epoch 3/20", nrow=8)
     scale, border = 6, plots.GRID_BORDER  # 8 columns of 8 px: x6 is closest to 384 px
-    assert grid.mode == "L" and grid.width == border + 8 * (8 * scale + border)
+    assert grid.mode == "RGB" and grid.width == border + 8 * (8 * scale + border)
     band = grid.height - (border + 2 * (8 * scale + border))
     assert 14 <= band <= 40
     a = np.asarray(grid)
     caption, tiles = a[:band], a[band:]
-    assert (caption < 128).sum() > 50 and (caption == 255).mean() > 0.5  # dark text on white
-    assert (tiles[:border] == plots.GRID_BORDER_VALUE).all() and (tiles[:, :border] == plots.GRID_BORDER_VALUE).all()
-    # nearest-neighbour upscaling: tile (row 1, col 2) is image 10, each pixel a 6x6 block
+    assert (caption.max(axis=2) < 128).sum() > 50 and (caption == 255).all(axis=2).mean() > 0.5  # dark on white
+    colour = np.array(plots.GRID_BORDER_COLOUR)
+    assert (tiles[:border] == colour).all() and (tiles[:, :border] == colour).all()
+    # nearest-neighbour upscaling: tile (row 1, col 2) is image 10, each pixel a 6x6 block, grey in all channels
     top, left = border + 1 * (8 * scale + border), border + 2 * (8 * scale + border)
     tile = tiles[top:top + 8 * scale, left:left + 8 * scale]
-    assert np.array_equal(tile, images[10, 0].repeat(scale, 0).repeat(scale, 1))
+    for channel in range(3):
+        assert np.array_equal(tile[:, :, channel], images[10, 0].repeat(scale, 0).repeat(scale, 1))
+    assert (tiles[top - border:top, left:left + 8 * scale] == colour).all()  # the line above that tile
 
     # RGB stays RGB; a caption wider than the grid wraps at its separators instead of being cut
     caption = "dcgan v12 · run 0123abcd · seed 7 · epoch 25/25"
@@ -68,6 +71,8 @@ def test_run_names_carry_family_version_headline_fields_and_epochs():
     assert lineage.run_name("ddpm v1", ddpm, 5) == "ddpm v1 · ch16 · T1000 · 5 ep"
     assert lineage.run_name("vae v1", {"latent_dim": 4, "hidden": 0, "width": 0}, 2) == "vae v1 · latent4 · 2 ep"
     assert lineage.run_name("odd v1", {}, 1) == "odd v1 · 1 ep"
+    assert lineage.ui_url("http://127.0.0.1:5000/", "4", "abc", "model-metrics") == \
+        "http://127.0.0.1:5000/#/experiments/4/runs/abc/model-metrics?workflowType=machine_learning"
     caption = lineage.grid_caption("vae v3", "0123456789abcdef", 0, 3, 20)
     assert caption == "vae v3 · run 01234567 · seed 0 · epoch 3/20"
 

@@ -67,7 +67,7 @@ def test_train_writes_checkpoints_grid_and_mlflow_run(project, caplog):
 
     # one captioned, upscaled grid per epoch, logged as image `train/samples` with step = epoch (the UI's slider)
     images = [a.path for a in c.list_artifacts(result["run_id"], "images")]
-    for epoch in (1, 2):
+    for epoch in (0, 1, 2):  # step 0: the untrained model (where the UI's slider opens)
         assert sum(f"/train~samples+step+{epoch}+" in p and p.endswith(".png") for p in images) == 1, images
     assert run.data.tags["mlflow.loggedImages"] == "True"
     from PIL import Image
@@ -108,6 +108,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, caplog):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # the resumed run's image slider has each epoch once, although the kill may have come after an epoch's image
+    from pipelines import tracking
+    images = [a.path for a in tracking.client().list_artifacts(resumed["run_id"], "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [0, 1, 2, 3], images
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(project, monkeypatch):
