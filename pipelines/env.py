@@ -1,6 +1,7 @@
 """Process-wide defaults set before prefect/mlflow/GX/DVC import: no telemetry, state under the project."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,7 +16,14 @@ OFFLINE_DEFAULTS = {
     "PREFECT_LOGGING_LOG_PRINTS": "true",
     # MLflow's tqdm "Downloading artifacts" bars (fetching a version's ONNX graphs) stay out of the job's output
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # genforge's own loggers go to the flow-run logs too (the trainer's line per epoch), and say nothing about
+    # a missing flow run when a stage runs outside one
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "genforge",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
+
+# loggers whose INFO lines are progress people follow (Prefect's root logger stops at WARNING)
+PROGRESS_LOGGERS = ("genforge.train",)
 
 
 def apply_defaults(root: Path) -> None:
@@ -24,3 +32,6 @@ def apply_defaults(root: Path) -> None:
     # Prefect keeps its database and results under the project, never the user's home
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    for name in PROGRESS_LOGGERS:
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.INFO)

@@ -113,7 +113,8 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     remove_stale_temps(plot_dir.parent, (plot_dir.name, paths.metrics.name))  # a killed evaluation's leftovers
     holdout = [int(c) for c in ((params.get("train") or {}).get("holdout_classes") or [])]
     with atomic_dir(plot_dir) as tmp_plots:  # the plots replace the old ones as a whole, when all are written
-        ctx = EvalContext(model, ds, ev, device, tmp_plots, catalog.classifier_cache(root), holdout)
+        ctx = EvalContext(model, ds, ev, device, tmp_plots, catalog.classifier_cache(root), holdout,
+                          caption=_grid_caption(train_info, family, ev))
         plan = plan_metrics(ctx, names)  # a setting this data cannot satisfy fails here, the old report intact
         metrics, skipped = run_metrics(ctx, names, plan)
     pngs = [plot_dir / p.name for p in ctx.pngs]
@@ -145,8 +146,30 @@ def evaluate(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         tracking.log_metrics(c, train_info["run_id"], {f"eval/{k}": v for k, v in summary.items()}, 0)
         for path in [paths.metrics, *pngs]:
             tracking.log_artifact(c, train_info["run_id"], path, "evaluation")
+        _log_sample_grid(c, train_info, plot_dir / "samples.png")
     return {"family": family, "dataset": ds.name, "metrics": str(paths.metrics), "seconds": report["seconds"],
             **{k: round(v, 4) for k, v in summary.items() if k in HEADLINE_OUTPUTS}}
+
+
+def _grid_caption(train_info: dict[str, Any], family: str, ev: dict[str, Any]) -> str:
+    """``vae v3 · run 1a2b3c4d · seed 0 · epoch 20/20`` for evaluate's sample grid."""
+    from pipelines.lineage import grid_caption
+
+    epochs = train_info.get("epochs")
+    return grid_caption(str(train_info.get("run_label") or family), str(train_info.get("run_id") or "-"),
+                        int(ev["seed"]), epochs, epochs)
+
+
+def _log_sample_grid(c, train_info: dict[str, Any], png: Path) -> None:
+    """Evaluate's grid as the run's image ``eval/samples`` at step = epochs trained (beside the train grids)."""
+    if png.exists():
+        from PIL import Image
+
+        from pipelines.lineage import EVAL_SAMPLES_KEY, log_grid
+
+        with Image.open(png) as grid:
+            grid.load()
+            log_grid(c, train_info["run_id"], grid, EVAL_SAMPLES_KEY, int(train_info.get("epochs") or 0))
 
 
 def _jsonable(value: Any) -> Any:

@@ -109,12 +109,15 @@ def _close_stale_runs(c, experiment: str, keep: str | None, committed: str | Non
             c.set_terminated(run.info.run_id, status="FINISHED" if run.info.run_id == committed else "KILLED")
 
 
-def _write_epoch_grid(c, run_id: str, samples: torch.Tensor, path: Path) -> None:
-    from evaluation.plots import save_image_grid
-    from pipelines import tracking
+def _write_epoch_grid(c, run_id: str, samples: torch.Tensor, path: Path, caption: str, epoch: int,
+                      logged_steps: set[int]) -> None:
+    """The epoch's captioned grid: to `path`, to the run's `samples/` folder and as image `train/samples` at
+    step `epoch` (unless a killed predecessor of this run logged that epoch already)."""
+    from pipelines import lineage, tracking
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(samples, path, nrow=8)
+    grid = lineage.write_grid(samples.numpy(), path, caption)
+    if epoch not in logged_steps:
+        lineage.log_grid(c, run_id, grid, lineage.TRAIN_SAMPLES_KEY, epoch)
     tracking.log_artifact(c, run_id, path, "samples")
 
 
@@ -206,7 +209,7 @@ def plan_training(params: dict[str, Any], root: Path, family: str):
 
 
 def train(params: dict[str, Any], root: Path, family: str, progress: bool = True) -> dict[str, Any]:
-    from pipelines import tracking
+    from pipelines import lineage, tracking
 
     ds, model, settings, fingerprint = plan_training(params, root, family)
     device = select_device(str(settings["device"]))
@@ -237,6 +240,7 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
 
     c = tracking.client()
     experiment = tracking.experiment_id(c, f"{ds.name}-{family}")
+    lineage.describe_experiment(c, experiment, ds.name, family, str(ds.meta.get("source", "")))
     committed = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         committed = json.loads(paths.train_info.read_text()).get("run_id")
@@ -246,17 +250,20 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
         model.load_training_state(resume["training_state"])
         start_epoch, run_id, history = int(resume["epoch"]), str(resume["run_id"]), list(resume["history"])
         logged = tracking.last_steps(c, run_id)  # steps logged after the checkpoint, before the kill
+        label = c.get_run(run_id).data.tags.get(lineage.RUN_LABEL_TAG, family)
     else:
-        run = c.create_run(experiment,
-                           run_name=f"train-{family}", tags={"genforge.stage": "train", "genforge.family": family,
-                                                             "genforge.data_sha256": ds.sha256})
+        label = lineage.run_label(family, lineage.next_version(c, f"{ds.name}-{family}"))
+        run = c.create_run(experiment, run_name=lineage.run_name(label, model.config.to_dict(), int(settings["epochs"])),
+                           tags={"genforge.stage": "train", "genforge.family": family,
+                                 "genforge.data_sha256": ds.sha256, lineage.RUN_LABEL_TAG: label})
         run_id, start_epoch, history = run.info.run_id, 0, []
+        lineage.log_dataset(c, run_id, root, ds)
         tracking.log_params(c, run_id, {"family": family, "model": model.config.to_dict(), "train": settings,
                                         "data": {"name": ds.name, "sha256": ds.sha256, "train_images": n}})
     c.set_terminated(run_id, status="RUNNING")
     try:
         result = _fit_and_commit(c, run_id, model, ds, family, settings, fingerprint, paths, device, x_all, y_all,
-                                 start_epoch, history, logged, progress)
+                                 start_epoch, history, logged, progress, label)
     except BaseException as exc:  # never leave the run RUNNING: Ctrl-C is KILLED, anything else FAILED
         with contextlib.suppress(Exception):
             c.set_terminated(run_id, status="KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
@@ -268,8 +275,9 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
 def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, settings: dict[str, Any],
                     fingerprint: str, paths: catalog.Layout, device: torch.device, x_all: torch.Tensor,
                     y_all: torch.Tensor, start_epoch: int, history: list[dict[str, Any]], logged: dict[str, int],
-                    progress: bool) -> dict[str, Any]:
-    from pipelines import tracking
+                    progress: bool, label: str) -> dict[str, Any]:
+    from pipelines import lineage, tracking
+    from pipelines.progress import epoch_line
 
     seed, epochs, batch_size = int(settings["seed"]), int(settings["epochs"]), int(settings["batch_size"])
     ckpt_dir, n = paths.checkpoints, len(x_all)
@@ -281,7 +289,17 @@ def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, set
                    TextColumn("{task.fields[losses]}"), disable=not progress, transient=False)
     log_every = max(1, int(settings["log_every"]))
     train_seconds, trained_images = 0.0, 0
+    image_steps = lineage.logged_image_steps(c, run_id, lineage.TRAIN_SAMPLES_KEY) if start_epoch else set()
+    loop_started = time.perf_counter()
     with bar, BackgroundWriter() as writer:
+        def grid(done: int) -> None:  # the samples after `done` epochs: a file and the run's image at step `done`
+            model.eval()
+            samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
+            writer.submit(_write_epoch_grid, c, run_id, samples, paths.train_samples / f"epoch-{done:04d}.png",
+                          lineage.grid_caption(label, run_id, seed, done, epochs), done, image_steps)
+
+        if start_epoch == 0:  # the untrained model at step 0, where MLflow's image slider opens
+            grid(0)
         task = bar.add_task(f"{family} epoch {start_epoch + 1}/{epochs}", total=steps_per_epoch * (epochs - start_epoch),
                             losses="")
         for epoch in range(start_epoch, epochs):
@@ -316,12 +334,12 @@ def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, set
             writer.submit(tracking.log_metrics, c, run_id, {f"epoch/{k}": v for k, v in epoch_means.items()}, epoch + 1,
                           logged)
 
-            model.eval()
-            samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
-            writer.submit(_write_epoch_grid, c, run_id, samples, paths.train_samples / f"epoch-{epoch + 1:04d}.png")
+            grid(epoch + 1)
             checkpoint = {"training_state": snapshot(model.training_state()), "epoch": epoch + 1, "run_id": run_id,
                           "history": list(history), "fingerprint": fingerprint}
             writer.submit(_save_atomic, checkpoint, ckpt_dir / f"epoch-{epoch + 1:04d}.pt")
+            log.info("%s", epoch_line(family, epoch + 1, epochs, epoch_means, time.perf_counter() - loop_started,
+                                      epoch + 1 - start_epoch))
 
     model.eval()
     # model.pt, config.json and train.json as one unit (pipelines.commit): a kill leaves the old set or the new
@@ -335,7 +353,7 @@ def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, set
                                             "training": model.config.training_settings(),
                                             "sampling": model.sampling})
     summary = {
-        "family": family, "dataset": ds.name, "data_sha256": ds.sha256, "run_id": run_id,
+        "family": family, "dataset": ds.name, "data_sha256": ds.sha256, "run_id": run_id, "run_label": label,
         "params_hash": fingerprint, "epochs": epochs, "resumed_from_epoch": start_epoch, "device": str(device),
         "train_images_per_s": round(trained_images / train_seconds, 1) if train_seconds else None,
         "final": history[-1] if history else {}, "history": history,

@@ -95,6 +95,19 @@ def test_evaluation_report_has_every_metric_with_its_setting(registry_env):
     assert "eval/fid" in run.data.metrics
 
 
+def test_runs_are_named_by_the_version_they_become_and_show_evaluate_s_grid(registry_env):
+    c = tracking.client()
+    for key, epochs in (("v1", 2), ("v2", 1)):
+        run = c.get_run(registry_env[key]["train"]["run_id"])
+        version = registry_env[key]["register"]["version"]
+        assert run.info.run_name == f"vae v{version} · latent4 · w4 · {epochs} ep"
+        assert c.get_model_version("digits-vae", version).run_id == run.info.run_id
+        # evaluate's captioned grid: the artifact and the image `eval/samples` at step = epochs trained
+        images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
+        assert sum(f"/eval~samples+step+{epochs}+" in p and p.endswith(".png") for p in images) == 1, images
+    assert "evaluation/samples.png" in {a.path for a in c.list_artifacts(run.info.run_id, "evaluation")}
+
+
 def test_collapsed_challenger_is_registered_but_not_promoted(registry_env):
     v2 = registry_env["v2"]
     assert v2["register"]["version"] == "2"

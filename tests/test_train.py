@@ -1,5 +1,6 @@
 """The trainer: checkpoints, exact resume after a real kill, NaN handling, MLflow logging."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,10 @@ def _weights(project, family="vae"):
     return torch.load(project / "models" / "digits" / family / "model.pt", weights_only=True)
 
 
-def test_train_writes_checkpoints_grid_and_mlflow_run(project):
+def test_train_writes_checkpoints_grid_and_mlflow_run(project, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="genforge.train")
     params = _ready(project)
     result = train(params, project, "vae", progress=False)
     out = project / "models" / "digits" / "vae"
@@ -43,6 +47,38 @@ def test_train_writes_checkpoints_grid_and_mlflow_run(project):
     assert run.data.params["model.width"] == "4"
     assert len(c.get_metric_history(result["run_id"], "train/loss")) >= 2
     assert any(a.path == "samples" for a in c.list_artifacts(result["run_id"]))
+
+    # lineage: a descriptive name, the prepared data set as a dataset input, the experiment's view and description
+    meta = json.loads((project / "data" / "prepared" / "digits" / "meta.json").read_text())
+    assert run.info.run_name == "vae v1 · latent4 · w4 · 2 ep" and info["run_label"] == "vae v1"
+    (data_input,) = run.inputs.dataset_inputs
+    assert data_input.dataset.name == "digits" and data_input.dataset.digest == meta["data_sha256"][:12]
+    tags = {t.key: t.value for t in data_input.tags}
+    assert tags["mlflow.data.context"] == "training" and tags["genforge.data_sha256"] == meta["data_sha256"]
+    assert tags["genforge.validation"] == "passed" and int(tags["genforge.validation_checks"]) > 10
+    import mlflow.data
+    source = mlflow.data.get_source(data_input)
+    assert (source.setting, source.prepared) == ("digits", "data/prepared/digits")
+    assert json.loads(data_input.dataset.profile)["train_samples"] == meta["counts"]["train"]
+    assert '"shape": [-1, 1, 8, 8]' in data_input.dataset.schema
+    experiment = c.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "**vae**" in experiment.tags["mlflow.note.content"] and "digits" in experiment.tags["mlflow.note.content"]
+
+    # one captioned, upscaled grid per epoch, logged as image `train/samples` with step = epoch (the UI's slider)
+    images = [a.path for a in c.list_artifacts(result["run_id"], "images")]
+    for epoch in (0, 1, 2):  # step 0: the untrained model (where the UI's slider opens)
+        assert sum(f"/train~samples+step+{epoch}+" in p and p.endswith(".png") for p in images) == 1, images
+    assert run.data.tags["mlflow.loggedImages"] == "True"
+    from PIL import Image
+    with Image.open(out / "samples" / "epoch-0002.png") as grid:
+        assert grid.width == 2 + 8 * (6 * 8 + 2) and grid.height > grid.width  # 8x8 digits x6, caption band
+
+    # one log line per epoch: losses, elapsed time, ETA (Prefect's flow-run logs show these)
+    lines = [r.getMessage() for r in caplog.records if r.name == "genforge.train" and " epoch " in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"vae epoch 1/2 · loss [-\d.e+]+( · \w+ [-\d.e+]+)* · [\d.]+ s elapsed · ETA [\d.]+ s", lines[0]), lines[0]
+    assert lines[1].startswith("vae epoch 2/2 · loss ") and lines[1].endswith(" elapsed · done"), lines[1]
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, caplog):
@@ -72,6 +108,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, caplog):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # the resumed run's image slider has each epoch once, although the kill may have come after an epoch's image
+    from pipelines import tracking
+    images = [a.path for a in tracking.client().list_artifacts(resumed["run_id"], "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [0, 1, 2, 3], images
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(project, monkeypatch):

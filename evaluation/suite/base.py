@@ -116,12 +116,14 @@ class EvalContext:
     Inputs: ``model`` (a loaded GenerativeModel), ``data`` (a prepared data set with ``load(split)``,
     ``name``, ``sha256``, ``num_classes``, ``shape``), ``settings`` (the merged ``evaluation.*`` dict),
     ``device``, ``plot_dir`` (an existing, empty folder), ``classifier_dir`` (the classifier cache) and
-    ``holdout`` (classes left out of training). Arrays are numpy; images N x C x H x W.
+    ``holdout`` (classes left out of training), ``caption`` (what sample grids say about the model, e.g.
+    ``vae v3 · run 1a2b3c4d · seed 0``). Arrays are numpy; images N x C x H x W.
     """
 
     def __init__(self, model: Any, data: Any, settings: dict[str, Any], device: Any, plot_dir: Path,
-                 classifier_dir: Path, holdout: list[int] | None = None):
+                 classifier_dir: Path, holdout: list[int] | None = None, caption: str = ""):
         self.model, self.data, self.settings, self.device = model, data, settings, device
+        self.caption = caption
         self.plot_dir, self.classifier_dir = Path(plot_dir), Path(classifier_dir)
         self.holdout = [int(c) for c in holdout or []]
         self.seed = int(settings["seed"])
