@@ -175,15 +175,18 @@ def _record(c, name: str, version: str, review: dict[str, str], champion_before:
 
 
 def _reject_tags(review: dict[str, str], name: str, version: str) -> dict[str, str]:
-    """approval.* first, promotion.decision last: a reject cut short still reads as awaiting approval with a
-    recorded rejection, which the next reject completes."""
+    """In the order they are written: who/when/why, then `approval.decision`, then `promotion.decision`. Cut
+    short before `approval.decision`, nothing counts as decided (the rerun decides afresh); after it, the
+    version reads as awaiting approval with a recorded rejection, which the next reject completes."""
     record = {"decision": "rejected", "reasons": [_review_line(review)], "at": review["at"]}
-    return {**{TAG + k: v for k, v in review.items()}, **registry_state.decision_tags(record)}
+    decision = registry_state.decision_tags(record)
+    return {**{TAG + k: v for k, v in review.items() if k != "decision"},
+            **{k: v for k, v in decision.items() if k != "promotion.decision"},
+            TAG + "decision": review["decision"], "promotion.decision": decision["promotion.decision"]}
 
 
 def _write_reject(c, name: str, version: str, tags: dict[str, str]) -> None:
-    last = "promotion.decision"
-    for key, value in [*((k, v) for k, v in tags.items() if k != last), (last, tags[last])]:
+    for key, value in tags.items():  # in order (see _reject_tags)
         c.set_model_version_tag(name, version, key, value[:4900])
 
 
@@ -260,7 +263,8 @@ def resume_waiting_flow(tags: dict[str, str], review: dict[str, str]) -> str | N
             resume_flow_run(UUID(run_id), run_input=payload)
     except Exception as exc:  # noqa: BLE001 (no longer paused, timed out, server gone: the decision stands)
         text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        return f"flow run {run_id} was not resumed ({text}); the decision is recorded"
+        where = tags.get(API_TAG) or "the project's Prefect database"
+        return f"flow run {run_id} ({where}) was not resumed ({text}); the decision is recorded"
     return f"resumed flow run {run_id}: it continues with this decision"
 
 
