@@ -52,8 +52,7 @@ def _now() -> str:
 
 
 def later_hint(name: str, version: str) -> str:
-    return (f"genforge registry approve {name} {version} --reason '...'  (or: genforge registry reject {name} "
-            f"{version} --reason '...')")
+    return f'genforge registry approve|reject {name} {version} --reason "..."'
 
 
 # ---- promote: a passing gate waits for a reviewer ------------------------------------------------
@@ -81,7 +80,7 @@ def _review_line(review: dict[str, str]) -> str:
     return f"{review['decision']} by {review['by']} ({review['via']}, {review['at']}): {review['reason']}"
 
 
-def _refuse_state(c, name: str, version: str, tags: dict[str, str]) -> None:
+def _refuse_state(c, name: str, version: str, tags: dict[str, str], decision: str) -> None:
     """Raise the one-line reason a version cannot be decided on now (None: it awaits approval)."""
     champion, _ = registry_state.champion(c, name)
     if champion is not None and str(champion.version) == version:
@@ -96,8 +95,10 @@ def _refuse_state(c, name: str, version: str, tags: dict[str, str]) -> None:
                             f"registry.approval: manual)")
     if state == "rejected":
         why = (tags.get("promotion.reasons") or "").split("; ")[0]
-        raise GenforgeError(f"{name}/{version} is not awaiting approval: it failed the promotion gate ({why}); "
-                            f"to override the gate: genforge registry promote {name} {version} --reason ...")
+        override = (f"; to override the gate: genforge registry promote {name} {version} --reason ..."
+                    if decision == "approve" else "")
+        raise GenforgeError(f"{name}/{version} is not awaiting approval: it failed the promotion gate ({why})"
+                            f"{override}")
     raise GenforgeError(f"{name}/{version} is not awaiting approval (its decision: {state})")
 
 
@@ -136,7 +137,7 @@ def decide(name: str, version: str, decision: str, reason: str, by: str | None =
         record = _record(c, name, version, prior, None, already=True)
         return {**record, "already": True,
                 "promotion_json": _update_promotion_json(c, mv, record, root)}
-    _refuse_state(c, name, version, tags)
+    _refuse_state(c, name, version, tags, decision)
     champion, _ = registry_state.champion(c, name)
     before = str(champion.version) if champion is not None else None
     review = {"decision": wanted, "by": by, "at": _now(), "reason": reason, "via": via}
@@ -207,6 +208,8 @@ def _update_promotion_json(c, mv, record: dict[str, Any], root: Path | None) -> 
     if not isinstance(current, dict) or str(current.get("version")) != str(mv.version) or \
             current.get("name") != record["name"]:
         return None
+    if current.get("approval") == record["approval"] and current.get("decision") == record["decision"]:
+        return str(path)  # already there (the same decision run again)
     gate_reasons = [r for r in current.get("gate_reasons", current.get("reasons") or [])]
     merged = {**current, **{k: v for k, v in record.items() if k not in ("already", "flow_run")},
               "gate_reasons": gate_reasons, "reasons": [*record["reasons"], *gate_reasons]}
@@ -269,20 +272,30 @@ def resume_waiting_flow(tags: dict[str, str], review: dict[str, str]) -> str | N
 
 
 # ---- in the retrain flow ------------------------------------------------------------------------------
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _checks_markdown(record: dict[str, Any]) -> str:
-    rows = ["| check | observed | champion | status |", "|---|---|---|---|"]
+    rows = ["| check | this version | champion | |", "|---|---|---|---|"]
     for k in record.get("checks") or []:
-        rows.append(f"| {k['check']} | {k['observed']} | {k['champion']} | {k['status']} |")
+        mark = {"passed": "✓", "failed": "✗"}.get(k["status"], k["status"])
+        rows.append(f"| {k['check']} | {_number(k['observed'])} | {_number(k['champion'])} | {mark} |")
     return "\n".join(rows)
 
 
 def _description(name: str, version: str, record: dict[str, Any]) -> str:
+    """The Markdown the Prefect UI shows above the decision form."""
     before = record.get("champion_before")
-    lines = [f"## {name} v{version} passed the promotion gate and awaits your decision", "",
+    reasons = [r for r in record.get("reasons") or [] if not r.startswith("registry.approval is manual")]
+    lines = [f"### {name} v{version} passed the promotion gate and awaits your decision", "",
              f"Champion now: {'v' + str(before) if before else 'none'}. **approve** makes v{version} champion; "
-             f"**reject** leaves the champion as it is. Give a reason, and your name as reviewer.", "",
-             _checks_markdown(record), "", *[f"- {r}" for r in record.get("reasons") or []], "",
-             f"From a terminal instead: `{later_hint(name, version)}`"]
+             f"**reject** leaves the champion as it is. Give a reason (required) and your name.", "",
+             _checks_markdown(record), "", *[f"- {r}" for r in reasons], "",
+             f"From a terminal instead: `genforge registry approve {name} {version} --reason \"...\"` "
+             f"(or `reject`)"]
     return "\n".join(lines)
 
 

@@ -163,7 +163,7 @@ def test_no_decision_in_time_leaves_it_awaiting_and_the_cli_decides_later(projec
     proc, log = _run(project, None, "registry.approval_timeout=5")
     text = _finished(proc, log, project, timeout=600)
     assert "Pausing flow" in text and "no decision on digits-vae/1 within 5 s" in text
-    assert f"genforge registry approve {MODEL} 1 --reason" in text
+    assert f"genforge registry approve|reject {MODEL} 1 --reason" in text
     assert _champion() is None and _tags()["promotion.decision"] == "awaiting approval"
     assert "approval.flow_run_id" not in _tags()
     # a flow run that cannot be reached (its server is gone) does not stop the decision
