@@ -279,10 +279,10 @@ def _number(value: Any) -> str:
 
 
 def _checks_markdown(record: dict[str, Any]) -> str:
-    rows = ["| check | this version | champion | |", "|---|---|---|---|"]
+    rows = ["| check | this version | champion |", "|---|---|---|"]
     for k in record.get("checks") or []:
         mark = {"passed": "✓", "failed": "✗"}.get(k["status"], k["status"])
-        rows.append(f"| {k['check']} | {_number(k['observed'])} | {_number(k['champion'])} | {mark} |")
+        rows.append(f"| {mark} {k['check']} | {_number(k['observed'])} | {_number(k['champion'])} |")
     return "\n".join(rows)
 
 
