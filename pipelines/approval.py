@@ -221,7 +221,7 @@ def _update_promotion_json(c, mv, record: dict[str, Any], root: Path | None) -> 
 @lru_cache(maxsize=1)
 def review_input():
     """The Prefect RunInput the paused flow waits for (the UI renders it as a form): decision (approve |
-    reject), reason (non-empty; the server refuses an empty one), reviewer (defaults to "prefect-ui")."""
+    reject), reason (not blank: the server refuses a blank one), reviewer (defaults to "prefect-ui")."""
     from typing import Literal
 
     from prefect.input import RunInput
@@ -230,8 +230,9 @@ def review_input():
     class ReviewInput(RunInput):
         decision: Literal["approve", "reject"] = Field(
             description="approve: this version becomes champion; reject: champion stays where it is")
-        reason: str = Field(min_length=1, description="Why: recorded on the version and in promotion.json")
-        reviewer: str = Field(UI_REVIEWER, min_length=1, description="Who decides (recorded with the reason)")
+        reason: str = Field(min_length=1, pattern=r"\S",
+                            description="Why: recorded on the version and in promotion.json")
+        reviewer: str = Field(UI_REVIEWER, pattern=r"\S", description="Who decides (recorded with the reason)")
 
     return ReviewInput
 

@@ -181,17 +181,19 @@ def _decide(name: str, version: str, decision: str, reason: str, by: Optional[st
 
 
 @registry_app.command("approve")
-def registry_approve(name: str = typer.Argument(..., metavar="NAME"), version: str = typer.Argument(..., metavar="VERSION"),
+def registry_approve(name: str = typer.Argument(..., metavar="NAME"),
+                     version: str = typer.Argument(..., metavar="VERSION"),
                      reason: str = typer.Option(..., "--reason", "-r", help="Why; recorded on the version."),
-                     by: Optional[str] = typer.Option(None, "--by", help="Reviewer (default: your user name).")) -> None:
+                     by: Optional[str] = typer.Option(None, "--by", help="Reviewer; default: your login.")) -> None:
     """Approve a version awaiting approval (registry.approval: manual): it becomes champion."""
     _decide(name, version, "approve", reason, by)
 
 
 @registry_app.command("reject")
-def registry_reject(name: str = typer.Argument(..., metavar="NAME"), version: str = typer.Argument(..., metavar="VERSION"),
+def registry_reject(name: str = typer.Argument(..., metavar="NAME"),
+                    version: str = typer.Argument(..., metavar="VERSION"),
                     reason: str = typer.Option(..., "--reason", "-r", help="Why; recorded on the version."),
-                    by: Optional[str] = typer.Option(None, "--by", help="Reviewer (default: your user name).")) -> None:
+                    by: Optional[str] = typer.Option(None, "--by", help="Reviewer; default: your login.")) -> None:
     """Reject a version awaiting approval: champion stays where it is."""
     _decide(name, version, "reject", reason, by)
 

@@ -70,7 +70,8 @@ def test_manual_gate_waits_then_approve_moves_champion_once(made, monkeypatch, c
     assert result["decision"] == "awaiting approval" and result["champion_after"] is None
     assert _champion() is None
     tags = _tags("1")
-    assert tags["promotion.decision"] == "awaiting approval" and "fid_ratio <= 1e+06: passed" in tags["promotion.checks"]
+    assert tags["promotion.decision"] == "awaiting approval"
+    assert "fid_ratio <= 1e+06: passed" in tags["promotion.checks"]
     held = json.loads(made.promotion.read_text())
     assert held["decision"] == "awaiting approval" and held["checks"] and not held["promoted"]
     assert [row["decision"] for row in show(MODEL)] == ["awaiting approval"]  # `genforge registry show`
