@@ -187,7 +187,8 @@ def _render(record: dict[str, Any], others: bool) -> str:
                    "(the checks below are a preview against the current champion).")
     else:
         word = decision.get("decision", "–")
-        mark = "✓" if word in ("promoted", "manual-promote", "already champion") else "✗" if word == "rejected" else "↺"
+        mark = ("✓" if word in ("promoted", "manual-promote", "already champion", "approved") else
+                "✗" if word == "rejected" else "…" if word == "awaiting approval" else "↺")
         when = f" at {decision['at']}" if decision.get("at") else ""
         out.append(f"**Decision: {mark} {word}**{when}; champion before: "
                    f"{'v' + str(decision['champion_before']) if decision.get('champion_before') else 'none'}, after: "

@@ -184,6 +184,36 @@ def registry_review(name: str = typer.Argument(..., metavar="NAME", help="Regist
     _report(f"review of {name}", write_review(name, version, out_dir, n=n, seed=seed), started)
 
 
+def _decide(name: str, version: str, decision: str, reason: str, by: Optional[str]) -> None:
+    from pipelines.approval import decide
+
+    record = decide(name, version, decision, reason, by)
+    done = "already " if record.get("already") else ""
+    champion = f"v{record['champion_after']}" if record["champion_after"] else "none"
+    mark = "[green]✓[/green]" if record["decision"] == "approved" else "[red]✗[/red]"
+    console.print(f"{mark} {name}/{version} {done}{record['decision']} by {record['approval']['by']}; champion: "
+                  f"{champion}" + (f"\n{record['flow_run']}" if record.get("flow_run") else ""), highlight=False)
+    out.print_json(json.dumps(record, default=str))
+
+
+@registry_app.command("approve")
+def registry_approve(name: str = typer.Argument(..., metavar="NAME"),
+                     version: str = typer.Argument(..., metavar="VERSION"),
+                     reason: str = typer.Option(..., "--reason", "-r", help="Why; recorded on the version."),
+                     by: Optional[str] = typer.Option(None, "--by", help="Reviewer; default: your login.")) -> None:
+    """Approve a version awaiting approval (registry.approval: manual): it becomes champion."""
+    _decide(name, version, "approve", reason, by)
+
+
+@registry_app.command("reject")
+def registry_reject(name: str = typer.Argument(..., metavar="NAME"),
+                    version: str = typer.Argument(..., metavar="VERSION"),
+                    reason: str = typer.Option(..., "--reason", "-r", help="Why; recorded on the version."),
+                    by: Optional[str] = typer.Option(None, "--by", help="Reviewer; default: your login.")) -> None:
+    """Reject a version awaiting approval: champion stays where it is."""
+    _decide(name, version, "reject", reason, by)
+
+
 @app.command("generate")
 def generate_cmd(
     model: str = typer.Argument(..., metavar="MODEL",

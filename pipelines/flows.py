@@ -31,6 +31,7 @@ from pipelines.config import params_hash, section  # noqa: E402
 from pipelines.settings import validate_settings  # noqa: E402
 from pipelines.errors import GenforgeError  # noqa: E402
 from pipelines import catalog, flow_reports, stages  # noqa: E402
+from pipelines.approval import review_pending  # noqa: E402
 from pipelines.prepare import dataset_name  # noqa: E402
 
 CODE_VERSION = "1"  # bump to invalidate every cached stage result after a breaking change
@@ -242,6 +243,7 @@ def retrain(params: dict[str, Any], root: str) -> dict[str, Any]:
         _stage(spec.name, params, root_path, None, results)
     for family in families_of(params):
         _family_chain(params, root_path, family, results)
+    review_pending(params, root_path, results)  # registry.approval: manual pauses here for a reviewer
     return results
 
 
@@ -263,6 +265,7 @@ def retrain_parallel(params: dict[str, Any], root: str) -> dict[str, Any]:
     futures = [family_task.submit(params, root, f) for f in families_of(params)]
     for fut in futures:
         results.update(fut.result())
+    review_pending(params, root_path, results)
     return results
 
 

@@ -40,7 +40,8 @@ SHORTHANDS = {"max_fid_ratio": ("fid_ratio", "max"), "min_coverage": ("coverage"
 DECISION_DEFAULTS = {"primary_metric": "fid_ratio", "direction": "minimize", "margin": 0.0}
 CHECK_KEYS = ("metric", "min", "max", "required")
 DIRECTIONS = ("minimize", "maximize")
-LEVEL_KEYS = ("checks", *SHORTHANDS, *DECISION_DEFAULTS)
+APPROVAL_KEYS = ("approval", "approval_timeout")  # who decides after a passing gate: pipelines/approval.py
+LEVEL_KEYS = ("checks", *SHORTHANDS, *DECISION_DEFAULTS, *APPROVAL_KEYS)
 
 
 def known_metrics() -> list[str]:

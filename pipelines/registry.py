@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.io import atomic_write_text
-from pipelines import card, catalog, commit, registry_state, tracking
+from pipelines import approval, card, catalog, commit, registry_state, tracking
 from pipelines.errors import DataError, GenforgeError
 from pipelines.gate import gate_decision, observed, parity_limit, resolve_gate
 from pipelines.prepare import prepared_dir
@@ -230,7 +230,8 @@ def promote(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
     record = {"name": name, "version": version, "champion_before": str(champion.version) if champion else None,
               "gate": gate, "at": _now(), **decision}
     record["champion_after"] = version if decision["promoted"] else record["champion_before"]
-    if decision["promoted"]:
+    record = approval.hold(params, family, record, dict(mv.tags))  # registry.approval: manual waits for a reviewer
+    if record["decision"] == "promoted":
         new_history = registry_state.history(c, name, record["champion_before"]) + [version]
         registry_state.change_champion(c, name, version, new_history, version,
                                        registry_state.decision_tags(record), "promote")

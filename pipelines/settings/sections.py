@@ -199,7 +199,9 @@ GATE_FIELDS = ("max_fid_ratio", "min_coverage", "min_class_coverage", "forbid_mo
 @dataclass(frozen=True)
 class RegistrySettings:
     """`registry`: the promotion gate (pipelines/registry.py); `families.<family>` overrides any other key
-    for one family (validated like the top level; see `for_family`)."""
+    for one family (validated like the top level; see `for_family`). `approval`: `auto` moves champion when
+    the gate passes, `manual` leaves a passing version awaiting a reviewer (pipelines/approval.py), for whom
+    the retrain flow waits `approval_timeout` seconds (0: it does not wait)."""
 
     max_fid_ratio: float = setting(500.0, gt=0)
     min_coverage: float = setting(0.03, ge=0, le=1)
@@ -211,6 +213,8 @@ class RegistrySettings:
     direction: Literal["minimize", "maximize"] = "minimize"
     margin: float = setting(0.0, ge=0)
     checks: tuple[CheckSettings, ...] = ()
+    approval: Literal["auto", "manual"] = "auto"
+    approval_timeout: int = setting(3600, ge=0)
     families: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
