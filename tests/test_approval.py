@@ -90,6 +90,8 @@ def test_manual_gate_waits_then_approve_moves_champion_once(made, monkeypatch, c
     assert record["decision"] == "approved" and record["approval"]["reason"] == "grid looks sharp"
     assert record["checks"] == held["checks"] and record["champion_after"] == "1"
     assert json.loads(tracking.client().get_registered_model(MODEL).tags["champion_history"]) == ["1"]
+    card = tracking.client().get_model_version(MODEL, "1").description  # the model card says who decided and why
+    assert "Decision: ✓ approved" in card and "alice" in card and "grid looks sharp" in card
 
     before = _state()
     code, out, err = _genforge(monkeypatch, capsys, "registry", "approve", MODEL, "1", "--reason", "again")
