@@ -73,8 +73,14 @@ def test_first_passing_version_becomes_champion_with_full_tags(registry_env):
     assert str(c.get_model_version_by_alias("digits-vae", "champion").version) == "1"
     promotion = json.loads((root / "reports" / "digits" / "vae" / "promotion.json").read_text())
     assert promotion["version"] == "2"  # the latest decision
-    arts = {a.path for a in c.list_artifacts(mv.run_id, "genforge_model/onnx")}
-    assert {"genforge_model/onnx/sampler.json", "genforge_model/onnx/decoder.onnx"} <= arts
+    # the source is an MLflow model logged as a LoggedModel of the training run, holding the export folder
+    assert mv.source.startswith("models:/m-")
+    model_id = mv.source.removeprefix("models:/")
+    logged = c.get_logged_model(model_id)
+    assert str(logged.status) == "READY" and logged.source_run_id == mv.run_id
+    arts = {a.path for a in c.list_logged_model_artifacts(model_id)}
+    arts |= {a.path for a in c.list_logged_model_artifacts(model_id, "artifacts/onnx")}
+    assert {"MLmodel", "checkpoint", "artifacts/onnx/sampler.json", "artifacts/onnx/decoder.onnx"} <= arts
 
 
 def test_evaluation_report_has_every_metric_with_its_setting(registry_env):
