@@ -28,6 +28,9 @@ the rows are concatenated in row order. Columns (the signature; ``None``/NaN = n
                 not take is an error naming those it takes (MLflow drops columns outside the signature
                 with a warning)
 
+In a request of several rows every row gives the same integer columns (a missing value makes pandas store
+the column as floats, which MLflow's schema check refuses for a long column).
+
 Output: numpy array, (sum of n) x sample shape, in the data's stored dtype and range, exactly as the generator's
 shards hold them (images: uint8 N x C x H x W, ``round(x * 255)``).
 
@@ -36,8 +39,12 @@ and a ``ServingError``, whose message names the field and, with several rows, th
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
 import math
+import os
 import shutil
 import tempfile
 from importlib import metadata
@@ -53,9 +60,9 @@ from contracts.modalities import get_modality
 from contracts.samplers import SPEC_KINDS, as_spec
 from serving.generator import (GenerationError, _check_label, _is_int, _load_session, _positive_int, _probe,
                                _with_sampling, load_model_dir, sample_spec, select_provider, shard_samples)
+from serving.resolve import MODEL_ONNX as ONNX_PATH  # where MLflow puts the artifact inside the model directory
 
 ONNX_ARTIFACT = "onnx"                 # the pyfunc artifact name of the export folder
-ONNX_PATH = "artifacts/onnx"           # where MLflow puts it inside the model directory
 CHECKPOINT_DIR = "checkpoint"          # model.pt, config.json, train.json inside the model directory
 ENTRY = Path(__file__).with_name("pyfunc_model.py")
 DEFAULT_BATCH_SIZE = 256               # `genforge generate --batch-size` default
@@ -101,26 +108,15 @@ class OnnxSampler:
                 sampling: Mapping[str, Any] | None = None) -> np.ndarray:
         """n samples in the stored dtype (images uint8 n x C x H x W), exactly the shards `genforge generate`
         writes for the same arguments. Raises GenerationError naming the bad argument."""
-        n = _positive_int(n, "n")
-        batch_size = _positive_int(batch_size, "batch_size")
-        if not _is_int(seed) or seed < 0:
-            raise GenerationError(f"seed must be an integer >= 0, got {seed!r}")
-        spec, _ = _with_sampling(self.spec, sampling)
-        label = _check_label(label, spec, self.data)
-        parts = []
-        for k in range(math.ceil(n / batch_size)):
-            count = min(batch_size, n - k * batch_size)
-            x, _ = shard_samples(spec, self.sessions, k, count, seed=int(seed), batch_size=batch_size, label=label,
-                                 num_classes=self.data.num_classes, image_shape=self.data.shape)
-            parts.append(self.modality.from_model(x))
-        return np.concatenate(parts)
+        return self._draw(*self._check(n, seed, label, batch_size, sampling))
 
     def predict(self, model_input: Any) -> np.ndarray:
-        """The samples of every request row, concatenated (see the module doc). Raises PredictError."""
+        """The samples of every request row, concatenated (see the module doc). Every row is checked before any
+        is drawn. Raises PredictError."""
         rows = _rows(model_input)
         if not rows:
             raise PredictError("predict input has no rows: give at least {'n': N}")
-        out = []
+        jobs = []
         for i, row in enumerate(rows):
             where = f"row {i}: " if len(rows) > 1 else ""
             unknown = sorted(set(row) - set(REQUEST) - set(sampler_options()))
@@ -129,13 +125,31 @@ class OnnxSampler:
                                    f"fields: {', '.join((*REQUEST, *sampler_options()))}")
             if row.get("n") is None:
                 raise PredictError(f"predict input: {where}n is required (the number of samples)")
-            options = {k: row.get(k) for k in sampler_options() if row.get(k) is not None}
+            options = {k: row[k] for k in sampler_options() if row.get(k) is not None}
             try:
-                out.append(self.samples(row["n"], _or(row.get("seed"), 0), row.get("label"),
+                jobs.append(self._check(row["n"], _or(row.get("seed"), 0), row.get("label"),
                                         _or(row.get("batch_size"), DEFAULT_BATCH_SIZE), options))
             except GenerationError as e:
                 raise PredictError(f"predict input: {where}{e}") from None
-        return np.concatenate(out)
+        return np.concatenate([self._draw(*job) for job in jobs])
+
+    def _check(self, n, seed, label, batch_size, sampling) -> tuple:
+        """The request as the generator validates it: (n, seed, label index, batch_size, spec with the options)."""
+        n = _positive_int(n, "n")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if not _is_int(seed) or seed < 0:
+            raise GenerationError(f"seed must be an integer >= 0, got {seed!r}")
+        spec, _ = _with_sampling(self.spec, sampling)
+        return n, int(seed), _check_label(label, spec, self.data), batch_size, spec
+
+    def _draw(self, n: int, seed: int, label: int | None, batch_size: int, spec) -> np.ndarray:
+        parts = []
+        for k in range(math.ceil(n / batch_size)):
+            count = min(batch_size, n - k * batch_size)
+            x, _ = shard_samples(spec, self.sessions, k, count, seed=seed, batch_size=batch_size, label=label,
+                                 num_classes=self.data.num_classes, image_shape=self.data.shape)
+            parts.append(self.modality.from_model(x))
+        return np.concatenate(parts)
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -213,6 +227,25 @@ def requirements() -> list[str]:
     return reqs
 
 
+@contextlib.contextmanager
+def _quiet_mlflow():
+    """No tqdm bar for MLflow's copy of the artifact and no INFO line about the input example (register's
+    output stays one line per stage); an explicit MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR is respected."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    set_here = key not in os.environ
+    if set_here:
+        os.environ[key] = "false"
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if set_here:
+            os.environ.pop(key, None)
+
+
 def save_model_dir(onnx_dir: Path, dest: Path, extra_files: Iterable[Path] = (), metadata_: Mapping | None = None,
                    mlflow_model=None) -> Path:
     """Write the MLflow model directory of the export folder ``onnx_dir`` to ``dest`` (which must not exist or
@@ -220,14 +253,12 @@ def save_model_dir(onnx_dir: Path, dest: Path, extra_files: Iterable[Path] = (),
     ``onnx``, ``serving`` and ``contracts`` as code, the signature and input example; ``extra_files``
     are copied into ``checkpoint/``. ``mlflow_model``: an ``mlflow.models.Model`` carrying the LoggedModel's
     ids. Returns ``dest``."""
-    import json
-
     import mlflow.pyfunc
 
     onnx_dir, dest = Path(onnx_dir), Path(dest)
     raw = json.loads((onnx_dir / "sampler.json").read_text())
     package = Path(__file__).resolve().parent
-    with tempfile.TemporaryDirectory(prefix="genforge-mlmodel-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="genforge-mlmodel-") as tmp, _quiet_mlflow():
         # MLmodel records where the entry file and the artifact came from: temp paths, never the workspace's
         staged, entry = Path(tmp) / ONNX_ARTIFACT, Path(tmp) / ENTRY.name
         shutil.copytree(onnx_dir, staged)
@@ -237,6 +268,8 @@ def save_model_dir(onnx_dir: Path, dest: Path, extra_files: Iterable[Path] = (),
             code_paths=[str(package), str(package.parent / "contracts")], signature=signature(raw),
             input_example=input_example(raw), pip_requirements=requirements(), mlflow_model=mlflow_model,
             metadata=dict(metadata_ or {}), model_config={"provider": "auto", "threads": 0})
+    if not (dest / ONNX_PATH / "sampler.json").is_file():  # `genforge generate` downloads exactly that folder
+        raise ServingError(f"{dest}: MLflow did not put the artifact {ONNX_ARTIFACT!r} at {ONNX_PATH}")
     for junk in dest.rglob("__pycache__"):
         shutil.rmtree(junk, ignore_errors=True)
     if extra_files:

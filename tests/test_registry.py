@@ -284,6 +284,11 @@ def test_pyfunc_model_predicts_what_genforge_generate_writes(registry_env, tmp_p
     assert predicted.dtype == shards.dtype == np.uint8 and predicted.shape == (300, 1, 8, 8)
     assert np.array_equal(predicted, shards)
     assert {"n", "seed", "label", "batch_size", "steps", "eta", "temperature"} <= set(result["inputs"])
+    import inspect
+
+    from serving.generator import generate
+    from serving.pyfunc import DEFAULT_BATCH_SIZE
+    assert inspect.signature(generate).parameters["batch_size"].default == DEFAULT_BATCH_SIZE  # same default shards
     errors = result["errors"]
     for key, words in {"n": "n must be an integer > 0, got 0", "label": "label=3 given but the model is "
                        "unconditional", "temperature": "takes no option 'temperature'", "seed": "seed must be",
