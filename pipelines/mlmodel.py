@@ -80,11 +80,15 @@ def log_model(c, run_id: str, name: str, onnx_dir: Path, checkpoint: Sequence[Pa
                                metadata_={"genforge": {"name": name, "sampler": sampler.get("kind"),
                                                        "family": sampler.get("family"), **tags}})
         c.log_model_artifacts(model.model_id, str(local))
-    now = int(time.time() * 1000)
-    linked = [Metric(f"eval/{k}", float(v), now, 0, model_id=model.model_id) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    for i in range(0, len(linked), 500):
-        c.log_batch(run_id, metrics=linked[i:i + 500])
-    c.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    # each step once, also when a rerun completes a PENDING model an earlier register left
+    if not model.metrics:
+        now = int(time.time() * 1000)
+        linked = [Metric(f"eval/{k}", float(v), now, 0, model_id=model.model_id) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(linked), 500):
+            c.log_batch(run_id, metrics=linked[i:i + 500])
+    outputs = run.outputs.model_outputs if run.outputs is not None else []
+    if model.model_id not in {o.model_id for o in outputs}:
+        c.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
     c.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id

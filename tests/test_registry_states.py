@@ -277,7 +277,7 @@ def _logged_models() -> list:
     return c.search_logged_models([c.get_experiment_by_name(MODEL).experiment_id])
 
 
-@pytest.mark.parametrize("crash_at", ["log_model_artifacts", "create_model_version"])
+@pytest.mark.parametrize("crash_at", ["log_model_artifacts", "finalize_logged_model", "create_model_version"])
 def test_register_after_a_crash_reuses_the_logged_model(made, monkeypatch, crash_at):
     """A crash while the version's MLflow model is uploaded (it stays PENDING) or after it is complete (READY,
     no version yet): the rerun finishes that LoggedModel and registers it, no second copy is logged."""
@@ -287,12 +287,14 @@ def test_register_after_a_crash_reuses_the_logged_model(made, monkeypatch, crash
             register(PARAMS, made.root, "vae")
     assert _versions() == []
     [model] = _logged_models()
-    assert str(model.status) == ("PENDING" if crash_at == "log_model_artifacts" else "READY")
+    assert str(model.status) == ("READY" if crash_at == "create_model_version" else "PENDING")
     record = register(PARAMS, made.root, "vae")
     [after] = _logged_models()
     assert after.model_id == model.model_id and str(after.status) == "READY"
     assert record["version"] == "1" and record["source"] == f"models:/{model.model_id}"
     assert {a.path for a in tracking.client().list_logged_model_artifacts(model.model_id)} >= {"MLmodel", "artifacts"}
+    linked = tracking.client().get_logged_model(model.model_id).metrics  # metrics.json's summary, linked once
+    assert sorted(m.key for m in linked) == sorted(f"eval/{k}" for k in json.loads(made.metrics.read_text())["summary"])
 
 
 def _alias(alias: str) -> str | None:
