@@ -150,8 +150,8 @@ def test_a_version_registered_before_mlmodel_sources_is_served_promoted_and_roll
     params = load_params(root / "params.yaml", list(LOOSE_GATE))
     assert promote(params, root, "vae")["decision"] == "promoted"
     # a version in today's layout (an MLflow model) beside it takes champion; rolling back brings the old one back
-    model_id = log_model(c, run.info.run_id, "legacy-vae", root / "models" / "legacy" / "vae" / "onnx", [], "new-layout",
-                         {"family": "vae"}, {})
+    onnx = root / "models" / "legacy" / "vae" / "onnx"
+    model_id = log_model(c, run.info.run_id, "legacy-vae", onnx, [], "new-layout", {"family": "vae"}, {})
     new = c.create_model_version("legacy-vae", source=f"models:/{model_id}", run_id=run.info.run_id,
                                  tags={**old["tags"], "genforge.sha256": "{}"})
     manual_promote("legacy-vae", str(new.version), "today's layout")

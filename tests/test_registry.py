@@ -275,7 +275,7 @@ def test_pyfunc_model_predicts_what_genforge_generate_writes(registry_env, tmp_p
            "seed": {"n": 2, "seed": -1}, "batch_size": {"n": 2, "batch_size": 0}, "missing": {"seed": 1}}
     proc = subprocess.run([sys.executable, "-c", _PYFUNC_SCRIPT, "digits-vae@champion", "300", "5", "128",
                            str(tmp_path / "gen"), str(tmp_path / "pyfunc.npy"), json.dumps(bad)],
-                          cwd=registry_env["root"], capture_output=True, text=True, timeout=300, env={**__import__("os").environ})
+                          cwd=registry_env["root"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result["torch"] is False
