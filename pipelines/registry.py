@@ -73,11 +73,10 @@ def export(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
 
 # ---- register --------------------------------------------------------------------------------
 def _artifact_digests(paths: catalog.Layout) -> dict[str, str]:
-    """sha256 of every file register stores under the version's `genforge_model/` (paths relative to it)."""
-    from contracts.io import tree_sha256
+    """sha256 of every file register stores in the version's MLflow model directory (paths relative to it)."""
+    from pipelines.mlmodel import file_digests
 
-    files = tree_sha256(paths.model_dir, [catalog.file_name(e) for e in ("model", "model_config", "train_info")])
-    return files | {f"onnx/{k}": v for k, v in tree_sha256(paths.onnx).items()}
+    return file_digests(paths)
 
 
 REGISTER_DONE_TAG = "genforge.register_complete"  # set once registered.json names the version
@@ -142,10 +141,12 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
         c.create_registered_model(name, description=f"genforge {family} trained on {ds.name}")
     mv = _existing_version(c, name, run_id, content)
     if mv is None:
-        for path in (paths.model, paths.model_config, paths.train_info):
-            tracking.log_artifact(c, run_id, path, "genforge_model")
-        c.log_artifacts(run_id, str(onnx_dir), "genforge_model/onnx")
-        source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/genforge_model"
+        from pipelines.mlmodel import checkpoint_files, log_model
+
+        # the source is an MLflow model (MLmodel, pyfunc over the ONNX sampler) logged as a LoggedModel
+        model_id = log_model(c, run_id, name, onnx_dir, checkpoint_files(paths), content,
+                             {"family": family, "dataset": ds.name, "data_sha256": ds.sha256}, metrics["summary"])
+        source = f"models:/{model_id}"
         tags = {
             "data_sha256": ds.sha256, "git_commit": _git_commit(root), "params_hash": train_info["params_hash"],
             "run_params_hash": params_hash(params), "family": family, "dataset": ds.name, "validated": "true",
@@ -154,7 +155,7 @@ def register(params: dict[str, Any], root: Path, family: str) -> dict[str, Any]:
             registry_state.CONTENT_TAG: content, registry_state.FILES_TAG: json.dumps(files, sort_keys=True),
             **{f"metric.{k}": str(v) for k, v in metrics["summary"].items()},
         }
-        mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags,
+        mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id,
                                     description=f"{family} on {ds.name} (data {ds.sha256[:12]})")
     c.set_registered_model_alias(name, "challenger", mv.version)
     record = {"name": name, "version": str(mv.version), "run_id": run_id, "source": mv.source,

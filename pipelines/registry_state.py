@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from pipelines.errors import GenforgeError
-from serving.resolve import FILES_TAG  # noqa: F401 ({"model.pt": sha256, "onnx/decoder.onnx": ...}, checked on fetch)
+from serving.resolve import FILES_TAG  # noqa: F401 ({"artifacts/onnx/<graph>": sha256, ...}, checked on fetch)
 
 HISTORY_TAG = "champion_history"
 PENDING_TAG = "genforge.pending"

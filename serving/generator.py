@@ -335,8 +335,13 @@ def iter_samples(out_dir: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 # --- the job ---------------------------------------------------------------------------------
-def _make_shard(out_root: Path, k: int, count: int, spec, sessions, *, seed, batch_size, label,
-                num_classes, image_shape, modality) -> dict[str, Any]:
+def shard_samples(spec, sessions, k: int, count: int, *, seed: int, batch_size: int, label: int | None,
+                  num_classes: int, image_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Shard ``k`` of a job as the model computes it, before the modality encodes it: (float32 count x
+    ``image_shape`` in [0, 1], int64 labels count, -1 when unconditional). The noise comes from
+    ``default_rng([seed, k])`` and conditional labels are ``label`` or ``i % num_classes`` for the job's sample
+    index i, so shard k is the same whatever ran before it (serving.pyfunc computes the same shards).
+    Raises GenerationError when the model returns another shape or non-finite values."""
     rng = np.random.default_rng([int(seed), k])
     if spec.conditional:
         if label is not None:
@@ -352,6 +357,13 @@ def _make_shard(out_root: Path, k: int, count: int, spec, sessions, *, seed, bat
                               f"sampler.json says {(count, *image_shape)}")
     if not np.isfinite(images).all():
         raise GenerationError(f"shard {k}: the model produced non-finite values (NaN/inf)")
+    return images, labels
+
+
+def _make_shard(out_root: Path, k: int, count: int, spec, sessions, *, seed, batch_size, label,
+                num_classes, image_shape, modality) -> dict[str, Any]:
+    images, labels = shard_samples(spec, sessions, k, count, seed=seed, batch_size=batch_size, label=label,
+                                   num_classes=num_classes, image_shape=image_shape)
     data = npz_bytes({modality.SAMPLE_KEY: modality.from_model(images), "labels": labels})
     rel = f"{SHARD_DIR}/{shard_name(k)}"
     _atomic_write(_inside(out_root, rel), data)

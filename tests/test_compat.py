@@ -112,3 +112,49 @@ def test_old_format_registry_version_is_served_and_promoted(legacy_env, tmp_path
     proc = run_cli(["registry", "promote", "legacy-ddpm", str(mv.version), "--reason", "reviewed"], cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert str(c.get_model_version_by_alias("legacy-ddpm", "champion").version) == str(mv.version)
+
+
+def test_a_version_registered_before_mlmodel_sources_is_served_promoted_and_rolled_back_to(legacy_env, tmp_path):
+    """registry/vae-version.json: a version exactly as `register` wrote it before versions became MLflow models
+    (the run's genforge_model/ folder, no MLmodel, genforge.sha256 keyed onnx/<file>). It is served by
+    `genforge generate` (sha256 checked), promoted by the gate, and after a newer MLflow-model version took
+    champion, a rollback makes it champion again and it is served again."""
+    from pipelines.mlmodel import log_model
+    from pipelines.registry import manual_promote, promote, rollback
+    from serving.generator import generate, iter_samples
+    from serving.resolve import fetch_onnx, resolve
+    from tests.conftest import LOOSE_GATE
+
+    root = legacy_env["root"]
+    old = json.loads((FIXTURE / "registry" / "vae-version.json").read_text())
+    c = tracking.client()
+    run = c.create_run(tracking.experiment_id(c, "legacy-vae"), run_name="train-vae")
+    for dest, src in old["artifacts"].items():
+        c.log_artifact(run.info.run_id, str(root / src), dest.rsplit("/", 1)[0])
+    c.create_registered_model("legacy-vae")
+    mv = c.create_model_version("legacy-vae", source=f"{run.info.artifact_uri}/genforge_model", run_id=run.info.run_id,
+                                tags=old["tags"], description=old["description"])
+    resolved = resolve(c, f"legacy-vae/{mv.version}")
+    assert not resolved.mlflow_model and resolved.onnx_path == "onnx" and "decoder.onnx" in resolved.onnx_files
+    want = np.asarray(EXPECTED["vae"]["generate_n12_seed0"]["images"])
+
+    def served(ref: str, out: str) -> np.ndarray:  # what `genforge generate REF` runs, in this process
+        local = fetch_onnx(resolve(c, ref), root / ".genforge" / "models")
+        generate(local, 12, 0, tmp_path / out, batch_size=8)
+        return np.concatenate([x for x, _ in iter_samples(tmp_path / out)]).astype(int)
+
+    assert np.abs(served(f"legacy-vae/{mv.version}", "old") - want).max() <= 1
+    # the gate promotes it (stage promote reads registered.json and the version's tags)
+    (root / "models" / "legacy" / "vae" / "registered.json").write_text(json.dumps(
+        {"name": "legacy-vae", "version": str(mv.version), "run_id": run.info.run_id, "source": mv.source}))
+    params = load_params(root / "params.yaml", list(LOOSE_GATE))
+    assert promote(params, root, "vae")["decision"] == "promoted"
+    # a version in today's layout (an MLflow model) beside it takes champion; rolling back brings the old one back
+    onnx = root / "models" / "legacy" / "vae" / "onnx"
+    model_id = log_model(c, run.info.run_id, "legacy-vae", onnx, [], "new-layout", {"family": "vae"}, {})
+    new = c.create_model_version("legacy-vae", source=f"models:/{model_id}", run_id=run.info.run_id,
+                                 tags={**old["tags"], "genforge.sha256": "{}"})
+    manual_promote("legacy-vae", str(new.version), "today's layout")
+    assert np.abs(served("legacy-vae@champion", "new") - want).max() <= 1
+    assert rollback("legacy-vae", "back to the old one")["champion_after"] == str(mv.version)
+    assert np.abs(served("legacy-vae@champion", "again") - want).max() <= 1

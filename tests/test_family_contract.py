@@ -121,6 +121,7 @@ class FamilyContract:
     family: ClassVar[str]
     config: ClassVar[dict[str, Any]]
     module_path: ClassVar[str | None] = None  # for families registered by the test itself
+    pyfunc_round_trip: ClassVar[bool] = False  # one family per sampler kind: registered and loaded as MLflow pyfunc
 
     @pytest.fixture(autouse=True, scope="class")
     def _registered(self):
@@ -223,22 +224,45 @@ class FamilyContract:
         spec = json.loads((out / "sampler.json").read_text())
         assert spec["kind"] and spec["graphs"]
 
-    def test_serving_from_the_registry(self, exported, tmp_path):
+    def test_serving_from_the_registry(self, exported, tmp_path, monkeypatch):
+        """The export registered as register does it (an MLflow model, logged as a LoggedModel): `genforge
+        generate`'s path serves it, and its pyfunc predicts the same samples; the families that stand for a
+        sampler kind (``pyfunc_round_trip``) go through ``mlflow.pyfunc.load_model("models:/...@champion")``,
+        the others through the same wrapper on the fetched folder."""
+        import sys
+
         from pipelines import tracking
+        from pipelines.mlmodel import log_model
         from serving.generator import generate, iter_samples
+        from serving.pyfunc import OnnxSampler
         from serving.resolve import fetch_onnx, resolve
 
         _, out, _ = exported
         c = tracking.client()
         name = f"contract-{self.family}"
+        run_id = c.create_run(c.create_experiment(name, (tmp_path / "artifacts").as_uri())).info.run_id
+        if self.pyfunc_round_trip:
+            model_id = log_model(c, run_id, name, out, [], "contract", {"family": self.family}, {})
+            source = f"models:/{model_id}"
+        else:  # the layout every version had before MLmodel sources: a folder holding onnx/
+            source = str(out.parent)
         c.create_registered_model(name)
-        mv = c.create_model_version(name, source=str(out.parent), tags={"family": self.family})
+        mv = c.create_model_version(name, source=source, run_id=run_id, tags={"family": self.family})
         c.set_registered_model_alias(name, "champion", mv.version)
         resolved = resolve(c, f"{name}@champion")
         local = fetch_onnx(resolved, tmp_path / "cache")
         generate(local, 10, 0, tmp_path / "gen", batch_size=4)
         images = np.concatenate([x for x, _ in iter_samples(tmp_path / "gen")])
         assert images.shape == (10, 1, 8, 8) and images.dtype == np.uint8
+        request = {"n": 10, "seed": 0, "batch_size": 4}
+        if self.pyfunc_round_trip:
+            import mlflow.pyfunc
+
+            monkeypatch.setattr(sys, "path", list(sys.path))  # load_model puts the model's code/ first
+            predicted = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(request)
+        else:
+            predicted = OnnxSampler(local).predict(request)
+        assert predicted.dtype == np.uint8 and np.array_equal(predicted, images)
 
     def test_a_bad_sampler_spec_is_refused_before_anything_is_written(self, exported, tmp_path):
         import shutil
@@ -267,6 +291,7 @@ class TestVAEGaussian(FamilyContract):
 
 class TestCVAE(FamilyContract):
     family, config = "cvae", dict(latent_dim=4, width=4, iwae_k=4, score_samples=2)
+    pyfunc_round_trip = True  # direct (conditional)
 
 
 class TestDCGAN(FamilyContract):
@@ -291,10 +316,12 @@ class TestConditionalWGANGP(FamilyContract):
 
 class TestDDPM(FamilyContract):
     family, config = "ddpm", dict(base_channels=8, channel_mult=(1, 2), timesteps=20, steps=4)
+    pyfunc_round_trip = True  # ddim
 
 
 class TestPixelCNN(FamilyContract):
     family, config = "pixelcnn", dict(channels=8, layers=3, head_channels=16)
+    pyfunc_round_trip = True  # autoregressive
 
 
 class TestPixelCNN256(FamilyContract):
@@ -303,6 +330,7 @@ class TestPixelCNN256(FamilyContract):
 
 class TestRealNVP(FamilyContract):
     family, config = "realnvp", dict(hidden=8, blocks=1, scales=2)
+    pyfunc_round_trip = True  # flow
 
 
 class TestToyFamily(FamilyContract):

@@ -73,8 +73,14 @@ def test_first_passing_version_becomes_champion_with_full_tags(registry_env):
     assert str(c.get_model_version_by_alias("digits-vae", "champion").version) == "1"
     promotion = json.loads((root / "reports" / "digits" / "vae" / "promotion.json").read_text())
     assert promotion["version"] == "2"  # the latest decision
-    arts = {a.path for a in c.list_artifacts(mv.run_id, "genforge_model/onnx")}
-    assert {"genforge_model/onnx/sampler.json", "genforge_model/onnx/decoder.onnx"} <= arts
+    # the source is an MLflow model logged as a LoggedModel of the training run, holding the export folder
+    assert mv.source.startswith("models:/m-")
+    model_id = mv.source.removeprefix("models:/")
+    logged = c.get_logged_model(model_id)
+    assert str(logged.status) == "READY" and logged.source_run_id == mv.run_id
+    arts = {a.path for a in c.list_logged_model_artifacts(model_id)}
+    arts |= {a.path for a in c.list_logged_model_artifacts(model_id, "artifacts/onnx")}
+    assert {"MLmodel", "checkpoint", "artifacts/onnx/sampler.json", "artifacts/onnx/decoder.onnx"} <= arts
 
 
 def test_evaluation_report_has_every_metric_with_its_setting(registry_env):
@@ -447,3 +453,118 @@ def test_generate_prints_a_summary_and_the_manifest_only_with_json(registry_env,
     manifest = json.loads(out)
     assert manifest["n"] == 30 and manifest["seed"] == 1 and manifest["shards"] == 3 and manifest["complete"]
     assert manifest["run"]["out_dir"] == str(tmp_path / "b")
+
+
+# the champion as an MLflow pyfunc model, in a fresh interpreter: `genforge generate`, then the pyfunc model's
+# predict on the same seed, then bad requests; torch must stay out of both
+_PYFUNC_SCRIPT = r"""
+import json, sys
+import numpy as np
+from pipelines.cli import main
+ref, n, seed, batch, out, npy, bad = sys.argv[1:8]
+sys.argv = ["genforge", "generate", ref, "-n", n, "--seed", seed, "--batch-size", batch, "--out", out]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+import mlflow.pyfunc
+model = mlflow.pyfunc.load_model("models:/" + ref)
+np.save(npy, model.predict({"n": int(n), "seed": int(seed), "batch_size": int(batch)}))
+errors = {}
+for key, request in json.loads(bad).items():
+    try:
+        model.predict(request)
+        errors[key] = None
+    except Exception as e:
+        errors[key] = {"classes": [c.__name__ for c in type(e).__mro__], "message": str(e)}
+print("RESULT", json.dumps({"torch": "torch" in sys.modules, "errors": errors,
+                            "inputs": model.metadata.get_input_schema().input_names()}))
+"""
+
+
+def test_pyfunc_model_predicts_what_genforge_generate_writes(registry_env, tmp_path):
+    """`mlflow.pyfunc.load_model("models:/digits-vae@champion").predict(...)` returns exactly the samples (dtype
+    and values) of `genforge generate` for the same seed and batch size; bad requests are one clear error
+    naming the field; neither path imports torch."""
+    import numpy as np
+
+    from serving.generator import iter_samples
+
+    bad = {"n": {"n": 0}, "label": {"n": 2, "label": 3}, "temperature": {"n": 2, "temperature": 0.5},
+           "seed": {"n": 2, "seed": -1}, "batch_size": {"n": 2, "batch_size": 0}, "missing": {"seed": 1}}
+    proc = subprocess.run([sys.executable, "-c", _PYFUNC_SCRIPT, "digits-vae@champion", "300", "5", "128",
+                           str(tmp_path / "gen"), str(tmp_path / "pyfunc.npy"), json.dumps(bad)],
+                          cwd=registry_env["root"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert result["torch"] is False
+    shards = np.concatenate([x for x, _ in iter_samples(tmp_path / "gen")])
+    predicted = np.load(tmp_path / "pyfunc.npy")
+    assert predicted.dtype == shards.dtype == np.uint8 and predicted.shape == (300, 1, 8, 8)
+    assert np.array_equal(predicted, shards)
+    assert {"n", "seed", "label", "batch_size", "steps", "eta", "temperature"} <= set(result["inputs"])
+    import inspect
+
+    from serving.generator import generate
+    from serving.pyfunc import DEFAULT_BATCH_SIZE
+    assert inspect.signature(generate).parameters["batch_size"].default == DEFAULT_BATCH_SIZE  # same default shards
+    errors = result["errors"]
+    for key, words in {"n": "n must be an integer > 0, got 0", "label": "label=3 given but the model is "
+                       "unconditional", "temperature": "takes no option 'temperature'", "seed": "seed must be",
+                       "batch_size": "batch_size must be", "missing": "missing inputs ['n']"}.items():
+        assert errors[key] is not None, key
+        assert "MlflowException" in errors[key]["classes"] and words in errors[key]["message"], errors[key]
+        assert "\n" not in errors[key]["message"] or key == "missing"
+    for key in ("n", "label", "temperature", "seed", "batch_size"):
+        assert "ServingError" in errors[key]["classes"]
+
+
+SERVE_REQUEST = {"dataframe_records": [{"n": 4, "seed": 7}]}  # the README's POST body
+
+
+@pytest.mark.slow  # starts `mlflow models serve` (a uvicorn server), ~10-30 s
+def test_mlflow_models_serve_answers_a_post_on_loopback(registry_env, tmp_path):
+    """`mlflow models serve -m models:/digits-vae@champion --env-manager local` on a free loopback port: POST
+    /invocations returns the samples `genforge generate` writes for the same seed; a bad request is a 400
+    naming the field."""
+    import os
+    import time
+
+    import httpx
+    import numpy as np
+
+    from serving.generator import generate, iter_samples
+    from serving.resolve import fetch_onnx, resolve
+    from tests.conftest import BIN, free_port, stop_process_group
+
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/digits-vae@champion",
+                               "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
+                              cwd=registry_env["root"], env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "mlflow models serve did not answer in 180 s"
+            time.sleep(0.5)
+        answer = httpx.post(f"{url}/invocations", json=SERVE_REQUEST, timeout=60)
+        assert answer.status_code == 200, answer.text
+        predicted = np.asarray(answer.json()["predictions"])
+        bad = httpx.post(f"{url}/invocations", json={"dataframe_records": [{"n": 0}]}, timeout=60)
+        assert bad.status_code == 400 and "n must be an integer > 0, got 0" in bad.json()["message"], bad.text
+    finally:
+        stop_process_group(server)
+        log.close()
+    c = tracking.client()
+    local = fetch_onnx(resolve(c, "digits-vae@champion"), tmp_path / "cache")
+    generate(local, 4, 7, tmp_path / "gen")
+    shards = np.concatenate([x for x, _ in iter_samples(tmp_path / "gen")])
+    assert predicted.shape == shards.shape == (4, 1, 8, 8) and np.array_equal(predicted, shards)

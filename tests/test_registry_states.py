@@ -5,6 +5,7 @@ registry was emptied."""
 import json
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -268,7 +269,32 @@ def test_register_after_a_crash_returns_the_version_and_registered_json_agrees_w
     assert register(PARAMS, made.root, "vae")["version"] == "4"
     assert json.loads(made.registered.read_text())["version"] == _alias("challenger") == "4"
     files = json.loads(tracking.client().get_model_version(MODEL, "4").tags[registry_state.FILES_TAG])
-    assert {"model.pt", "config.json", "onnx/sampler.json"} <= set(files)
+    assert {"checkpoint/model.pt", "checkpoint/config.json", "artifacts/onnx/sampler.json"} <= set(files)
+
+
+def _logged_models() -> list:
+    c = tracking.client()
+    return c.search_logged_models([c.get_experiment_by_name(MODEL).experiment_id])
+
+
+@pytest.mark.parametrize("crash_at", ["log_model_artifacts", "finalize_logged_model", "create_model_version"])
+def test_register_after_a_crash_reuses_the_logged_model(made, monkeypatch, crash_at):
+    """A crash while the version's MLflow model is uploaded (it stays PENDING) or after it is complete (READY,
+    no version yet): the rerun finishes that LoggedModel and registers it, no second copy is logged."""
+    with monkeypatch.context() as m:
+        m.setattr(MlflowClient, crash_at, lambda *a, **k: (_ for _ in ()).throw(OSError("kill")))
+        with pytest.raises(OSError):
+            register(PARAMS, made.root, "vae")
+    assert _versions() == []
+    [model] = _logged_models()
+    assert str(model.status) == ("READY" if crash_at == "create_model_version" else "PENDING")
+    record = register(PARAMS, made.root, "vae")
+    [after] = _logged_models()
+    assert after.model_id == model.model_id and str(after.status) == "READY"
+    assert record["version"] == "1" and record["source"] == f"models:/{model.model_id}"
+    assert {a.path for a in tracking.client().list_logged_model_artifacts(model.model_id)} >= {"MLmodel", "artifacts"}
+    linked = tracking.client().get_logged_model(model.model_id).metrics  # metrics.json's summary, linked once
+    assert sorted(m.key for m in linked) == sorted(f"eval/{k}" for k in json.loads(made.metrics.read_text())["summary"])
 
 
 def _alias(alias: str) -> str | None:
@@ -362,7 +388,8 @@ def test_corrupt_graphs_in_the_cache_are_refetched_and_in_the_store_reported(mad
     (local / "sampler.json").write_text("{}")  # an edited one
     fetch_onnx(resolved, cache)
     assert json.loads((local / "sampler.json").read_text()) != {}
-    stored = made.root / resolved.source.removeprefix("file://") / "onnx" / graph.name
+    assert resolved.source.startswith("models:/") and resolved.onnx_path == "artifacts/onnx"
+    stored = Path(resolved.location.removeprefix("file://")) / resolved.onnx_path / graph.name
     stored.write_bytes(good[:-10])  # the registry's own copy
     shutil.rmtree(cache)
     with pytest.raises(ResolveError, match=rf"onnx/{graph.name}: the registry's copy is corrupt or truncated"):

@@ -53,12 +53,32 @@ def test_stages_register_against_an_mlflow_tracking_server(project, monkeypatch,
         export(params, project, "vae")
         record = register(params, project, "vae")
         assert promote(params, project, "vae")["decision"] == "promoted"
-        assert record["source"].startswith("mlflow-artifacts:")
         c = tracking.client()
         assert str(c.get_model_version_by_alias("digits-vae", "champion").version) == record["version"]
+        # the version's source is its MLflow model (a LoggedModel), its files are behind the server's
+        # mlflow-artifacts:/ proxy: nothing names the workspace
+        assert record["source"].startswith("models:/m-")
+        location = c.get_model_version_download_uri("digits-vae", record["version"])
+        assert location.startswith("mlflow-artifacts:/") and str(project) not in location
         # the artifacts went through the server into its destination, not into the project
         assert list((tmp_path / "artifacts").rglob("decoder.onnx"))
+        [mlmodel] = list((tmp_path / "artifacts").rglob("MLmodel"))
+        assert str(project) not in mlmodel.read_text()
         assert not (project / "mlartifacts").exists()
+        # served through the server both ways, with the same samples
+        import sys
+
+        import mlflow.pyfunc
+        import numpy as np
+
+        from serving.generator import generate, iter_samples
+        from serving.resolve import fetch_onnx, resolve
+
+        local = fetch_onnx(resolve(c, "digits-vae@champion"), tmp_path / "cache")
+        generate(local, 20, 1, tmp_path / "gen")
+        monkeypatch.setattr(sys, "path", list(sys.path))  # load_model puts the model's code/ first
+        predicted = mlflow.pyfunc.load_model("models:/digits-vae@champion").predict({"n": 20, "seed": 1})
+        assert np.array_equal(predicted, np.concatenate([x for x, _ in iter_samples(tmp_path / "gen")]))
     finally:
         stop_process_group(server)
 
