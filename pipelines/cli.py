@@ -310,8 +310,9 @@ def _run_locked(params: dict[str, Any], root: Path, samples: int, task_runner: s
     from pipelines.flows import api_url
 
     api = api_url()  # a Prefect server keeps the flow runs, their task runs and artifacts; the ephemeral one does not
-    out.print("Review: [bold]genforge registry show <model>[/bold] or "
-              "[bold]mlflow ui --backend-store-uri sqlite:///mlflow.db[/bold] (http://127.0.0.1:5000)\n"
+    out.print("Review: [bold]genforge registry show <model>[/bold], [bold]genforge registry review <model>[/bold] "
+              "or [bold]mlflow ui --backend-store-uri sqlite:///mlflow.db[/bold] "
+              "(http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)\n"
               + (f"Flow runs and their artifacts: {PREFECT_UI_URL.value()}/runs" if api else
                  "Flow runs and their artifacts: [bold]genforge server start[/bold] (http://127.0.0.1:4200), then "
                  "[bold]export PREFECT_API_URL=http://127.0.0.1:4200/api[/bold] before the next run"), soft_wrap=True)
