@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,41 @@ def stop_process_group(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def wait_until_up(url: str, seconds: float = 180, proc: subprocess.Popen | None = None,
+                  what: str = "the server") -> None:
+    """Poll `url` until it answers 200; fail the test after `seconds`, or at once when `proc` has exited."""
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode} before answering at {url}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{what} did not answer at {url} in {seconds:.0f} s")
+
+
+@contextmanager
+def prefect_server(home: Path):
+    """A real `prefect server start` (no UI) on a free loopback port with its state in `home`; yields its API
+    URL and stops it, children included, on exit."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_HOME": str(home),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until_up(f"{api}/health", proc=server, what="the Prefect server")
+        yield api
+    finally:
+        stop_process_group(server)
 
 
 def pytest_sessionfinish(session, exitstatus):

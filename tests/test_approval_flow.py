@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pipelines import tracking
-from tests.conftest import BIN, LOOSE_GATE, free_port, run_cli, stop_process_group, tiny_args
+from tests.conftest import LOOSE_GATE, free_port, prefect_server, run_cli, stop_process_group, tiny_args
 
 pytestmark = pytest.mark.slow  # a real server and whole runs: `make test-all`
 
@@ -22,26 +22,8 @@ MANUAL = (*LOOSE_GATE, "model.families=[vae]", "registry.approval=manual")
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server")),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("the Prefect server did not start in 180 s")
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
         yield url
-    finally:
-        stop_process_group(server)
 
 
 def _run(project, api_url: str | None, *extra: str) -> tuple[subprocess.Popen, object]:

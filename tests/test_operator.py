@@ -15,7 +15,7 @@ from pipelines.flow_reports import artifact_key, family_markdown, mlflow_link, t
 from pipelines.gate import failed_check_text, gate_decision, rejection_text
 from pipelines.server import server_env
 from pipelines.terminal import print_table, report, sample_progress
-from tests.conftest import BIN, free_port
+from tests.conftest import BIN, free_port, wait_until_up
 
 GOOD = {"metric.fid_ratio": "2.0", "metric.coverage": "0.8", "metric.class_coverage": "1.0",
         "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}
@@ -142,16 +142,7 @@ def test_server_start_serves_its_port_and_takes_its_server_down(project, tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "server", "start", "--port", str(port)],
                             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("the Prefect server did not answer in 180 s")
+        wait_until_up(f"http://127.0.0.1:{port}/api/health", proc=proc, what="genforge server start")
         settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()
         assert settings["api_url"] == f"http://127.0.0.1:{port}/api"  # the UI talks to this port, not 4200
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10, follow_redirects=True).status_code == 200
