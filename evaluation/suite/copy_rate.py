@@ -12,13 +12,15 @@ Feature space: pixels in [0, 1] (uint8 / 255, the model's input range), L2. Copi
 property: an exact or near-exact replay of a training image is at distance ~0 in pixel space whatever any
 feature extractor does, while a learned embedding (the domain classifier's, Inception's) also maps two
 different images of the same class close together, which would count every good sample as a "copy".
-Carlini et al. 2023 ("Extracting Training Data from Diffusion Models", USENIX Security, sec. 4.1) define
-memorization by (a normalised) pixel-space L2 to the nearest training image for the same reason; Meehan et
-al. 2020 ("A Non-Parametric Test to Detect Data-Copying in Generative Models", AISTATS) compare
-generated-to-train with test-to-train nearest distances, which is the reference distribution used here.
-The known weakness of pixel L2 (smooth, blurry images can sit closer to many images than sharp ones do) is
-why the threshold is a low percentile of the real test distances: blur does not bring a sample within the
-distance of the closest 1% of real near-duplicates (measured: benchmarks and tests/test_copy_rate.py).
+Carlini et al. 2023 ("Extracting Training Data from Diffusion Models", USENIX Security) call a generated
+image memorized when it lies within a small pixel-space L2 distance of a training image, for the same
+reason; Meehan et al. 2020 ("A Non-Parametric Test to Detect Data-Copying in Generative Models", AISTATS)
+compare generated-to-train with test-to-train nearest distances, the reference distribution used here.
+The known weakness of pixel L2 (smooth, blurry images sit closer to many images than sharp ones) is why the
+threshold is a low percentile of the real test distances: measured on mnist5k (N = 1,000), the test
+images' 1st percentile is 1.75 while blurred test images (sigma 1.5 px) have a median of 5.05 and a
+2-epoch VAE's blurry samples 6.33 (copy_rate 0.0 for both); replayed training images with noise of std
+0.02 sit at 0.42 (copy_rate 1.0).
 
 Cost: chunked matrix products in float64, ``n x n_train x d`` multiply-adds for the samples and the same
 for the test images (1,000 x 4,000 x 784: about 0.5 s on one core), memory bounded by the block sizes.
@@ -113,6 +115,7 @@ class CopyRate(Metric):
     modality = "image"
     needs = frozenset({"samples"})
     outputs = ("copy_rate", "copy_threshold", "copy_median_distance")
+    summary = ("copy_rate",)  # the threshold is the data's (test vs train), the median distance is in metrics.json
     settings = {"copy_rate": {"percentile": 1.0}}
 
     def check(self, ctx: EvalContext) -> None:
