@@ -141,6 +141,7 @@ def test_the_gate_rejects_a_copying_model_by_default():
     tags = {"validated": "true", "parity_max_abs_error": "0", "metric.fid_ratio": "2", "metric.coverage": "0.5",
             "metric.class_coverage": "1", "metric.mode_collapse": "0"}
     decision = gate_decision({**tags, "metric.copy_rate": "1.0"}, None, {})
-    assert decision["decision"] == "rejected" and "failed: copy_rate <= 0.1 (observed 1.0, limit 0.1)" in decision["reasons"]
+    assert decision["decision"] == "rejected"
+    assert "failed: copy_rate <= 0.1 (observed 1.0, limit 0.1)" in decision["reasons"]
     assert gate_decision({**tags, "metric.copy_rate": "0.01"}, None, {})["promoted"]
     assert not gate_decision(tags, None, {})["promoted"]  # required: a version without it is not promoted
