@@ -5,7 +5,7 @@ Resolution, in order (each step replaces the entry of the same metric; new metri
 
 1. the global list: `registry.checks` when given, else `DEFAULT_CHECKS` (today's thresholds);
 2. the legacy shorthands at `registry.*` (`max_fid_ratio`, `min_coverage`, `min_class_coverage`,
-   `forbid_mode_collapse`, `min_conditional_accuracy`, `max_parity_error`) set the limit of their check
+   `forbid_mode_collapse`, `min_conditional_accuracy`, `max_copy_rate`, `max_parity_error`) set the limit of their check
    (`forbid_mode_collapse: false` drops the mode_collapse check);
 3. `registry.families.<family>.checks`, then that family's shorthands, the same way.
 
@@ -29,13 +29,14 @@ DEFAULT_CHECKS: list[dict[str, Any]] = [
     {"metric": "coverage", "min": 0.03},         # PRDC coverage
     {"metric": "class_coverage", "min": 0.7},
     {"metric": "mode_collapse", "max": 0},
+    {"metric": "copy_rate", "max": 0.1},         # memorization: share of samples nearer a train image than 1% of test
     {"metric": "conditional_accuracy", "min": 0.5, "required": False},  # only conditional models report it
     {"metric": "parity_max_abs_error", "max": 1e-4},
 ]
 # legacy key -> (metric, op); forbid_mode_collapse is a flag
 SHORTHANDS = {"max_fid_ratio": ("fid_ratio", "max"), "min_coverage": ("coverage", "min"),
               "min_class_coverage": ("class_coverage", "min"), "forbid_mode_collapse": ("mode_collapse", "max"),
-              "min_conditional_accuracy": ("conditional_accuracy", "min"),
+              "min_conditional_accuracy": ("conditional_accuracy", "min"), "max_copy_rate": ("copy_rate", "max"),
               "max_parity_error": ("parity_max_abs_error", "max")}
 DECISION_DEFAULTS = {"primary_metric": "fid_ratio", "direction": "minimize", "margin": 0.0}
 CHECK_KEYS = ("metric", "min", "max", "required")

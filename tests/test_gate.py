@@ -8,7 +8,7 @@ from pipelines.gate import DEFAULT_CHECKS, gate_decision, resolve_gate
 from pipelines.registry import gate_settings
 from tests.conftest import REPO
 
-GOOD = {"metric.fid_ratio": "2.0", "metric.coverage": "0.8", "metric.class_coverage": "1.0",
+GOOD = {"metric.fid_ratio": "2.0", "metric.coverage": "0.8", "metric.class_coverage": "1.0", "metric.copy_rate": "0.0",
         "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}
 
 
@@ -40,8 +40,8 @@ def test_every_check_is_recorded_with_observed_limit_and_champion_value():
     champion = {**GOOD, "metric.fid_ratio": "3.0", "metric.coverage": "0.7"}
     decision = gate_decision(GOOD, champion, {})
     by_metric = {c["metric"]: c for c in decision["checks"]}
-    assert list(by_metric) == ["fid_ratio", "coverage", "class_coverage", "mode_collapse", "conditional_accuracy",
-                               "parity_max_abs_error", "validated"]
+    assert list(by_metric) == ["fid_ratio", "coverage", "class_coverage", "mode_collapse", "copy_rate",
+                               "conditional_accuracy", "parity_max_abs_error", "validated"]
     assert by_metric["fid_ratio"] == {"check": "fid_ratio <= 500", "metric": "fid_ratio", "op": "max",
                                       "limit": 500.0, "observed": 2.0, "champion": 3.0, "required": True,
                                       "status": "passed", "passed": True}
@@ -86,6 +86,7 @@ def test_a_family_without_fid_is_gated_on_the_metrics_it_has():
                                                 {"metric": "coverage", "min": 0.03, "required": False},
                                                 {"metric": "class_coverage", "min": 0.7, "required": False},
                                                 {"metric": "mode_collapse", "max": 0, "required": False},
+                                                {"metric": "copy_rate", "max": 0.1, "required": False},
                                                 {"metric": "bits_per_dim", "max": 2.0}],
                                      "primary_metric": "bits_per_dim"}}}
     gate = resolve_gate(registry, "toy")

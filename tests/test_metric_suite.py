@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # metrics.json keys of a tiny VAE with today's default set (pinned: renaming or dropping one is a change)
 VAE_KEYS = {"fid", "fid_real_floor", "fid_ratio", "kid", "kid_real_floor", "precision", "precision_real_floor",
             "recall", "recall_real_floor", "density", "density_real_floor", "coverage", "coverage_real_floor",
-            "class_coverage", "class_kl", "mode_collapse", "classifier_test_accuracy", "nll_nats", "bits_per_dim",
+            "class_coverage", "class_kl", "mode_collapse", "copy_rate", "copy_threshold", "copy_median_distance",
+            "classifier_test_accuracy", "nll_nats", "bits_per_dim",
             "latent_traversal", "active_units", *(f"anomaly_{k}_{m}" for k in ("noise", "inversion", "occlusion")
                                                   for m in ("auroc", "aupr", "tpr_at_threshold")),
             "anomaly_auroc", "anomaly_aupr", "anomaly_tpr_at_threshold", "anomaly_threshold"}
@@ -54,7 +55,7 @@ def test_default_settings_are_todays():
                   "kid": {"subsets": 20, "subset_size": 500},
                   "mode_collapse": {"coverage_threshold": 0.7, "kl_threshold": 0.5, "recall_threshold": 0.2,
                                     "min_share": None},
-                  "nll_max_images": 500,
+                  "copy_rate": {"percentile": 1.0}, "nll_max_images": 500,
                   "anomaly": {"kinds": ["noise", "inversion", "occlusion"], "fpr": 0.05, "max_images": 500},
                   "inception_weights": None}
 
@@ -151,6 +152,15 @@ def test_evaluate_runs_the_default_set_with_values_computed_independently(traine
     assert got["nll_nats"]["value"] == pytest.approx(float(nll.mean()), abs=1e-5)
     assert got["bits_per_dim"]["value"] == pytest.approx(float(nll.mean()) / (64 * math.log(2)), abs=1e-6)
     assert got["nll_nats"]["setting"]["n_images"] == 100 and got["fid"]["setting"]["n_samples"] == 200
+    from scipy.spatial.distance import cdist
+
+    # pixels as the model takes them (uint8 / 255 in float32), then float64 distances
+    flat = lambda x: (x.astype(np.float32) / np.float32(255.0 if x.dtype == np.uint8 else 1.0)).reshape(  # noqa: E731
+        len(x), -1).astype(np.float64)
+    sample_nn, test_nn = (cdist(flat(x), flat(train_x)).min(1) for x in (samples, test_x[:200]))
+    assert got["copy_threshold"]["value"] == pytest.approx(np.percentile(test_nn, 1), abs=1e-9)
+    assert got["copy_rate"]["value"] == np.mean(sample_nn <= got["copy_threshold"]["value"])
+    assert got["copy_median_distance"]["value"] == pytest.approx(np.median(sample_nn), abs=1e-9)
     assert "domain-classifier" in got["nll_nats"]["setting"]["feature_extractor"]
 
 

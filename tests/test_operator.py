@@ -17,7 +17,7 @@ from pipelines.server import server_env
 from pipelines.terminal import print_table, report, sample_progress
 from tests.conftest import BIN, free_port, wait_until_up
 
-GOOD = {"metric.fid_ratio": "2.0", "metric.coverage": "0.8", "metric.class_coverage": "1.0",
+GOOD = {"metric.fid_ratio": "2.0", "metric.coverage": "0.8", "metric.class_coverage": "1.0", "metric.copy_rate": "0.0",
         "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}
 GATE = {"max_fid_ratio": 5.0, "min_coverage": 0.5, "primary_metric": "fid_ratio", "margin": 0.1}
 

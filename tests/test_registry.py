@@ -139,12 +139,13 @@ def test_registry_show_lists_versions_side_by_side(registry_env, cli):
 
 def test_gate_hard_thresholds_each_block_promotion():
     good = {"metric.fid_ratio": "2.0", "metric.coverage": "0.8", "metric.class_coverage": "1.0",
-            "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}
+            "metric.copy_rate": "0.0", "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}
     gate = {"max_fid_ratio": 5.0, "min_coverage": 0.5, "min_class_coverage": 0.9, "forbid_mode_collapse": True,
             "max_parity_error": 1e-4, "primary_metric": "fid_ratio", "direction": "minimize", "margin": 0.1}
     assert gate_decision(good, None, gate)["promoted"]
     for key, bad in (("metric.fid_ratio", "9"), ("metric.coverage", "0.1"), ("metric.class_coverage", "0.5"),
-                     ("metric.mode_collapse", "1"), ("parity_max_abs_error", "0.01"), ("validated", "false")):
+                     ("metric.mode_collapse", "1"), ("metric.copy_rate", "0.5"), ("parity_max_abs_error", "0.01"),
+                     ("validated", "false")):
         decision = gate_decision({**good, key: bad}, None, gate)
         assert not decision["promoted"], key
     # conditional models also answer for drawing the class they are asked for
@@ -242,7 +243,7 @@ def test_likelihood_families_compete_on_bits_per_dim_by_default():
     assert gate_settings(params, "dcgan")["primary_metric"] == "fid_ratio"
     gate = gate_settings(params, "pixelcnn")
     tags = {"metric.fid_ratio": "100", "metric.coverage": "0.2", "metric.class_coverage": "1.0",
-            "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}
+            "metric.copy_rate": "0.0", "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}
     # a worse FID but a better likelihood still wins for a likelihood model
     challenger = {**tags, "metric.fid_ratio": "150", "metric.bits_per_dim": "0.12"}
     assert gate_decision(challenger, {**tags, "metric.bits_per_dim": "0.13"}, gate)["promoted"]

@@ -68,7 +68,7 @@ def test_defaults_match_what_the_stages_apply():
     ("evaluation.kid.subset=5", "evaluation.kid.subset: unknown setting; did you mean 'subsets'?"),
     ("registry.max_fid_ratoi=10", "registry.max_fid_ratoi: unknown setting; did you mean 'max_fid_ratio'? "
                                   "(known: approval, approval_timeout, checks, direction, families, "
-                                  "forbid_mode_collapse, margin, max_fid_ratio"),
+                                  "forbid_mode_collapse, margin, max_copy_rate, max_fid_ratio"),
     ("registry.families.pixelcnn.primary_metrc=nll_nats", "registry.families.pixelcnn.primary_metrc: unknown "
                                                           "setting; did you mean 'primary_metric'?"),
     ("evaluaton.num_samples=5", "evaluaton: unknown section; did you mean 'evaluation'?"),

@@ -24,6 +24,7 @@ METRICS: dict[str, str] = {
     "class_coverage": "evaluation.suite.class_coverage:ClassCoverage",
     "class_kl": "evaluation.suite.class_kl:ClassKL",
     "mode_collapse": "evaluation.suite.mode_collapse:ModeCollapse",
+    "copy_rate": "evaluation.suite.copy_rate:CopyRate",
     "classifier_accuracy": "evaluation.suite.classifier_accuracy:ClassifierAccuracy",
     "conditional_accuracy": "evaluation.suite.conditional_accuracy:ConditionalAccuracy",
     "sample_grid": "evaluation.suite.sample_grid:SampleGrid",

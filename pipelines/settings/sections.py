@@ -147,6 +147,11 @@ class AnomalySettings:
 
 
 @dataclass(frozen=True)
+class CopyRateSettings:
+    percentile: float = setting(1.0, gt=0, lt=100)
+
+
+@dataclass(frozen=True)
 class KidSettings:
     subsets: int = setting(20, ge=1)
     subset_size: int = setting(500, ge=2)
@@ -165,6 +170,7 @@ class EvaluationSettings:
     anomaly: AnomalySettings = field(default_factory=AnomalySettings)
     nll_max_images: int = setting(500, ge=1)
     kid: KidSettings = field(default_factory=KidSettings)
+    copy_rate: CopyRateSettings = field(default_factory=CopyRateSettings)
     inception_weights: Optional[str] = None
     metrics: Optional[tuple[str, ...]] = setting(None, check=_metric_name("metric", known_metric_names))
 
@@ -193,7 +199,7 @@ class CheckSettings:
 
 
 GATE_FIELDS = ("max_fid_ratio", "min_coverage", "min_class_coverage", "forbid_mode_collapse",
-               "min_conditional_accuracy", "max_parity_error", "primary_metric", "direction", "margin", "checks")
+               "min_conditional_accuracy", "max_copy_rate", "max_parity_error", "primary_metric", "direction", "margin", "checks")
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,7 @@ class RegistrySettings:
     min_class_coverage: float = setting(0.7, ge=0, le=1)
     forbid_mode_collapse: bool = True
     min_conditional_accuracy: float = setting(0.5, ge=0, le=1)
+    max_copy_rate: float = setting(0.1, ge=0, le=1)
     max_parity_error: float = setting(1e-4, gt=0)
     primary_metric: str = setting("fid_ratio", check=_metric_name("primary metric"))
     direction: Literal["minimize", "maximize"] = "minimize"
