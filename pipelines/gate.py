@@ -189,7 +189,9 @@ def _run_check(check: dict[str, Any], tags: dict[str, str], champion_tags: dict[
               "observed": value, "champion": observed(champion_tags, metric), "required": check["required"]}
     if value is None:
         status = "failed" if check["required"] else "skipped"
-        record["reason"] = f"{metric} missing" + ("" if check["required"] else " (required: false)")
+        record["reason"] = f"{metric} missing" + (
+            f" (required: the version's metrics do not report it; evaluate it again, or make the check "
+            f"`required: false`)" if check["required"] else " (required: false)")
     else:
         ok = value <= limit if op == "max" else value >= limit  # NaN fails either way
         status = "passed" if ok else "failed"
@@ -209,8 +211,8 @@ def gate_decision(tags: dict[str, str], champion_tags: dict[str, str] | None, ga
     primary, sign = gate["primary_metric"], (1.0 if gate["direction"] == "minimize" else -1.0)
     value = observed(tags, primary)
     hard_ok = all(c["status"] != "failed" for c in checks)
-    reasons = [f"failed: {c['check']} (observed {c['observed']}, limit {c['limit']})" for c in checks
-               if c["status"] == "failed"]
+    reasons = [f"failed: {c['check']} ({c.get('reason') or 'observed %s, limit %s' % (c['observed'], c['limit'])})"
+               for c in checks if c["status"] == "failed"]
     reasons += [f"skipped: {c['check']} ({c['reason']})" for c in checks if c["status"] == "skipped"]
     if value is None:
         hard_ok = False

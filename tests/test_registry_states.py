@@ -240,7 +240,7 @@ def made(prepared, monkeypatch):
     export(PARAMS, prepared, "vae")
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)
     paths.metrics.write_text(json.dumps({"run_id": run_id, "data_sha256": ds.sha256, "summary": {
-        "fid_ratio": 2.0, "coverage": 0.5, "class_coverage": 1.0, "mode_collapse": 0}}))
+        "fid_ratio": 2.0, "coverage": 0.5, "class_coverage": 1.0, "mode_collapse": 0, "copy_rate": 0.0}}))
     return paths
 
 
