@@ -116,6 +116,10 @@ def decide(name: str, version: str, decision: str, reason: str, by: str | None =
     gate yet, already champion, decided otherwise)."""
     if decision not in DECISIONS:
         raise UsageError(f"decision {decision!r}: use approve or reject")
+    if not str(version).isdigit():
+        raise UsageError(f"VERSION must be a version number like 3, got {version!r}")
+    if by is not None and not by.strip():
+        raise UsageError("--by: give the reviewer's name, or leave --by out for your login name")
     reason, by = (reason or "").strip(), (by or "").strip() or _user()
     if not reason:
         raise UsageError("--reason: give the reason for the decision (it is recorded on the version)")
@@ -182,7 +186,7 @@ def _reject_tags(review: dict[str, str], name: str, version: str) -> dict[str, s
     """In the order they are written: who/when/why, then `approval.decision`, then `promotion.decision`. Cut
     short before `approval.decision`, nothing counts as decided (the rerun decides afresh); after it, the
     version reads as awaiting approval with a recorded rejection, which the next reject completes."""
-    record = {"decision": "rejected", "reasons": [_review_line(review)], "at": review["at"]}
+    record = {"decision": "rejected", "reasons": [_review_line(review)], "at": review["at"], "approval": review}
     decision = registry_state.decision_tags(record)
     return {**{TAG + k: v for k, v in review.items() if k != "decision"},
             **{k: v for k, v in decision.items() if k != "promotion.decision"},

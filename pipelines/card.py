@@ -129,7 +129,10 @@ def check_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         elif champ is None:
             status, note = "pass", "no champion to beat: the first passing version becomes champion"
         else:
-            status = "pass" if decision.get("promoted") else "fail"
+            # the gate's own comparison (pipelines.gate.gate_decision), not the final decision: a reviewer's
+            # reject or an awaiting approval does not make a challenger that beats the champion "fail" here
+            sign = 1.0 if decision.get("direction", "minimize") == "minimize" else -1.0
+            status = "pass" if sign * (float(champ) - float(decision["value"])) > float(margin or 0.0) else "fail"
             note = f"{better} is better; must beat the champion by more than {fmt(margin)}"
         rows.append({"check": f"{primary} beats the champion", "observed": decision.get("value"),
                      "limit": f"{'<' if better == 'lower' else '>'} {fmt(champ)} {'−' if better == 'lower' else '+'} "
@@ -318,9 +321,10 @@ def card_record(c, name: str, version: str, *, decision: dict[str, Any] | None =
             "decision": tags["promotion.decision"], "reasons": [r for r in tags.get("promotion.reasons", "").split("; ") if r],
             "at": tags.get("promotion.at")}
     if decision is not None and not decision.get("checks") and logged and logged.get("checks"):
-        keep = {k: logged.get(k) for k in ("checks", "primary_metric", "direction", "value", "champion_value", "promoted")}
+        keep = {k: logged.get(k) for k in ("checks", "primary_metric", "direction", "margin", "value", "champion_value",
+                                           "promoted")}
         decision = {**decision, **keep}
-        checks_from = f"the gate's decision of {logged.get('at', '?')}: {logged.get('decision')}"
+        checks_from = f"as the promotion gate recorded them in promotion.json, last written {logged.get('at', '?')}"
     if against == "auto":
         against = None
         for key in ("champion_before", "champion_after"):

@@ -286,6 +286,9 @@ def generate_flow(model_ref: str, n: int, seed: int, out_dir: str, root: str, ba
                "samples_per_s": round(run.get("samples_per_s") or 0.0, 1),
                "shards_generated": run.get("generated_shards"), "shards_reused": run.get("reused_shards"),
                "preview": str(Path(out_dir) / result["preview"]) if result.get("preview") else None}
+    get_run_logger().info("generated %d samples from %s (seed %d) into %s: %.0f samples/s on %s, %d shards written, "
+                          "%d reused", n, summary["model"], seed, out_dir, summary["samples_per_s"],
+                          summary["provider"], summary["shards_generated"] or 0, summary["shards_reused"] or 0)
     flow_reports.publish_generation(summary)  # a `<model>-generation` table artifact
     return summary
 

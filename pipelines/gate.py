@@ -255,6 +255,8 @@ def rejection_text(decision: dict[str, Any]) -> str:
     (`fid_ratio 97.1 vs champion 96.9: improvement -0.2 <= margin 0`). "" for a promoted version."""
     if decision.get("decision") != "rejected":
         return ""
+    if decision.get("approval"):  # a reviewer's reject (pipelines.approval): their line, with the reason
+        return "; ".join(decision.get("reasons") or []) or "rejected by a reviewer"
     failed = [failed_check_text(c) for c in decision.get("checks") or [] if c.get("status") == "failed"]
     if failed:
         return "; ".join(failed)

@@ -326,7 +326,10 @@ def show(name: str) -> list[dict[str, Any]]:
         value = observed(tags, primary) if primary else None
         row["primary"] = f"{primary} {value:.4g}" if value is not None else "-"
         row["decision"] = tags.get("promotion.decision", "-")
-        row["reasons"] = (_rejected(tags) if row["decision"] == "rejected" else
+        review = tags.get("approval.decision")
+        row["reasons"] = (f"{review} by {tags.get('approval.by', '?')}: {tags.get('approval.reason', '')}"
+                          if review and review == row["decision"] else  # a reviewer's decision and reason
+                          _rejected(tags) if row["decision"] == "rejected" else
                           tags.get("promotion.reasons", "") if row["decision"] in ("manual-promote", "rolled-back")
                           else "") or "-"
         rows.append(row)

@@ -127,7 +127,11 @@ def write_review(name: str, version: str | None = None, out: Path | None = None,
         if compared is not None:
             grids[compared] = _grid(c, name, compared, n, seed, Path(tmp))
     text = render_review(record, grids, note, current)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError) as exc:  # a parent of --out is a file
+        raise GenforgeError(f"{out}: cannot be made a folder ({exc.strerror}: a parent is a file); choose another "
+                            f"--out") from exc
     atomic_write_text(page, text)
     return {"page": str(page), "version": version, "compared_with": compared, "note": note}
 
@@ -135,6 +139,9 @@ def write_review(name: str, version: str | None = None, out: Path | None = None,
 def _check_out(out: Path, page: Path) -> None:
     if out.exists() and not out.is_dir():
         raise GenforgeError(f"{out}: exists and is not a folder; choose another --out")
+    parent = next((p for p in out.parents if p.exists()), None)  # the nearest existing folder above it
+    if parent is not None and not parent.is_dir():
+        raise GenforgeError(f"{parent}: is a file, so --out {out} cannot be made a folder; choose another --out")
     if page.is_symlink() or page.exists() and (not page.is_file() or GENERATOR not in _head(page)):
         raise GenforgeError(f"{page}: exists and was not written by genforge; refusing to replace it "
                             f"(choose another --out)")

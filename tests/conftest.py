@@ -23,6 +23,7 @@ os.environ.update({
     "DVC_NO_ANALYTICS": "1",
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # as genforge's own defaults (pipelines/env.py)
 })
 
 

@@ -80,6 +80,7 @@ def test_manual_gate_waits_then_approve_moves_champion_once(made, monkeypatch, c
                                "--by", "alice")
     assert code == 0, err
     assert "approved by alice" in err and json.loads(out)["champion_after"] == "1"
+    assert show(MODEL)[0]["reasons"] == "approved by alice: grid looks sharp"  # the reviewer's reason
     assert _champion() == "1"
     tags = _tags("1")
     assert {k: tags[f"approval.{k}"] for k in ("decision", "by", "reason", "via")} == {
@@ -124,12 +125,17 @@ def test_reject_and_every_refusal_change_nothing(made, monkeypatch, capsys):  # 
     refused(["approve", MODEL, v1, "--reason", "x"], f"{MODEL}/{v1} is already champion")
     refused(["approve", MODEL, "9", "--reason", "x"], f"{MODEL}: version 9 no longer exists")
     refused(["approve", "digits-vea", "1", "--reason", "x"], "no registered model 'digits-vea'")
+    refused(["approve", MODEL, "x", "--reason", "x"], "VERSION must be a version number like 3, got 'x'", code=2)
+    refused(["approve", MODEL, v2, "--reason", "x", "--by", " "], "--by: give the reviewer's name", code=2)
 
     code, out, err = _genforge(monkeypatch, capsys, "registry", "reject", MODEL, v2, "--reason", "blurry 7s")
     assert code == 0 and "rejected by" in err and _champion() == v1
     tags = _tags(v2)
     assert tags["promotion.decision"] == "rejected" and tags["approval.reason"] == "blurry 7s"
     assert tags["approval.decision"] == "rejected"
+    assert "blurry 7s" in tags["promotion.rejected"]  # the reviewer's reason, shown by `registry show`
+    shown = {str(row["version"]): row for row in show(MODEL)}
+    assert shown[v2]["decision"] == "rejected" and shown[v2]["reasons"].endswith(": blurry 7s")
     record = json.loads(made.promotion.read_text())
     assert record["version"] == v2 and record["decision"] == "rejected" and record["champion_after"] == v1
     before = _state()

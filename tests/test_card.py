@@ -90,6 +90,19 @@ def test_metric_deltas_have_the_right_sign_direction_and_floor():
     assert rows_of(worse)["fid_ratio beats the champion"][4].startswith("✗ fail")
 
 
+@pytest.mark.parametrize("final", ["awaiting approval", "rejected"])
+def test_the_primary_check_shows_the_gates_comparison_not_a_reviewers_decision(final):
+    gate = gate_decision(CHALLENGER, CHAMPION, GATE)  # beats the champion: 12 < 20 - 0.5
+    reviewed = {**gate, "decision": final, "promoted": False,
+                "approval": {"decision": final, "by": "alice", "reason": "blurry 7s"} if final == "rejected" else None}
+    md = card.render_card(record(CHALLENGER, CHAMPION, decision=reviewed))
+    assert rows_of(md)["fid_ratio beats the champion"][4].startswith("✓ pass")
+    assert f"**Decision: {'…' if final == 'awaiting approval' else '✗'} {final}**" in md
+    lost = gate_decision(CHAMPION, CHALLENGER, GATE)  # 20 vs 12: the comparison itself fails
+    md = card.render_card(record(CHAMPION, CHALLENGER, decision={**lost, "decision": final}))
+    assert rows_of(md)["fid_ratio beats the champion"][4].startswith("✗ fail")
+
+
 def test_pending_card_previews_the_checks_and_a_failing_check_is_not_compared():
     bad = tags(fid_ratio=80.0, coverage=0.1)
     md = card.render_card(record(bad, CHAMPION, pending=True))

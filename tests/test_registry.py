@@ -341,6 +341,11 @@ def test_registry_review_writes_a_self_contained_page(registry_env, cli, tmp_pat
     with pytest.raises(GenforgeError, match="must be a version number"):
         write_review("digits-vae", "two", tmp_path / "two")
     assert not (tmp_path / "v99").exists() and not (tmp_path / "two").exists()
+    (tmp_path / "afile").write_text("mine")
+    for bad in (tmp_path / "afile", tmp_path / "afile" / "sub"):  # --out a file, or under one
+        with pytest.raises(GenforgeError, match="choose another --out"):
+            write_review("digits-vae", "2", bad)
+    assert (tmp_path / "afile").read_text() == "mine"
     proc = cli(["registry", "review", "digits-nope"], root)
     assert proc.returncode == 1 and proc.stderr.startswith("error: no registered model 'digits-nope'")
     assert "Traceback" not in proc.stderr and not (root / "review").exists()
