@@ -136,16 +136,16 @@ app.add_typer(registry_app, name="registry")
 
 @registry_app.command("show")
 def registry_show(name: str = typer.Argument(..., metavar="NAME", help="Registered model, e.g. mnist5k-vae."),
-                  as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout.")) -> None:
+                  as_json: bool = typer.Option(False, "--json", help="Print typed records as JSON on stdout "
+                                               "(full sha256 and commit, numbers, alias and reason lists).")) -> None:
     """Versions side by side: aliases, created, git commit, data sha256, main metrics, decision and reasons."""
-    from pipelines.registry import show
+    from pipelines.registry import records, show
     from pipelines.terminal import print_json, print_table
 
-    rows = show(name)
     if as_json:
-        print_json(rows)
+        print_json(records(name))
     else:
-        print_table(out, rows, f"{name} (MLflow registry: mlflow ui --backend-store-uri sqlite:///mlflow.db)",
+        print_table(out, show(name), f"{name} (MLflow registry: mlflow ui --backend-store-uri sqlite:///mlflow.db)",
                     "no versions")
 
 

@@ -300,6 +300,39 @@ def _rejected(tags: dict[str, str]) -> str:
     return "; ".join(r.removeprefix("failed: ") for r in reasons if r.startswith("failed:")) or "; ".join(reasons[-1:])
 
 
+def records(name: str) -> list[dict[str, Any]]:
+    """`registry show --json`: one typed record per version, oldest first: version (int), aliases (list),
+    created (ISO 8601, UTC), git_commit and data_sha256 (full), metrics ({output: float or None}, the main
+    ones, evaluation.suite.SHOW_OUTPUTS; mode_collapse as a bool), primary_metric and primary_value, decision,
+    reasons (a list), approval ({decision, by, at, reason, via} or None). Raises GenforgeError for an
+    unknown model."""
+    from evaluation.suite import SHOW_OUTPUTS
+
+    c = tracking.client()
+    model = registry_state.require_model(c, name)
+    shown = {row["version"]: row for row in show(name)}
+    out = []
+    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
+        tags, version = dict(mv.tags), int(mv.version)
+        metrics: dict[str, Any] = {key: observed(tags, key) for key in SHOW_OUTPUTS}
+        if metrics.get("mode_collapse") is not None:
+            metrics["mode_collapse"] = bool(metrics["mode_collapse"])
+        primary = tags.get("promotion.primary_metric")
+        reasons = shown[version]["reasons"] if version in shown else "-"
+        out.append({
+            "version": version,
+            "aliases": sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(version)),
+            "created": dt.datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, dt.timezone.utc).isoformat(),
+            "git_commit": tags.get("git_commit"), "data_sha256": tags.get("data_sha256"), "metrics": metrics,
+            "primary_metric": primary, "primary_value": observed(tags, primary) if primary else None,
+            "decision": tags.get("promotion.decision"),
+            "reasons": [] if reasons == "-" else [r.strip() for r in reasons.split("; ") if r.strip()],
+            "approval": ({k: tags.get(f"approval.{k}") for k in ("decision", "by", "at", "reason", "via")}
+                         if tags.get("approval.decision") else None),
+        })
+    return out
+
+
 def show(name: str) -> list[dict[str, Any]]:
     """One row per version, oldest first: version, aliases, created (UTC), git (short commit), data (sha256
     prefix), the main metrics (evaluation.suite.SHOW_OUTPUTS), primary (the gate's primary metric and value),

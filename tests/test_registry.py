@@ -438,11 +438,14 @@ def test_rejected_promotion_is_a_red_cross_and_registry_show_is_never_cut(regist
 
     code, out, err = _genforge(["registry", "show", "digits-vae", "--json"], root, monkeypatch, capsys)
     assert code == 0, err
-    rows = json.loads(out)
-    assert rows == json.loads(json.dumps(show("digits-vae")))
+    rows = json.loads(out)  # typed records: full ids, numbers, lists
+    v1 = tracking.client().get_model_version("digits-vae", "1")
     assert [r["version"] for r in rows] == [1, 2] and rows[1]["decision"] == "rejected"
-    assert rows[1]["reasons"] == f"fid_ratio {fid_ratio:.4g} > 0.5" and rows[1]["primary"].startswith("fid_ratio ")
-    assert rows[0]["created"].endswith("UTC") and rows[0]["git"] == git
+    assert rows[1]["reasons"] == [f"fid_ratio {fid_ratio:.4g} > 0.5"] and rows[1]["primary_metric"] == "fid_ratio"
+    assert rows[1]["primary_value"] == pytest.approx(fid_ratio) and rows[1]["metrics"]["fid_ratio"] == pytest.approx(fid_ratio)
+    assert rows[0]["git_commit"] == v1.tags["git_commit"] and rows[0]["data_sha256"] == v1.tags["data_sha256"]
+    assert "champion" in rows[0]["aliases"] and isinstance(rows[0]["metrics"]["mode_collapse"], bool)
+    assert rows[0]["created"].endswith("+00:00") and rows[0]["approval"] is None
 
 
 def test_generate_prints_a_summary_and_the_manifest_only_with_json(registry_env, tmp_path, monkeypatch, capsys):
