@@ -19,7 +19,7 @@ from pipelines import approval, card, catalog, commit, registry_state, tracking
 from pipelines.errors import DataError, GenforgeError
 from pipelines.gate import gate_decision, observed, parity_limit, resolve_gate
 from pipelines.prepare import prepared_dir
-from pipelines.train import model_dir
+from pipelines.catalog import model_dir
 from pipelines.validate import require_validated
 
 def model_name(dataset: str, family: str) -> str:
