@@ -95,6 +95,20 @@ TINY_SETS = [
 ]
 
 
+@pytest.fixture(scope="session")
+def prepared_digits(tmp_path_factory):
+    """(project root, tiny params) with the 8x8 digits prepared and validated once per session; for tests
+    that only read the prepared data (metrics on sample sets, the known-bad ladder)."""
+    from pipelines.prepare import prepare, prepared_dir
+    from pipelines.validate import validate
+
+    root = tmp_path_factory.mktemp("prepared-digits")
+    params = tiny_params()
+    prepare(params, root)
+    validate(params, root, prepared_dir(root, params))
+    return root, params
+
+
 # a gate every tiny model passes: the tests of promotion mechanics need a promotable version
 LOOSE_GATE = ("registry.max_fid_ratio=1000000", "registry.min_coverage=0", "registry.min_class_coverage=0",
               "registry.forbid_mode_collapse=false", "registry.min_conditional_accuracy=0", "registry.max_copy_rate=1")

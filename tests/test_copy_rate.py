@@ -52,16 +52,12 @@ def test_copy_rate_by_hand():
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(prepared_digits):
     from pipelines.dataset import open_prepared
     from pipelines.evaluate import _settings
-    from pipelines.prepare import prepare, prepared_dir
-    from pipelines.validate import validate
+    from pipelines.prepare import prepared_dir
 
-    root = tmp_path_factory.mktemp("copy-rate")
-    params = tiny_params()
-    prepare(params, root)
-    validate(params, root, prepared_dir(root, params))
+    root, params = prepared_digits
     return open_prepared(prepared_dir(root, params)), _settings(params), root
 
 

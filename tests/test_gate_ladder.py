@@ -18,19 +18,15 @@ CAUGHT_BY = {"noise": "class_coverage", "one_class": "class_coverage", "ten_prot
 
 
 @pytest.fixture(scope="module")
-def ladder(tmp_path_factory):
+def ladder(prepared_digits):
     """rung -> (metrics, gate decision), all rungs evaluated once with the shipped registry settings."""
     from evaluation.ladder import build_rungs, evaluate_samples, gate_tags
     from pipelines.dataset import open_prepared
     from pipelines.evaluate import _settings
     from pipelines.gate import gate_decision, resolve_gate
-    from pipelines.prepare import prepare, prepared_dir
-    from pipelines.validate import validate
+    from pipelines.prepare import prepared_dir
 
-    root = tmp_path_factory.mktemp("ladder")
-    params = tiny_params()
-    prepare(params, root)
-    validate(params, root, prepared_dir(root, params))
+    root, params = prepared_digits
     ds, ev = open_prepared(prepared_dir(root, params)), _settings(params)
     n = min(int(ev["num_samples"]), len(ds.load("test")[0]))
     out = {}
