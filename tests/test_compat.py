@@ -147,13 +147,15 @@ def test_a_version_registered_before_mlmodel_sources_is_served_promoted_and_roll
     # the gate promotes it (stage promote reads registered.json and the version's tags)
     (root / "models" / "legacy" / "vae" / "registered.json").write_text(json.dumps(
         {"name": "legacy-vae", "version": str(mv.version), "run_id": run.info.run_id, "source": mv.source}))
-    # it predates the copy_rate metric: the default gate says so instead of passing it silently...
-    rejected = promote(load_params(root / "params.yaml", list(LOOSE_GATE)), root, "vae")
+    # it predates the copy_rate metric: a gate that insists on it says so instead of passing it silently...
+    strict = load_params(root / "params.yaml", [*LOOSE_GATE, "registry.families.vae.checks="
+                                                "[{metric: copy_rate, max: 0.1, required: true}]"])
+    rejected = promote(strict, root, "vae")
     assert rejected["decision"] == "rejected" and any("copy_rate missing (required" in r for r in rejected["reasons"])
-    # ...and a gate that does not require it promotes it
-    params = load_params(root / "params.yaml", [*LOOSE_GATE, "registry.families.vae.checks="
-                                                "[{metric: copy_rate, max: 0.1, required: false}]"])
-    assert promote(params, root, "vae")["decision"] == "promoted"
+    # ...and the shipped gate promotes it, recording the check as skipped
+    promoted = promote(load_params(root / "params.yaml", list(LOOSE_GATE)), root, "vae")
+    assert promoted["decision"] == "promoted"
+    assert any(r.startswith("skipped: copy_rate") for r in promoted["reasons"])
     # a version in today's layout (an MLflow model) beside it takes champion; rolling back brings the old one back
     onnx = root / "models" / "legacy" / "vae" / "onnx"
     model_id = log_model(c, run.info.run_id, "legacy-vae", onnx, [], "new-layout", {"family": "vae"}, {})

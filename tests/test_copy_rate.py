@@ -132,12 +132,16 @@ def test_the_gate_rejects_a_copying_model_by_default():
     from pipelines.gate import gate_decision, resolve_gate
 
     checks = {c["metric"]: c for c in resolve_gate({})["checks"]}
-    assert checks["copy_rate"] == {"metric": "copy_rate", "max": 0.1, "required": True}
-    assert resolve_gate({"max_copy_rate": 0.3})["checks"][4] == {"metric": "copy_rate", "max": 0.3, "required": True}
+    assert checks["copy_rate"] == {"metric": "copy_rate", "max": 0.1, "required": False}
+    assert resolve_gate({"max_copy_rate": 0.3})["checks"][4] == {"metric": "copy_rate", "max": 0.3, "required": False}
     tags = {"validated": "true", "parity_max_abs_error": "0", "metric.fid_ratio": "2", "metric.coverage": "0.5",
             "metric.class_coverage": "1", "metric.mode_collapse": "0"}
     decision = gate_decision({**tags, "metric.copy_rate": "1.0"}, None, {})
     assert decision["decision"] == "rejected"
     assert "failed: copy_rate <= 0.1 (observed 1.0, limit 0.1)" in decision["reasons"]
     assert gate_decision({**tags, "metric.copy_rate": "0.01"}, None, {})["promoted"]
-    assert not gate_decision(tags, None, {})["promoted"]  # required: a version without it is not promoted
+    # a version registered before copy_rate existed stays promotable: the check is skipped and says why
+    old = gate_decision(tags, None, {})
+    assert old["promoted"] and "skipped: copy_rate <= 0.1 (copy_rate missing (required: false))" in old["reasons"]
+    strict = {"checks": [{"metric": "copy_rate", "max": 0.1, "required": True}]}  # a gate that insists on it
+    assert not gate_decision(tags, None, strict)["promoted"]
