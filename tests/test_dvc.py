@@ -74,22 +74,32 @@ def test_dvc_repro_then_push_and_pull_into_a_fresh_clone(tmp_path):
         assert pulled.read_bytes() == (work / "data" / "prepared" / "mnist5k" / name).read_bytes()
 
 
-def test_dvc_after_genforge_run_has_nothing_to_do_and_a_train_param_reruns_from_train(tmp_path):
-    """`genforge run` (the Prefect flow) records dvc.lock; `dvc repro` then agrees with it."""
+def _tiny_git_project(tmp_path: Path, **extra_env: str) -> tuple[Path, dict]:
+    """(work, env): a copy of the project in tmp_path/work with the tiny digits settings written into
+    params.yaml (dvc.yaml follows params.yaml), committed to a new git repository; env has its own MLflow store."""
     import yaml
 
     from tests.conftest import tiny_params
 
+    work = tmp_path / "work"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"}
-    dvc, work = str(BIN / "dvc"), tmp_path / "work"
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", **extra_env}
     _copy_project(work)
     params = tiny_params(*LOOSE_GATE, "model.families=[vae,dcgan]")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh(["git", "init", "-q", "-b", "main"], work, env)
     _sh(["git", "add", "-A"], work, env)
     _sh(["git", "commit", "-qm", "init"], work, env)
+    return work, env
+
+
+def test_dvc_after_genforge_run_has_nothing_to_do_and_a_train_param_reruns_from_train(tmp_path):
+    """`genforge run` (the Prefect flow) records dvc.lock; `dvc repro` then agrees with it."""
+    import yaml
+
+    work, env = _tiny_git_project(tmp_path)
+    dvc = str(BIN / "dvc")
 
     log = _sh([str(BIN / "genforge"), "run", "--samples", "100"], work, env)
     assert "dvc.lock updated" in log
@@ -98,6 +108,7 @@ def test_dvc_after_genforge_run_has_nothing_to_do_and_a_train_param_reruns_from_
     repro = _sh([dvc, "repro"], work, env)
     assert _ran(repro) == {"source"} and "Stage 'prepare' didn't change, skipping" in repro
 
+    params = yaml.safe_load((work / "params.yaml").read_text())
     params["model"]["vae"]["epochs"] = 3
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = _ran(_sh([dvc, "repro", "--dry"], work, env))
@@ -152,25 +163,16 @@ def test_metrics_and_plots_diff_between_commits_and_a_consistent_checkout_of_the
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from tests.conftest import tiny_params
-
-    db = tmp_path / "work" / "mlflow.db"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "COLUMNS": "200"}
-    dvc, genforge, work = str(BIN / "dvc"), str(BIN / "genforge"), tmp_path / "work"
-    _copy_project(work)
-    params = tiny_params(*LOOSE_GATE, "model.families=[vae,dcgan]")
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _sh(["git", "init", "-q", "-b", "main"], work, env)
-    _sh(["git", "add", "-A"], work, env)
-    _sh(["git", "commit", "-qm", "init"], work, env)
+    work, env = _tiny_git_project(tmp_path, COLUMNS="200")
+    db = work / "mlflow.db"
+    dvc, genforge = str(BIN / "dvc"), str(BIN / "genforge")
 
     assert "dvc.lock updated" in _sh([genforge, "run", "--samples", "20"], work, env)
     first = _check_versioned(work, env, "digits", ["vae", "dcgan"])
     _sh(["git", "add", "-A"], work, env)
     _sh(["git", "commit", "-qm", "vae 2 epochs"], work, env)
     assert _sh(["git", "status", "--porcelain"], work, env) == ""  # nothing left out of the commit, nothing stray
+    params = yaml.safe_load((work / "params.yaml").read_text())
     params["model"]["vae"]["epochs"] = 3
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "dvc.lock updated" in _sh([genforge, "run", "--samples", "20"], work, env)
