@@ -131,8 +131,10 @@ def check_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             # the gate's own comparison (pipelines.gate.gate_decision), not the final decision: a reviewer's
             # reject or an awaiting approval does not make a challenger that beats the champion "fail" here
-            sign = 1.0 if decision.get("direction", "minimize") == "minimize" else -1.0
-            status = "pass" if sign * (float(champ) - float(decision["value"])) > float(margin or 0.0) else "fail"
+            from pipelines.gate import improvement
+
+            gain = improvement(decision["value"], champ, decision.get("direction", "minimize"))
+            status = "pass" if gain > float(margin or 0.0) else "fail"
             note = f"{better} is better; must beat the champion by more than {fmt(margin)}"
         rows.append({"check": f"{primary} beats the champion", "observed": decision.get("value"),
                      "limit": f"{'<' if better == 'lower' else '>'} {fmt(champ)} {'−' if better == 'lower' else '+'} "

@@ -192,12 +192,18 @@ def _run_check(check: dict[str, Any], tags: dict[str, str], champion_tags: dict[
     if value is None:
         status = "failed" if check["required"] else "skipped"
         record["reason"] = f"{metric} missing" + (
-            f" (required: the version's metrics do not report it; evaluate it again, or make the check "
-            f"`required: false`)" if check["required"] else " (required: false)")
+            " (required: the version's metrics do not report it; evaluate it again, or make the check "
+            "`required: false`)" if check["required"] else " (required: false)")
     else:
         ok = value <= limit if op == "max" else value >= limit  # NaN fails either way
         status = "passed" if ok else "failed"
     return {**record, "status": status, "passed": status == "passed"}
+
+
+def improvement(value: float, champion: float, direction: str) -> float:
+    """How much ``value`` beats ``champion`` on the primary metric (positive: better), given ``direction``
+    (minimize | maximize). The gate promotes when this exceeds the margin."""
+    return (1.0 if direction == "minimize" else -1.0) * (float(champion) - float(value))
 
 
 def gate_decision(tags: dict[str, str], champion_tags: dict[str, str] | None, gate: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +216,7 @@ def gate_decision(tags: dict[str, str], champion_tags: dict[str, str] | None, ga
     checks.append({"check": "data validated", "metric": "validated", "op": "equals", "limit": "true",
                    "observed": valid, "champion": (champion_tags or {}).get("validated"), "required": True,
                    "status": "passed" if valid == "true" else "failed", "passed": valid == "true"})
-    primary, sign = gate["primary_metric"], (1.0 if gate["direction"] == "minimize" else -1.0)
+    primary = gate["primary_metric"]
     value = observed(tags, primary)
     hard_ok = all(c["status"] != "failed" for c in checks)
     reasons = [f"failed: {c['check']} ({c.get('reason') or 'observed %s, limit %s' % (c['observed'], c['limit'])})"
@@ -226,9 +232,9 @@ def gate_decision(tags: dict[str, str], champion_tags: dict[str, str] | None, ga
             beats = True
             reasons.append(f"no champion with {primary}: the first passing version becomes champion")
         else:
-            improvement = sign * (champ_value - value)
-            beats = improvement > float(gate["margin"])
-            reasons.append(f"{primary} {value:.4g} vs champion {champ_value:.4g}: improvement {improvement:.4g} "
+            gain = improvement(value, champ_value, gate["direction"])
+            beats = gain > float(gate["margin"])
+            reasons.append(f"{primary} {value:.4g} vs champion {champ_value:.4g}: improvement {gain:.4g} "
                            f"{'>' if beats else '<='} margin {gate['margin']}")
     promoted = bool(hard_ok and beats)
     return {"decision": "promoted" if promoted else "rejected", "promoted": promoted, "checks": checks,
@@ -267,7 +273,7 @@ def rejection_text(decision: dict[str, Any]) -> str:
         return f"{primary} missing (required)"
     if champion is None:
         return "; ".join(decision.get("reasons") or []) or "rejected"
-    sign = 1.0 if decision.get("direction", "minimize") == "minimize" else -1.0
     margin = float(decision.get("margin", (decision.get("gate") or {}).get("margin", 0.0)))
+    gain = improvement(value, champion, decision.get("direction", "minimize"))
     return (f"{primary} {_fmt(float(value))} vs champion {_fmt(float(champion))}: improvement "
-            f"{_fmt(sign * (float(champion) - float(value)))} <= margin {margin:g}")
+            f"{_fmt(gain)} <= margin {margin:g}")

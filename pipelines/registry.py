@@ -300,6 +300,17 @@ def _rejected(tags: dict[str, str]) -> str:
     return "; ".join(r.removeprefix("failed: ") for r in reasons if r.startswith("failed:")) or "; ".join(reasons[-1:])
 
 
+def _reasons(tags: dict[str, str]) -> str:
+    """Why a version's decision is what it is, in one line ("" when there is nothing to say): a reviewer's
+    decision and reason, a rejected version's failed checks, a manual promote's or rollback's reason."""
+    decision, review = tags.get("promotion.decision", "-"), tags.get("approval.decision")
+    if review and review == decision:
+        return f"{review} by {tags.get('approval.by', '?')}: {tags.get('approval.reason', '')}"
+    if decision == "rejected":
+        return _rejected(tags)
+    return tags.get("promotion.reasons", "") if decision in ("manual-promote", "rolled-back") else ""
+
+
 def records(name: str) -> list[dict[str, Any]]:
     """`registry show --json`: one typed record per version, oldest first: version (int), aliases (list),
     created (ISO 8601, UTC), git_commit and data_sha256 (full), metrics ({output: float or None}, the main
@@ -310,7 +321,6 @@ def records(name: str) -> list[dict[str, Any]]:
 
     c = tracking.client()
     model = registry_state.require_model(c, name)
-    shown = {row["version"]: row for row in show(name)}
     out = []
     for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
         tags, version = dict(mv.tags), int(mv.version)
@@ -318,7 +328,7 @@ def records(name: str) -> list[dict[str, Any]]:
         if metrics.get("mode_collapse") is not None:
             metrics["mode_collapse"] = bool(metrics["mode_collapse"])
         primary = tags.get("promotion.primary_metric")
-        reasons = shown[version]["reasons"] if version in shown else "-"
+        reasons = _reasons(tags)
         out.append({
             "version": version,
             "aliases": sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(version)),
@@ -326,7 +336,7 @@ def records(name: str) -> list[dict[str, Any]]:
             "git_commit": tags.get("git_commit"), "data_sha256": tags.get("data_sha256"), "metrics": metrics,
             "primary_metric": primary, "primary_value": observed(tags, primary) if primary else None,
             "decision": tags.get("promotion.decision"),
-            "reasons": [] if reasons == "-" else [r.strip() for r in reasons.split("; ") if r.strip()],
+            "reasons": [r.strip() for r in reasons.split("; ") if r.strip()],
             "approval": ({k: tags.get(f"approval.{k}") for k in ("decision", "by", "at", "reason", "via")}
                          if tags.get("approval.decision") else None),
         })
@@ -359,11 +369,6 @@ def show(name: str) -> list[dict[str, Any]]:
         value = observed(tags, primary) if primary else None
         row["primary"] = f"{primary} {value:.4g}" if value is not None else "-"
         row["decision"] = tags.get("promotion.decision", "-")
-        review = tags.get("approval.decision")
-        row["reasons"] = (f"{review} by {tags.get('approval.by', '?')}: {tags.get('approval.reason', '')}"
-                          if review and review == row["decision"] else  # a reviewer's decision and reason
-                          _rejected(tags) if row["decision"] == "rejected" else
-                          tags.get("promotion.reasons", "") if row["decision"] in ("manual-promote", "rolled-back")
-                          else "") or "-"
+        row["reasons"] = _reasons(tags) or "-"
         rows.append(row)
     return rows
