@@ -119,3 +119,17 @@ def check_stored(samples: np.ndarray, shape: tuple[int, ...]) -> str | None:
     if samples.ndim != 2 or tuple(samples.shape[1:]) != tuple(shape):
         return f"expected N x {' x '.join(map(str, shape))} token ids, got {list(samples.shape)}"
     return None
+
+
+def to_records(samples: np.ndarray, labels: np.ndarray, vocab: Sequence[str],
+               class_names: Sequence[str] = ()) -> list[dict]:
+    """Samples as JSON-ready records, in order: ``{"label": int | None, "class": str | None, "text": str}``
+    (label -1 or no classes: None). What JSONL shards, the pyfunc model and the model card show."""
+    tok = tokenizer(tuple(vocab))
+    out = []
+    for ids, label in zip(np.asarray(samples), np.asarray(labels)):
+        label = int(label)
+        known = 0 <= label < len(class_names)
+        out.append({"label": label if label >= 0 else None, "class": class_names[label] if known else None,
+                    "text": tok.decode(ids)})
+    return out
