@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.genforge-installed
+# `make repro PIPELINE=stages/names/dvc.yaml` replays the names chain (params-names.yaml)
+PIPELINE ?= dvc.yaml
 
 # offline and self-contained: no telemetry, Prefect state under the project, not $HOME
 export PREFECT_HOME ?= $(CURDIR)/.prefect
@@ -38,7 +40,7 @@ test-all: setup
 	$(BIN)/python -m pytest -m ""
 
 repro: setup
-	$(BIN)/dvc repro
+	$(BIN)/dvc repro $(PIPELINE)
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

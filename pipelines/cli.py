@@ -15,7 +15,7 @@ from rich.console import Console
 from pipelines import catalog
 from pipelines.config import load_params, project_root
 from pipelines.env import apply_defaults
-from pipelines.errors import GenforgeError
+from pipelines.errors import GenforgeError, UsageError
 from pipelines.stages import STAGES
 from pipelines.settings.schema import closest
 
@@ -111,21 +111,35 @@ for _spec in STAGES:
 
 
 @app.command("dvc-yaml")
-def dvc_yaml_cmd(write: bool = typer.Option(False, "--write", help="Write ./dvc.yaml instead of printing it."),
-                 check: bool = typer.Option(False, "--check", help="Exit 1 when ./dvc.yaml differs.")) -> None:
+def dvc_yaml_cmd(write: bool = typer.Option(False, "--write", help="Write the pipeline file instead of printing it."),
+                 check: bool = typer.Option(False, "--check", help="Exit 1 when the pipeline file differs."),
+                 params_file: Optional[Path] = typer.Option(
+                     None, "--params", "-p", help="Render the pipeline of this params file (stages/<name>/dvc.yaml) "
+                                                  "instead of ./dvc.yaml's (params.yaml).")) -> None:
     """Render dvc.yaml from the stage table (pipelines/stages.py): stages, deps (computed code deps), params, outs."""
-    from pipelines.dvcfile import render
+    from pipelines.dvcfile import pipeline_file, render
 
-    text, target = render(), project_root() / "dvc.yaml"
+    root = project_root()
+    rel = None
+    if params_file is not None:
+        load_params(params_file)  # exists and parses, else one error line
+        try:
+            rel = params_file.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise UsageError(f"--params {params_file}: must be a file inside the project ({root}), as DVC reads "
+                             "it from there") from None
+    text, target = render(rel), root / pipeline_file(rel)
     if check:
         if not target.exists() or target.read_text() != text:
-            raise GenforgeError(f"{target} differs from the stage table; run `genforge dvc-yaml --write`")
+            hint = f" --params {rel}" if rel and rel != "params.yaml" else ""
+            raise GenforgeError(f"{target} differs from the stage table; run `genforge dvc-yaml{hint} --write`")
         console.print(f"{target} matches the stage table")
     elif write:
         from contracts.io import atomic_write_text
 
+        target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, text)
-        console.print(f"wrote {target}")
+        console.print(f"wrote {target.relative_to(root)}", soft_wrap=True)
     else:
         sys.stdout.write(text)
 
@@ -268,10 +282,10 @@ def run_main(
     params, root = _params(params_file, set_, data_checks=False), project_root()
     # one main run per project at a time: a second one (a schedule overlapping a manual run) is refused at once
     with exclusive(catalog.lock_path(root), f"the main run of {root}"):
-        _run_locked(params, root, samples, task_runner, pinned=not set_ and params_file is None)
+        _run_locked(params, root, samples, task_runner, pinned=None if set_ else _pipeline_of(root, params_file))
 
 
-def _run_locked(params: dict[str, Any], root: Path, samples: int, task_runner: str, pinned: bool) -> None:
+def _run_locked(params: dict[str, Any], root: Path, samples: int, task_runner: str, pinned: str | None) -> None:
     from pipelines.flows import families_of, generate_flow, run_retrain
     from pipelines.prepare import dataset_name
     from pipelines.registry import gate_settings, model_name, show
@@ -351,23 +365,39 @@ def server_start(port: int = typer.Option(4200, "--port"), host: str = typer.Opt
     raise typer.Exit(start_server(host, port, console))
 
 
-def _dvc_commit(root: Path, pinned: bool) -> None:
-    """Record what the flow produced in dvc.lock, so `dvc repro` right after has nothing to do."""
+def _pipeline_of(root: Path, params_file: Optional[Path]) -> str | None:
+    """The DVC pipeline file (relative to `root`) that replays runs of `params_file`, None when there is none:
+    dvc.yaml for params.yaml, `stages/<name>/dvc.yaml` for another params file inside the project."""
+    from pipelines.dvcfile import pipeline_file
+
+    if params_file is None:
+        return "dvc.yaml"
+    try:
+        rel = params_file.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+    return pipeline_file(rel) if (root / pipeline_file(rel)).exists() else None
+
+
+def _dvc_commit(root: Path, pinned: str | None) -> None:
+    """Record what the flow produced in the lock file of its pipeline (`pinned`: dvc.yaml or
+    stages/<name>/dvc.yaml), so `dvc repro` right after has nothing to do."""
     import subprocess
 
-    if not (root / "dvc.yaml").exists() or not (root / ".dvc").is_dir():
+    if not (root / ".dvc").is_dir() or (pinned is not None and not (root / pinned).exists()):
         return
-    if not pinned:
-        console.print("[yellow]dvc.lock not updated:[/yellow] this run used --set/--params, and dvc.yaml follows "
-                      "params.yaml; put the values in params.yaml to replay them with `dvc repro`")
+    if pinned is None:
+        console.print("[yellow]dvc.lock not updated:[/yellow] this run used --set (or a params file with no DVC "
+                      "pipeline: `genforge dvc-yaml --params FILE --write` makes one); put the values in the params "
+                      "file to replay them with `dvc repro`")
         return
     dvc = Path(sys.executable).parent / "dvc"
-    proc = subprocess.run([str(dvc) if dvc.exists() else "dvc", "commit", "--force", "--quiet"], cwd=root,
+    proc = subprocess.run([str(dvc) if dvc.exists() else "dvc", "commit", "--force", "--quiet", pinned], cwd=root,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         console.print(f"[yellow]dvc commit failed[/yellow] (dvc.lock not updated): {proc.stderr.strip()[:500]}")
     else:
-        console.print("dvc.lock updated: `dvc repro` now has nothing to do until data, code or params change")
+        console.print(f"dvc.lock updated: `dvc repro {pinned}` now has nothing to do until data, code or params change")
 
 
 def _library_user_error(exc: BaseException) -> bool:

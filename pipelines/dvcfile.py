@@ -3,8 +3,16 @@
 The committed dvc.yaml is this function's output; tests/test_stages.py fails when they differ, so a new
 import in a stage module, a new stage input or a new params key reaches dvc.yaml through one command.
 Per-family stages use `foreach: ${model.families}`; paths use `${data.name}` and `${item}`.
+
+Another params file (`genforge dvc-yaml --params params-names.yaml --write`) gets a pipeline of its own,
+`stages/<name>/dvc.yaml` (`params-names.yaml` -> `stages/names/`): the same stages with `vars:` reading that
+file, `wdir` the project root, params keys read from it and `--params` on every command, so
+`dvc repro stages/names/dvc.yaml` replays that chain with its own `dvc.lock`. The outputs do not collide
+with the main pipeline's: every path is scoped by `data.name` (and the family).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from pipelines.catalog import entry
 from pipelines.stages import STAGES, Output, Stage, code_deps
@@ -49,18 +57,32 @@ def _yaml_scalar(value: str) -> str:
     return value if yaml.safe_load(value) == value and ":" not in value else json.dumps(value)
 
 
-def stage_body(s: Stage) -> list[str]:
-    """The YAML lines of one stage's definition (without its name), indented for `do:` when per family."""
+def pipeline_file(params_file: str | None) -> str:
+    """Where the pipeline of `params_file` lives, relative to the project root: dvc.yaml for params.yaml (or
+    None), else `stages/<name>/dvc.yaml` with <name> the file's stem less a `params-` prefix."""
+    if params_file is None or Path(params_file).as_posix() == "params.yaml":
+        return "dvc.yaml"
+    stem = Path(params_file).stem
+    return f"stages/{stem.removeprefix('params-') or stem}/dvc.yaml"
+
+
+def stage_body(s: Stage, params_file: str | None = None) -> list[str]:
+    """The YAML lines of one stage's definition (without its name), indented for `do:` when per family;
+    with `params_file`, run from the project root (`wdir`) with `--params` and params read from that file."""
     pad = "      " if s.per_family else "    "
     fam = f" --family {FAMILY}" if s.per_family else ""
-    lines = [f"{pad}cmd: genforge stage {s.name}{fam}"]
+    lines = [f"{pad}cmd: genforge stage {s.name}{fam}" + (f" --params {params_file}" if params_file else "")]
+    if params_file:
+        lines.append(f"{pad}wdir: {'/'.join(['..'] * (len(Path(pipeline_file(params_file)).parts) - 1))}")
     if s.always_changed:
         lines.append(f"{pad}always_changed: true")
     deps = [_path(i) for i in s.inputs] + code_deps(s)
     if deps:
         lines += [f"{pad}deps:"] + [f"{pad}  - {d}" for d in deps]
     keys = s.param_keys(FAMILY if s.per_family else None)
-    if keys:
+    if keys and params_file:
+        lines += [f"{pad}params:", f"{pad}  - {params_file}:"] + [f"{pad}      - {k}" for k in keys]
+    elif keys:
         lines += [f"{pad}params:"] + [f"{pad}  - {k}" for k in keys]
     for kind in ("outs", "metrics", "plots"):
         outs = [o for o in s.outputs if o.kind == kind]
@@ -71,14 +93,22 @@ def stage_body(s: Stage) -> list[str]:
     return lines
 
 
-def render() -> str:
-    """The full dvc.yaml text for the current stage table and code."""
-    lines = [HEADER.rstrip("\n"), "stages:"]
+def render(params_file: str | None = None) -> str:
+    """The full dvc.yaml text for the current stage table and code; with `params_file` (a path relative to
+    the project root, not params.yaml), the pipeline of that file, to be written at `pipeline_file(...)`."""
+    if params_file is not None and Path(params_file).as_posix() == "params.yaml":
+        params_file = None
+    lines = [HEADER.rstrip("\n")]
+    if params_file:
+        up = "/".join([".."] * (len(Path(pipeline_file(params_file)).parts) - 1))
+        lines += [f"# The pipeline of {params_file}: `dvc repro {pipeline_file(params_file)}`.",
+                  "vars:", f"  - {up}/{params_file}"]
+    lines.append("stages:")
     for i, s in enumerate(STAGES):
         if i:
             lines.append("")
         lines.append(f"  {s.name}:")
         if s.per_family:
             lines += ["    foreach: ${model.families}", "    do:"]
-        lines += stage_body(s)
+        lines += stage_body(s, params_file)
     return "\n".join(lines) + "\n"

@@ -42,6 +42,32 @@ def _status(work: Path, env: dict) -> dict:
     return json.loads(_sh([str(BIN / "dvc"), "status", "--json"], work, env).strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # ~17 s of real DVC runs: `make test-all`
+def test_the_pipeline_of_another_params_file_replays_with_its_own_lock(tmp_path):
+    """`genforge dvc-yaml --params params-tiny.yaml --write` + `dvc repro stages/tiny/dvc.yaml:validate` (real
+    DVC): the stages run from the project root with that file's values and lock into stages/tiny/dvc.lock;
+    the main pipeline is not touched."""
+    import yaml
+
+    from tests.conftest import tiny_params
+
+    work, env = _tiny_git_project(tmp_path)
+    params = tiny_params(*LOOSE_GATE)
+    params["data"]["name"] = "tinyset"
+    (work / "params-tiny.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    genforge, dvc = str(BIN / "genforge"), str(BIN / "dvc")
+    assert "stages/tiny/dvc.yaml" in _sh([genforge, "dvc-yaml", "--params", "params-tiny.yaml", "--write"], work, env)
+    log = _sh([dvc, "repro", "stages/tiny/dvc.yaml:validate"], work, env)
+    assert {f"stages/tiny/dvc.yaml:{s}" for s in ("source", "prepare", "validate")} <= _ran(log), log
+    assert (work / "reports" / "tinyset" / "validation.json").exists()
+    lock = yaml.safe_load((work / "stages" / "tiny" / "dvc.lock").read_text())["stages"]
+    assert lock["prepare"]["params"]["params-tiny.yaml"]["data"]["name"] == "tinyset"
+    assert not (work / "dvc.lock").exists() and not (work / "data" / "prepared" / "mnist5k").exists()
+    again = _sh([dvc, "repro", "stages/tiny/dvc.yaml:validate"], work, env)
+    assert _ran(again) == {"stages/tiny/dvc.yaml:source"}, again
+    assert "Stage 'stages/tiny/dvc.yaml:prepare' didn't change" in again, again
+
+
 @pytest.mark.slow  # a real server / remote round trip: `make test-all`
 def test_dvc_repro_then_push_and_pull_into_a_fresh_clone(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",

@@ -39,6 +39,29 @@ def test_committed_dvc_yaml_is_what_the_table_renders():
     assert DVC_YAML.read_text() == render(), "dvc.yaml is stale: run `genforge dvc-yaml --write`"
 
 
+def test_every_params_file_s_pipeline_is_committed_as_the_table_renders_it():
+    from pipelines.dvcfile import pipeline_file
+
+    for params_file in sorted(REPO.glob("params-*.yaml")):
+        target = REPO / pipeline_file(params_file.name)
+        assert target.exists() and target.read_text() == render(params_file.name), (
+            f"{target.relative_to(REPO)} is stale: run `genforge dvc-yaml --params {params_file.name} --write`")
+
+
+def test_another_params_file_s_pipeline_reads_that_file_from_the_project_root():
+    from pipelines.dvcfile import pipeline_file
+
+    assert pipeline_file(None) == pipeline_file("params.yaml") == "dvc.yaml" and render("params.yaml") == render()
+    assert pipeline_file("params-names.yaml") == "stages/names/dvc.yaml"
+    assert pipeline_file("configs/nightly.yaml") == "stages/nightly/dvc.yaml"
+    doc = yaml.safe_load(render("params-names.yaml"))
+    assert doc["vars"] == ["../../params-names.yaml"]
+    for name, raw in doc["stages"].items():
+        body = raw["do"] if "foreach" in raw else raw
+        assert body["wdir"] == "../.." and body["cmd"].endswith(" --params params-names.yaml"), name
+        assert [next(iter(p)) for p in body.get("params", [{"params-names.yaml": []}])] == ["params-names.yaml"], name
+
+
 def test_dvc_yaml_has_the_table_s_stages_params_outs_and_deps():
     dvc = _dvc_stages()
     assert list(dvc) == [s.name for s in STAGES]
