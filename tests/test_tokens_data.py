@@ -58,6 +58,9 @@ def test_names_counts_classes_and_grouped_split(names_raw):
     # stratified: about 10 % of each class in test
     share = np.bincount(raw.test_labels, minlength=3) / per_class
     assert np.all(np.abs(share - 0.1) < 0.01), share
+    from pipelines.sources import source_fingerprint
+
+    assert source_fingerprint("names") == {"source": "names", "package": "names", "version": "0.3.0"}
     again = load_names()
     assert np.array_equal(again.test_images, raw.test_images) and np.array_equal(again.train_labels, raw.train_labels)
 
@@ -336,3 +339,17 @@ def test_modality_interface_for_both(tmp_path):
     assert body.decode().splitlines()[1] == '{"index": 6, "label": null, "class": null, "text": "j"}'
     back, labels = tokens.read_shard(body, spec)
     assert np.array_equal(back, ids) and labels.tolist() == [-1, -1]
+
+
+@pytest.mark.slow
+def test_names_chain_data_stages_with_params_names(tmp_path):
+    """`genforge stage source|prepare|validate --params params-names.yaml` on the full names data (about 30 s)."""
+    families = ["--set", "model.families=[vae]"]  # the text families live in genmodels once merged
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())  # the project root: outputs land here
+    (tmp_path / "params-names.yaml").write_text((REPO / "params-names.yaml").read_text())
+    for stage in ("source", "prepare", "validate"):
+        run_cli(["stage", stage, "--params", "params-names.yaml", *families], tmp_path, check=True)
+    meta = json.loads((tmp_path / "data" / "prepared" / "names" / "meta.json").read_text())
+    assert meta["counts"] == {"train": 84854, "test": 9439} and meta["shape"] == [15] and len(meta["vocab"]) == 285
+    report = json.loads((tmp_path / "reports" / "names" / "validation.json").read_text())
+    assert report["success"] and report["data_sha256"] == meta["data_sha256"] and report["leaked_images"] == 0

@@ -7,7 +7,13 @@ outside the vocabulary is encoded as the tokens of its UTF-8 bytes (the byte fal
 Kudo & Richardson 2018), so any string can be encoded and scored and decoding inverts encoding exactly.
 
 - stored -> model: int64 ids, same shape (``to_model``); model -> stored: int32 (``from_model``)
-- the vocabulary is ``DataSpec.vocab`` (``meta.json: vocab``): the token strings in id order
+- the vocabulary is ``DataSpec.vocab`` (``meta.json: vocab``): the token strings in id order; prepare builds it
+  from the train split (pipelines/text_sources.py), so test characters train lacks are byte tokens
+- validation: one summary row per sample (label, text hash, length, well-formed layout, valid UTF-8, characters
+  outside the vocabulary, control characters) and expectations on it with the ``validation.tokens`` thresholds;
+  the shared ones (row counts, labels, class shares, leakage by text hash) are the stage's own
+- serving: shards are JSONL (``shard_bytes``/``read_shard``: one ``{"index", "label", "class", "text"}`` record a
+  line), the preview is ``preview.txt`` (``<class>\t<text>`` lines), ``--png`` writes ``txt/NNNNNNN.txt``
 
 numpy only (never torch): serving decodes with it.
 """
@@ -22,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 SAMPLE_KEY = "tokens"        # the array name in train.npz / test.npz
-FILE_SUFFIX = ".txt"         # one file per sample (`genforge generate --png` writes text files for tokens)
+FILE_SUFFIX = ".txt"         # one file per sample (`genforge generate --png` writes txt/NNNNNNN.txt for tokens)
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ("<pad>", "<bos>", "<eos>")
