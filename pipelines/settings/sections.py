@@ -95,8 +95,8 @@ class TextSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    """`data`: where the images come from, how `folder:` image files are decoded (pipelines/images.py) and how
-    the data is split (pipelines/prepare.py)."""
+    """`data`: where the data comes from, how `folder:` image files are decoded (pipelines/images.py), how text
+    becomes samples (`text`, pipelines/text_sources.py) and how the data is split (pipelines/prepare.py)."""
 
     source: str = "mnist5k"
     name: Optional[str] = setting(None, check=_dataset_name)
