@@ -257,7 +257,7 @@ def _check_lengths(samples: list[Sample], max_len: int | None) -> None:
     for s in samples:
         if len(s.text) > limit:
             fix = ("raise data.text.max_len" if max_len else
-                   f"the limit when data.text.max_len is null; set data.text.max_len")
+                   "the limit when data.text.max_len is null; set data.text.max_len")
             raise DataError(s.where, f"a line of {len(s.text)} characters, over {limit} ({fix}, "
                                      f"or use data.text.window for running text)")
 
