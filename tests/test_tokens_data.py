@@ -58,9 +58,11 @@ def test_names_counts_classes_and_grouped_split(names_raw):
     # stratified: about 10 % of each class in test
     share = np.bincount(raw.test_labels, minlength=3) / per_class
     assert np.all(np.abs(share - 0.1) < 0.01), share
+    from importlib.metadata import version
+
     from pipelines.sources import source_fingerprint
 
-    assert source_fingerprint("names") == {"source": "names", "package": "names", "version": "0.3.0"}
+    assert source_fingerprint("names") == {"source": "names", "package": "names", "version": version("names")}
     again = load_names()
     assert np.array_equal(again.test_images, raw.test_images) and np.array_equal(again.train_labels, raw.train_labels)
 

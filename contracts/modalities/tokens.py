@@ -145,15 +145,19 @@ def to_records(samples: np.ndarray, labels: np.ndarray, vocab: Sequence[str],
 
 
 # --- validation ------------------------------------------------------------------------------------------
-def _well_formed(row: np.ndarray, size: int) -> bool:
-    """<bos>, ids of characters or bytes, <eos>, then only <pad>; every id inside the vocabulary."""
-    if len(row) < 2 or row[0] != BOS or row.min() < 0 or row.max() >= size:
-        return False
-    ends = np.flatnonzero(row == EOS)
-    if not len(ends):
-        return False
-    e = int(ends[0])
-    return bool((row[1:e] > EOS).all() and (row[e + 1:] == PAD).all())
+def _well_formed(ids: np.ndarray, size: int) -> np.ndarray:
+    """Per row of N x T ids: <bos>, ids of characters or bytes, <eos>, then only <pad>; every id inside the
+    vocabulary (bool N)."""
+    n, t = ids.shape
+    if n == 0 or t < 2:
+        return np.zeros(n, dtype=bool)
+    is_eos = ids == EOS
+    end = is_eos.argmax(axis=1)[:, None]
+    pos = np.arange(t)[None, :]
+    body_ok = ((ids > EOS) | ~((pos >= 1) & (pos < end))).all(axis=1)
+    tail_ok = ((ids == PAD) | ~(pos > end)).all(axis=1)
+    in_range = ((ids >= 0) & (ids < size)).all(axis=1)
+    return (ids[:, 0] == BOS) & is_eos.any(axis=1) & body_ok & tail_ok & in_range
 
 
 def _inspect(row: np.ndarray, tok: Tokenizer) -> tuple[str, int, bool]:
@@ -175,16 +179,18 @@ def _inspect(row: np.ndarray, tok: Tokenizer) -> tuple[str, int, bool]:
             parts.append(text)
             pending.clear()
 
+    vocab = tok.vocab
     for i in row.tolist():
         if i == EOS:
             break
-        if i in (PAD, BOS) or not 0 <= i < size:
+        if i <= BOS or i >= size:  # <pad>, <bos>, ids outside the vocabulary (well_formed reports them)
             continue
         if i >= byte0:
             pending.append(i - byte0)
             continue
-        flush()
-        parts.append(tok.vocab[i])
+        if pending:
+            flush()
+        parts.append(vocab[i])
     flush()
     return "".join(parts), oov, valid
 
@@ -207,21 +213,23 @@ def summary_table(samples: np.ndarray, labels: np.ndarray, spec=None) -> dict[st
     tok = tokenizer(tuple(spec.vocab))
     known = set(tok.chars)
     samples = np.asarray(samples)
-    cols: dict[str, list] = {k: [] for k in ("hash", "length", "tokens", "well_formed", "valid_utf8", "oov",
-                                             "covered", "bad_control")}
+    cols: dict[str, Any] = {k: [] for k in ("hash", "length", "valid_utf8", "oov", "covered", "bad_control")}
+    if samples.ndim != 2:
+        raise ValueError(f"expected N x T token ids, got shape {list(samples.shape)}")
     for row in samples:
         text, oov, valid = _inspect(row, tok)
         cols["hash"].append(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
         cols["length"].append(len(text))
-        cols["tokens"].append(int((row != PAD).sum()))
-        cols["well_formed"].append(int(_well_formed(row, tok.size)))
         cols["valid_utf8"].append(int(valid))
         cols["oov"].append(oov)
         cols["covered"].append(int(oov == 0))
-        cols["bad_control"].append(sum(1 for c in text if c == "\x00" or (c not in known and _is_control(c))))
+        cols["bad_control"].append(0 if text.isprintable() else
+                                   sum(1 for c in text if c == "\x00" or (c not in known and _is_control(c))))
+    cols["tokens"] = (samples != PAD).sum(axis=1)
+    cols["well_formed"] = _well_formed(samples, tok.size)
     out: dict[str, Any] = {"label": np.asarray(labels).astype(np.int64)}
-    for k, v in cols.items():
-        out[k] = v if k == "hash" else np.asarray(v, dtype=np.int64)
+    for k in ("hash", "length", "tokens", "well_formed", "valid_utf8", "oov", "covered", "bad_control"):
+        out[k] = cols[k] if k == "hash" else np.asarray(cols[k], dtype=np.int64)
     return out
 
 
