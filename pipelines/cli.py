@@ -234,12 +234,13 @@ def generate_cmd(
                                 help="<name>@<alias> or <name>/<version>, e.g. mnist5k-vae@champion."),
     n: int = typer.Option(..., "-n", "--num", help="Number of samples."),
     seed: int = typer.Option(0, "--seed"),
-    out_dir: Path = typer.Option(..., "--out", help="Output folder (manifest.json, shards/, preview.png)."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder (manifest.json, shards/, preview.png or preview.txt)."),
     batch_size: int = typer.Option(256, "--batch-size"),
     label: Optional[str] = typer.Option(None, "--label", help="Class to generate (conditional models only): an "
                                         "index or a class name (index:K / name:NAME where a name is a number)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
-    png: bool = typer.Option(False, "--png", help="Also write one PNG per sample."),
+    png: bool = typer.Option(False, "--png", help="Also write one file per sample (first 1000), in the data's "
+                             "format: images png/NNNNNNN.png, text txt/NNNNNNN.txt."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace another generation's outputs in --out, or write beside files of "
                                         "yours there (a file genforge did not write is never replaced)."),

@@ -78,8 +78,8 @@ def run_sampler(spec: SamplerSpec | Mapping[str, Any], sessions: Mapping[str, An
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
     out = SAMPLERS[spec.kind](spec, sessions, n, rng, labels)
-    if out.ndim != 4 or out.shape[0] != n:
-        raise ValueError(f"sampler {spec.kind!r} returned shape {out.shape}, expected ({n}, C, H, W)")
+    if out.ndim < 2 or out.shape[0] != n:
+        raise ValueError(f"sampler {spec.kind!r} returned shape {out.shape}, expected ({n}, <sample shape>)")
     return out
 
 

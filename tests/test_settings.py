@@ -58,7 +58,7 @@ def test_defaults_match_what_the_stages_apply():
 
 @pytest.mark.parametrize("item, expected", [
     ("data.sorce=digits", "data.sorce: unknown setting; did you mean 'source'? (known: background, channels, "
-                          "follow_symlinks, image_size, name, resize, seed, source, test_fraction)"),
+                          "follow_symlinks, image_size, name, resize, seed, source, test_fraction, text)"),
     ("validation.min_train_sample=5", "validation.min_train_sample: unknown setting; did you mean "
                                       "'min_train_samples'?"),
     ("train.epoch=3", "train.epoch: unknown setting; did you mean 'epochs'?"),
