@@ -33,6 +33,7 @@ def _one_error_line(proc, *fragments: str) -> str:
 
 
 # --- the SQLite store ------------------------------------------------------------------------
+@pytest.mark.slow  # several processes migrating one fresh MLflow store (~18 s): `make test-all`
 def test_processes_opening_a_fresh_store_together_all_succeed(tmp_path):
     db = tmp_path / "fresh" / "mlflow.db"
     db.parent.mkdir()

@@ -182,6 +182,7 @@ def test_commit_unit_recovery_in_process(tmp_path):
     assert commit.verify(tmp_path / "none", "train.json", "x") == {}
 
 
+@pytest.mark.slow  # two training processes, one interrupted (~25 s; kill -9 stays in the default run): `make test-all`
 def test_ctrl_c_exits_130_marks_the_run_killed_and_resume_logs_each_step_once(project):
     _prepared(project)
     out = project / "models" / "digits" / "vae"

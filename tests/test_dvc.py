@@ -42,7 +42,6 @@ def _status(work: Path, env: dict) -> dict:
     return json.loads(_sh([str(BIN / "dvc"), "status", "--json"], work, env).strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # ~17 s of real DVC runs: `make test-all`
 def test_the_pipeline_of_another_params_file_replays_with_its_own_lock(tmp_path):
     """`genforge dvc-yaml --params params-tiny.yaml --write` + `dvc repro stages/tiny/dvc.yaml:validate` (real
     DVC): the stages run from the project root with that file's values and lock into stages/tiny/dvc.lock;
@@ -120,6 +119,7 @@ def _tiny_git_project(tmp_path: Path, **extra_env: str) -> tuple[Path, dict]:
     return work, env
 
 
+@pytest.mark.slow  # a whole genforge run + dvc repro (~40 s; the default run keeps the real dvc repro of a second params file): `make test-all`
 def test_dvc_after_genforge_run_has_nothing_to_do_and_a_train_param_reruns_from_train(tmp_path):
     """`genforge run` (the Prefect flow) records dvc.lock; `dvc repro` then agrees with it."""
     import yaml
