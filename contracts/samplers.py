@@ -29,7 +29,7 @@ import numpy as np
 from contracts.errors import ServingError
 
 EXPORT_KEYS = ("format", "family", "image_shape", "num_classes", "graphs", "parity", "modality", "sample_shape",
-               "class_names", "dtype")
+               "class_names", "dtype", "vocab")
 RESERVED_KINDS = ("dpmpp",)  # named by the model contract, no spec class yet
 SPEC_KINDS: dict[str, type["SamplerSpec"]] = {}
 

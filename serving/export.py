@@ -161,6 +161,8 @@ def _export_all(model, folder: Path, report: dict, *, seed, atol, batch_sizes, o
              "num_classes": int(data.num_classes), "class_names": list(data.class_names)}
     if data.modality == "image":  # the key every reader before contracts v2 knows
         added["image_shape"] = list(data.shape)
+    if data.vocab is not None:  # tokens: what the generator decodes the ids with (serving.generator.sample_spec)
+        added["vocab"] = list(data.vocab)
     graphs_json: dict[str, Any] = {}
     worst = 0.0
     all_passed = True
