@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from contracts.io import atomic_write_text, json_text
+from contracts.modalities import get_modality
 from pipelines import catalog
 from pipelines.dataset import SPLITS, atomic_dir, data_sha256, sha256_file, write_npz_deterministic
 from pipelines.errors import DataError, GenforgeError
@@ -65,8 +67,8 @@ def _split_if_needed(raw: RawDataset, test_fraction: float, seed: int) -> RawDat
     if raw.test_images is not None:
         return raw
     mask = stratified_split(raw.train_labels, test_fraction, seed)
-    return RawDataset(raw.source, raw.train_images[~mask], raw.train_labels[~mask],
-                      raw.train_images[mask], raw.train_labels[mask], raw.class_names, raw.image_files)
+    return replace(raw, train_images=raw.train_images[~mask], train_labels=raw.train_labels[~mask],
+                   test_images=raw.train_images[mask], test_labels=raw.train_labels[mask])
 
 
 def _refuse_empty_split(raw: RawDataset, source: str, test_fraction: float, split_here: bool) -> None:
@@ -85,7 +87,7 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
     source = str(data.get("source", "mnist5k"))
     test_fraction = float(data.get("test_fraction", 0.2))
     out = prepared_dir(root, params)
-    loaded = load_source(source, catalog.raw_dir(root), ImageOptions.from_params(data))
+    loaded = load_source(source, catalog.raw_dir(root), ImageOptions.from_params(data), data)
     raw = _split_if_needed(loaded, test_fraction, int(data.get("seed", 0)))
     _refuse_empty_split(raw, source, test_fraction, split_here=loaded.test_images is None)
     splits = {"train": (raw.train_images, raw.train_labels), "test": (raw.test_images, raw.test_labels)}
@@ -98,7 +100,7 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
         for split in SPLITS:
             images, labels = splits[split]
             file = catalog.file_name(f"prepared_{split}")
-            write_npz_deterministic(tmp / file, {"images": images, "labels": labels})
+            write_npz_deterministic(tmp / file, {get_modality(raw.modality).SAMPLE_KEY: images, "labels": labels})
             hashes[file] = sha256_file(tmp / file)
             counts[split] = int(len(labels))
         digest = data_sha256(hashes)
@@ -107,13 +109,15 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
         meta = {
             "name": out.name,
             "source": source,
-            "modality": "image",
-            "value_range": [0, 255],
+            "modality": raw.modality,
+            "value_range": [0, 255] if raw.vocab is None else [0, len(raw.vocab) - 1],
             "shape": [int(s) for s in raw.train_images.shape[1:]],
-            "dtype": "uint8",
+            "dtype": str(raw.train_images.dtype),
             "num_classes": num_classes,
             "class_names": raw.class_names,
+            **({"vocab": list(raw.vocab)} if raw.vocab is not None else {}),
             **({"image_files": raw.image_files} if raw.image_files else {}),
+            **raw.meta,
             "counts": counts,
             "files": hashes,
             "data_sha256": digest,

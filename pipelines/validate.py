@@ -19,7 +19,10 @@ from pipelines.dataset import SPLITS, PreparedDataset, open_prepared, sha256_fil
 from pipelines.errors import GenforgeError, ValidationFailed
 
 DEFAULTS = {"min_train_samples": 1000, "min_test_samples": 100, "min_class_share": 0.05,
-            "max_leaked_images": 0, "pixel_min": 0, "pixel_max": 255}
+            "max_leaked_images": 0, "pixel_min": 0, "pixel_max": 255,
+            # laid over the top level for tokens data (the modality's validation_thresholds)
+            "tokens": {"min_length": 1, "max_length": None, "max_duplicate_rate": 0.05, "min_vocab_coverage": 0.99,
+                       "max_length_shift": 0.25, "min_class_share": 0.01}}
 
 
 def report_path(root: Path, dataset: str) -> Path:
@@ -27,10 +30,10 @@ def report_path(root: Path, dataset: str) -> Path:
     return catalog.validation_report(root, dataset)
 
 
-def summary_table(samples: np.ndarray, labels: np.ndarray, modality: str = "image") -> pd.DataFrame:
+def summary_table(samples: np.ndarray, labels: np.ndarray, modality: str = "image", spec=None) -> pd.DataFrame:
     """One row per sample, the columns the modality defines (images: label, mean/min/max intensity, content
-    hash); every modality has "label" and "hash"."""
-    return pd.DataFrame(get_modality(modality).summary_table(samples, labels))
+    hash); every modality has "label" and "hash". `spec`: the data's DataSpec (tokens decode with its vocab)."""
+    return pd.DataFrame(get_modality(modality).summary_table(samples, labels, spec))
 
 
 def _array_checks(ds: PreparedDataset, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
@@ -77,7 +80,9 @@ def _gx_validate(tables: dict[str, pd.DataFrame], shares: pd.DataFrame, num_clas
 
     def image_suite(split: str) -> "gx.ExpectationSuite":
         suite = gx.ExpectationSuite(name=f"images_{split}")
-        own = [getattr(gxe, name)(**kwargs) for name, kwargs in get_modality(modality).expectations(thresholds)]
+        reference = {c: tables["train"][c].to_numpy() for c in tables["train"].columns} if split != "train" else None
+        own = [getattr(gxe, name)(**kwargs)
+               for name, kwargs in get_modality(modality).expectations(thresholds, reference)]
         for exp in (
             gxe.ExpectTableRowCountToBeBetween(min_value=int(thresholds[f"min_{split}_samples"])),
             *own,
@@ -116,12 +121,12 @@ def validate(params: dict[str, Any], root: Path, dataset_dir: Path | None = None
         from pipelines.prepare import prepared_dir
 
         dataset_dir = prepared_dir(root, params)
-    thresholds = {**DEFAULTS, **(params.get("validation") or {})}
     ds = open_prepared(dataset_dir)
+    thresholds = get_modality(ds.spec.modality).validation_thresholds(merged_thresholds(params))
     arrays = {split: ds.load(split) for split in SPLITS}
     checks = _array_checks(ds, arrays)
 
-    tables = {split: summary_table(*arrays[split], modality=ds.spec.modality) for split in SPLITS}
+    tables = {split: summary_table(*arrays[split], modality=ds.spec.modality, spec=ds.spec) for split in SPLITS}
     train_hashes, test_hashes = set(tables["train"]["hash"]), set(tables["test"]["hash"])
     tables["train"]["leaked"] = tables["train"]["hash"].isin(test_hashes).astype(np.int64)
     tables["test"]["leaked"] = tables["test"]["hash"].isin(train_hashes).astype(np.int64)
@@ -152,6 +157,16 @@ def validate(params: dict[str, Any], root: Path, dataset_dir: Path | None = None
         raise ValidationFailed(f"{dataset_dir}: validation failed ({len(failed)} of {len(checks)} checks): {lines}. "
                                f"Report: {out}")
     return {"dataset": ds.name, "report": str(out), "checks": len(checks), "data_sha256": ds.sha256}
+
+
+def merged_thresholds(params: dict[str, Any]) -> dict[str, Any]:
+    """`validation` over DEFAULTS; a nested section (`validation.tokens`) is merged key by key."""
+    given = params.get("validation") or {}
+    out = {**DEFAULTS, **given}
+    for key, value in DEFAULTS.items():
+        if isinstance(value, dict):
+            out[key] = {**value, **(given.get(key) or {})}
+    return out
 
 
 def _describe(check: dict) -> str:

@@ -8,12 +8,15 @@ model folder is the caller's job (pipelines/); this module takes the folder.
 ``generate(model_dir, n, seed, out_dir)`` writes::
 
     out_dir/manifest.json              the job and its verified shards (format below)
-    out_dir/shards/shard-NNNNN.npz     the samples as the modality stores them (images: "images" uint8
-                                       N x C x H x W, round(x * 255)), "labels" int64 N
-                                       (-1 when the model is unconditional); batch_size samples
-                                       each, the last one holding the rest
-    out_dir/preview.png                a grid of the first 64 samples (8 per row)
-    out_dir/png/NNNNNNN.png            with png=True: one PNG per sample, the first PNG_LIMIT only
+    out_dir/shards/shard-NNNNN.<ext>   the samples as the modality encodes shards (``shard_bytes``), batch_size
+                                       samples each, the last one holding the rest; images: .npz of "images"
+                                       uint8 N x C x H x W (round(x * 255)) and "labels" int64 N (-1 when the
+                                       model is unconditional); tokens: .jsonl, one {"index", "label",
+                                       "class", "text"} record a line
+    out_dir/preview.png | preview.txt  the modality's preview of the first 64 samples (images: a grid, 8 per
+                                       row; tokens: one "<class>\t<text>" a line)
+    out_dir/png/NNNNNNN.png            with png=True: one file per sample, the first PNG_LIMIT only, in the
+      | txt/NNNNNNN.txt                modality's folder and format (images: PNG; tokens: UTF-8 text)
 
 ``manifest.json``::
 
@@ -24,11 +27,11 @@ model folder is the caller's job (pipelines/); this module takes the folder.
      "sampling": {"steps": 20},   # sampling options that differ from the model's defaults ({} = none)
      "seed": 0, "n": 1000, "batch_size": 256, "label": null,
      "modality": "image", "sample_shape": [1, 28, 28], "image_shape": [1, 28, 28] (images only),
-     "num_classes": 10, "class_names": [...], "dtype": "uint8", "num_shards": 4,
+     "num_classes": 10, "class_names": [...], "dtype": "uint8", "vocab": [...] (tokens only), "num_shards": 4,
      "provider": "CPUExecutionProvider",      # the provider of the latest run
      "providers": ["CPUExecutionProvider"],   # every provider that produced a listed shard
      "shards": [{"index": 0, "file": "shards/shard-00000.npz", "count": 256, "sha256": "..."}, ...],
-     "preview": "preview.png" | null, "png": {"dir": "png", "count": 64} | null,
+     "preview": "preview.png" | null, "png": {"dir": "png", "count": 64} | null,   # tokens: preview.txt, "txt"
      "complete": true}
 
 The job is (format, model, model_sha256, sampler, sampling, seed, n, batch_size, label); provider
@@ -74,7 +77,7 @@ import onnxruntime as ort
 
 from contracts.data import DataSpec
 from contracts.errors import ConfigError, ServingError
-from contracts.io import atomic_write_bytes, npz_bytes, sha256_file
+from contracts.io import atomic_write_bytes, sha256_file
 from contracts.modalities import get_modality
 from contracts.samplers import SamplerSpec, SamplerSpecError, as_spec
 from serving import outdir
@@ -90,14 +93,14 @@ log = logging.getLogger("genforge.serving.generator")
 MANIFEST_FORMAT = "genforge.generate/1"
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
-PREVIEW = "preview.png"
-PNG_DIR = "png"
+PREVIEW = "preview.png"      # the image modality's PREVIEW_NAME (each modality names its own)
+PNG_DIR = "png"              # the image modality's FILES_DIR
 PREVIEW_COUNT = 64
 PREVIEW_COLUMNS = 8
 PNG_LIMIT = 1000
 _JOB_KEYS = ("format", "model", "model_sha256", "sampler", "sampling", "seed", "n", "batch_size", "label")
 # the temp files _atomic_write leaves when killed: ".<name>.tmp-<pid>" for the names this module writes
-_TMP_RE = re.compile(r"^\.(manifest\.json|preview\.png|shard-\d+\.npz|\d+\.png)\.tmp-\d+$")
+_TMP_RE = re.compile(r"^\.(manifest\.json|preview\.[a-z]+|shard-\d+\.[a-z]+|\d+\.[A-Za-z0-9]+)\.tmp-\d+$")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
@@ -145,7 +148,8 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     job = {"format": MANIFEST_FORMAT, "model": model_id, "model_sha256": fingerprint, "sampler": spec.kind,
            "sampling": overrides, "seed": int(seed), "n": n, "batch_size": batch_size, "label": label}
     num_shards = math.ceil(n / batch_size)
-    want = outdir.targets(num_shards, shard_name, min(n, PNG_LIMIT) if png else 0, modality.FILE_SUFFIX)
+    want = outdir.targets(num_shards, lambda k: shard_name(k, modality.SHARD_SUFFIX), min(n, PNG_LIMIT) if png else 0,
+                          modality.FILE_SUFFIX, preview=modality.PREVIEW_NAME, files_dir=modality.FILES_DIR)
     _check_existing(out_root, job, overwrite, want)  # before loading anything heavy, and before writing anything
 
     providers, _ = select_provider(provider)
@@ -166,13 +170,14 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
             outdir.remove_own_outputs(out_root)
         shard_dir = _inside(out_root, SHARD_DIR)
         shard_dir.mkdir(exist_ok=True)
-        for folder in (out_root, shard_dir, out_root / PNG_DIR):
+        for folder in (out_root, shard_dir, out_root / modality.FILES_DIR):
             _remove_temp_files(folder)
-        kept = _verified_shards(out_root, existing, counts) if existing else {}
+        kept = _verified_shards(out_root, existing, counts, modality.SHARD_SUFFIX) if existing else {}
         prev_providers = set(existing.get("providers", [])) if existing and kept else set()
         shape_key = {"image_shape": list(image_shape)} if data.modality == "image" else {}
         manifest = {**job, "modality": data.modality, "sample_shape": list(image_shape), **shape_key,
                     "num_classes": num_classes, "class_names": list(data.class_names), "dtype": data.dtype,
+                    **({"vocab": list(data.vocab)} if data.vocab is not None else {}),
                     "label_name": data.class_names[label] if label is not None and data.class_names else None,
                     "num_shards": num_shards, "provider": used_provider,
                     "providers": sorted(prev_providers | ({used_provider} if len(kept) < num_shards else set())),
@@ -186,7 +191,8 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
         todo = [k for k in range(num_shards) if k not in kept]
         for k in todo:
             entry = _make_shard(out_root, k, counts[k], spec, sessions, seed=seed, batch_size=batch_size,
-                                label=label, num_classes=num_classes, image_shape=image_shape, modality=modality)
+                                label=label, num_classes=num_classes, image_shape=image_shape, modality=modality,
+                                data=data)
             kept[k] = entry
             manifest["shards"] = [kept[i] for i in sorted(kept)]
             _atomic_write(manifest_path, _json_bytes(manifest))
@@ -194,8 +200,8 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
             if progress is not None:
                 progress(done, n)
 
-        manifest["preview"] = _write_preview(out_root, manifest["shards"], image_shape, modality)
-        manifest["png"] = _write_pngs(out_root, manifest["shards"], modality) if png else None
+        manifest["preview"] = _write_preview(out_root, manifest["shards"], image_shape, modality, data)
+        manifest["png"] = _write_pngs(out_root, manifest["shards"], modality, data) if png else None
         manifest["complete"] = True
         _atomic_write(manifest_path, _json_bytes(manifest))
 
@@ -316,22 +322,23 @@ def sample_spec(raw: Mapping[str, Any]) -> DataSpec:
                     class_names=tuple(raw.get("class_names") or ()), vocab=raw.get("vocab"))
 
 
-def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(samples as stored, e.g. images uint8 N x C x H x W; labels int64 N) of one shard file."""
-    with np.load(path, allow_pickle=False) as z:
-        key = next(name for name in z.files if name != "labels")
-        return z[key], z["labels"]
+def read_shard(path: Path, data: DataSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(samples as stored, e.g. images uint8 N x C x H x W; labels int64 N) of one shard file, decoded by the
+    modality of ``data`` (a manifest's ``sample_spec``; None: an image npz shard)."""
+    modality = get_modality(data.modality if data is not None else "image")
+    return modality.read_shard(Path(path).read_bytes(), data)
 
 
 def iter_samples(out_dir: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (images, labels) per shard of a generated folder, in order, checking each sha256."""
+    """Yield (samples as stored, labels) per shard of a generated folder, in order, checking each sha256."""
     out_root = Path(out_dir).resolve()
     manifest = json.loads(_inside(out_root, MANIFEST).read_text())
+    data = sample_spec(manifest)
     for entry in manifest["shards"]:
         path = _inside(out_root, entry["file"])
         if sha256_file(path) != entry["sha256"]:
             raise GenerationError(f"{path} does not match its sha256 in the manifest")
-        yield read_shard(path)
+        yield read_shard(path, data)
 
 
 # --- the job ---------------------------------------------------------------------------------
@@ -361,20 +368,23 @@ def shard_samples(spec, sessions, k: int, count: int, *, seed: int, batch_size: 
 
 
 def _make_shard(out_root: Path, k: int, count: int, spec, sessions, *, seed, batch_size, label,
-                num_classes, image_shape, modality) -> dict[str, Any]:
-    images, labels = shard_samples(spec, sessions, k, count, seed=seed, batch_size=batch_size, label=label,
-                                   num_classes=num_classes, image_shape=image_shape)
-    data = npz_bytes({modality.SAMPLE_KEY: modality.from_model(images), "labels": labels})
-    rel = f"{SHARD_DIR}/{shard_name(k)}"
-    _atomic_write(_inside(out_root, rel), data)
-    return {"index": k, "file": rel, "count": count, "sha256": hashlib.sha256(data).hexdigest()}
+                num_classes, image_shape, modality, data: DataSpec) -> dict[str, Any]:
+    """Compute shard ``k`` and write it as the modality encodes shards (images: npz; tokens: JSONL)."""
+    samples, labels = shard_samples(spec, sessions, k, count, seed=seed, batch_size=batch_size, label=label,
+                                    num_classes=num_classes, image_shape=image_shape)
+    body = modality.shard_bytes(modality.from_model(samples), labels, data, k * batch_size)
+    rel = f"{SHARD_DIR}/{shard_name(k, modality.SHARD_SUFFIX)}"
+    _atomic_write(_inside(out_root, rel), body)
+    return {"index": k, "file": rel, "count": count, "sha256": hashlib.sha256(body).hexdigest()}
 
 
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.npz"
+def shard_name(k: int, suffix: str = ".npz") -> str:
+    """``shard-NNNNN<suffix>``, the suffix the modality's (``SHARD_SUFFIX``)."""
+    return f"shard-{k:05d}{suffix}"
 
 
-def _verified_shards(out_root: Path, manifest: Mapping[str, Any], counts: list[int]) -> dict[int, dict]:
+def _verified_shards(out_root: Path, manifest: Mapping[str, Any], counts: list[int],
+                     suffix: str = ".npz") -> dict[int, dict]:
     """Shards the manifest lists whose file is there and matches its sha256."""
     kept: dict[int, dict] = {}
     for entry in manifest.get("shards", []):
@@ -383,7 +393,7 @@ def _verified_shards(out_root: Path, manifest: Mapping[str, Any], counts: list[i
         except (TypeError, KeyError):
             log.warning("ignoring a malformed manifest entry: %r", entry)
             continue
-        if not (_is_int(k) and 0 <= k < len(counts)) or file != f"{SHARD_DIR}/{shard_name(k)}" \
+        if not (_is_int(k) and 0 <= k < len(counts)) or file != f"{SHARD_DIR}/{shard_name(k, suffix)}" \
                 or count != counts[k] or not isinstance(digest, str) or k in kept:
             log.warning("ignoring a manifest entry that does not fit the job: %r", entry)
             continue
@@ -567,35 +577,40 @@ def _json_bytes(obj) -> bytes:
 
 
 # --- images ----------------------------------------------------------------------------------
-def _first_images(out_root: Path, shards: list[dict], limit: int) -> Iterator[np.ndarray]:
-    """Up to ``limit`` uint8 C x H x W images from the shard files, one shard in memory at a time."""
+def _first_samples(out_root: Path, shards: list[dict], limit: int, data: DataSpec
+                   ) -> Iterator[tuple[np.ndarray, int]]:
+    """Up to ``limit`` (stored sample, label) pairs from the shard files, one shard in memory at a time."""
     left = limit
     for entry in shards:
         if left <= 0:
             return
-        images, _ = read_shard(_inside(out_root, entry["file"]))
-        for img in images[:left]:
-            yield img
-        left -= min(left, len(images))
+        samples, labels = read_shard(_inside(out_root, entry["file"]), data)
+        yield from zip(samples[:left], labels[:left].tolist())
+        left -= min(left, len(samples))
 
 
-def _write_preview(out_root: Path, shards: list[dict], shape, modality) -> str:
-    samples = _first_images(out_root, shards, PREVIEW_COUNT)
-    _atomic_write(_inside(out_root, PREVIEW), modality.write_preview(samples, tuple(shape), columns=PREVIEW_COLUMNS))
-    return PREVIEW
+def _write_preview(out_root: Path, shards: list[dict], shape, modality, data: DataSpec) -> str:
+    """The modality's preview of the first PREVIEW_COUNT samples (images: preview.png, a grid; tokens:
+    preview.txt, one text a line)."""
+    pairs = list(_first_samples(out_root, shards, PREVIEW_COUNT, data))
+    body = modality.write_preview([s for s, _ in pairs], tuple(shape), columns=PREVIEW_COLUMNS, spec=data,
+                                  labels=[lb for _, lb in pairs])
+    _atomic_write(_inside(out_root, modality.PREVIEW_NAME), body)
+    return modality.PREVIEW_NAME
 
 
-def _write_pngs(out_root: Path, shards: list[dict], modality) -> dict[str, Any]:
-    """One file per sample (images: PNG) for the first PNG_LIMIT samples, as the modality encodes them."""
-    folder = _inside(out_root, PNG_DIR)
+def _write_pngs(out_root: Path, shards: list[dict], modality, data: DataSpec) -> dict[str, Any]:
+    """One file per sample for the first PNG_LIMIT samples, as the modality encodes them (images:
+    png/NNNNNNN.png; tokens: txt/NNNNNNN.txt)."""
+    folder = _inside(out_root, modality.FILES_DIR)
     folder.mkdir(exist_ok=True)
     count = 0
-    for i, sample in enumerate(_first_images(out_root, shards, PNG_LIMIT)):
+    for i, (sample, _) in enumerate(_first_samples(out_root, shards, PNG_LIMIT, data)):
         # derived files, rewritten at every completion: atomic, but not worth an fsync each
-        _atomic_write(_inside(out_root, f"{PNG_DIR}/{i:07d}{modality.FILE_SUFFIX}"), modality.write_files(sample),
-                      fsync=False)
+        _atomic_write(_inside(out_root, f"{modality.FILES_DIR}/{i:07d}{modality.FILE_SUFFIX}"),
+                      modality.write_files(sample, spec=data), fsync=False)
         count += 1
-    return {"dir": PNG_DIR, "count": count}
+    return {"dir": modality.FILES_DIR, "count": count}
 
 
 def _atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:

@@ -1,7 +1,7 @@
 """Whose files are in a generation's output folder, and what `generate` may write there.
 
 A folder is genforge's when it holds a genforge ``manifest.json``: then the names the generator writes
-(``manifest.json``, ``preview.png``, ``shards/shard-NNNNN.npz``, ``png/NNNNNNN.<ext>``) are its own outputs
+(``manifest.json``, ``preview.<ext>``, ``shards/shard-NNNNN.<ext>``, ``png/NNNNNNN.<ext>`` or ``txt/...``) are its own outputs
 and anything else in it (a user's notes) is left alone. Any other folder that is not empty is the user's:
 ``generate`` refuses it, and with ``overwrite`` writes beside the user's files but still never replaces one
 (a file at a name it would write is refused, by name, before anything is written).
@@ -15,7 +15,8 @@ from typing import Iterable
 
 from contracts.errors import ServingError
 
-OWN_OUTPUT = re.compile(r"^(manifest\.json|preview\.png|shards/shard-\d{5}\.npz|png/\d{7}\.[A-Za-z0-9]+)$")
+# the modalities' names: preview.png / preview.txt, shards/shard-NNNNN.npz / .jsonl, png/ or txt/NNNNNNN.<ext>
+OWN_OUTPUT = re.compile(r"^(manifest\.json|preview\.[a-z]+|shards/shard-\d{5}\.[a-z]+|[a-z]+/\d{7}\.[A-Za-z0-9]+)$")
 _TEMP = re.compile(r"^\.[^/]+\.tmp-\d+$")  # contracts.io.temp_name: what a killed atomic write leaves
 SHOWN = 5
 
@@ -64,7 +65,9 @@ def remove_own_outputs(out_root: Path) -> list[str]:
     return files
 
 
-def targets(num_shards: int, shard_name, png_count: int, suffix: str) -> list[str]:
-    """The relative names a job writes: manifest, preview, its shards and (``--png``) per-sample files."""
-    return ["manifest.json", "preview.png", *(f"shards/{shard_name(k)}" for k in range(num_shards)),
-            *(f"png/{i:07d}{suffix}" for i in range(png_count))]
+def targets(num_shards: int, shard_name, png_count: int, suffix: str, preview: str = "preview.png",
+            files_dir: str = "png") -> list[str]:
+    """The relative names a job writes: manifest, preview, its shards and (``--png``) per-sample files
+    (the modality's ``PREVIEW_NAME``, ``shard_name(k)``, ``FILES_DIR``/NNNNNNN``FILE_SUFFIX``)."""
+    return ["manifest.json", preview, *(f"shards/{shard_name(k)}" for k in range(num_shards)),
+            *(f"{files_dir}/{i:07d}{suffix}" for i in range(png_count))]

@@ -17,10 +17,12 @@ from contracts.errors import ConfigError
 
 MODALITIES: dict[str, str] = {
     "image": "contracts.modalities.image",
+    "tokens": "contracts.modalities.tokens",
 }
 
-REQUIRED = ("SAMPLE_KEY", "to_model", "from_model", "summary_table", "expectations", "write_preview",
-            "write_files", "check_stored")
+REQUIRED = ("SAMPLE_KEY", "to_model", "from_model", "summary_table", "expectations", "validation_thresholds",
+            "write_preview", "write_files", "check_stored", "FILE_SUFFIX", "FILES_DIR", "PREVIEW_NAME",
+            "SHARD_SUFFIX", "shard_bytes", "read_shard")
 
 
 def get_modality(name: str) -> ModuleType:

@@ -5,8 +5,8 @@
 - validation: one summary row per image (label, mean/min/max intensity, content hash) and expectations
   on it (pixel range, non-null means); the shared ones (row count, labels, class shares, leakage) are the
   stage's own
-- serving: shards hold ``images`` (uint8) + ``labels``; the preview is a PNG grid; ``--png`` writes one PNG
-  per sample
+- serving: shards (``shard_bytes``/``read_shard``) are npz files of ``images`` (uint8) + ``labels``; the preview
+  is a PNG grid; ``--png`` writes one PNG per sample
 
 numpy + PIL only (never torch).
 """
@@ -22,6 +22,8 @@ import numpy as np
 SAMPLE_KEY = "images"        # the array name in train.npz / test.npz and in serving's shards
 FILE_SUFFIX = ".png"         # one file per sample (`genforge generate --png`)
 PREVIEW_NAME = "preview.png"
+SHARD_SUFFIX = ".npz"        # serving's shards: npz of SAMPLE_KEY + "labels"
+FILES_DIR = "png"            # where `--png` writes the per-sample files
 
 
 def to_model(stored: np.ndarray) -> np.ndarray:
@@ -42,9 +44,9 @@ def check_stored(samples: np.ndarray, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def summary_table(samples: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def summary_table(samples: np.ndarray, labels: np.ndarray, spec=None) -> dict[str, Any]:
     """Columns of the per-image summary validation runs its expectations on: label, mean/min/max intensity,
-    content hash (blake2b-128 of the raw bytes, for leakage and duplicates)."""
+    content hash (blake2b-128 of the raw bytes, for leakage and duplicates). ``spec`` (the DataSpec) is unused."""
     flat = samples.reshape(len(samples), math.prod(samples.shape[1:])).astype(np.float64, copy=False)  # 0 rows too
     return {
         "label": labels.astype(np.int64),
@@ -55,8 +57,16 @@ def summary_table(samples: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     }
 
 
-def expectations(thresholds: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The image-specific expectations, as (Great Expectations class name, kwargs) on the summary table."""
+def validation_thresholds(thresholds: dict[str, Any]) -> dict[str, Any]:
+    """The thresholds validation applies to image data: the top level of `validation` (other modalities'
+    sections, such as `validation.tokens`, left out)."""
+    return {k: v for k, v in thresholds.items() if not isinstance(v, dict)}
+
+
+def expectations(thresholds: dict[str, Any], reference: dict[str, Any] | None = None
+                 ) -> list[tuple[str, dict[str, Any]]]:
+    """The image-specific expectations, as (Great Expectations class name, kwargs) on the summary table
+    (``reference``, the train split's table when checking test, is unused)."""
     lo, hi = thresholds["pixel_min"], thresholds["pixel_max"]
     return [
         ("ExpectColumnValuesToNotBeNull", {"column": "mean"}),
@@ -75,8 +85,10 @@ def to_pil(img: np.ndarray):
     return Image.fromarray(np.ascontiguousarray(img[0]))
 
 
-def write_preview(samples: Iterable[np.ndarray], shape: tuple[int, ...], columns: int = 8, pad: int = 2) -> bytes:
-    """PNG bytes of a grid of uint8 C x H x W images, `columns` per row, `pad` px apart."""
+def write_preview(samples: Iterable[np.ndarray], shape: tuple[int, ...], columns: int = 8, pad: int = 2, *,
+                  spec=None, labels=None) -> bytes:
+    """PNG bytes of a grid of uint8 C x H x W images, `columns` per row, `pad` px apart (`spec`, `labels`
+    unused)."""
     from PIL import Image
 
     c, h, w = shape
@@ -92,8 +104,23 @@ def write_preview(samples: Iterable[np.ndarray], shape: tuple[int, ...], columns
     return buf.getvalue()
 
 
-def write_files(sample: np.ndarray) -> bytes:
+def write_files(sample: np.ndarray, *, spec=None) -> bytes:
     """One sample as the bytes of its own file (a PNG)."""
     buf = io.BytesIO()
     to_pil(sample).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def shard_bytes(samples: np.ndarray, labels: np.ndarray, spec=None, start: int = 0) -> bytes:
+    """One serving shard: a deterministic npz (fixed timestamps, stored) of ``images`` uint8 N x C x H x W and
+    ``labels`` int64 N (``spec``, ``start`` unused: the npz has no per-sample index)."""
+    from contracts.io import npz_bytes
+
+    return npz_bytes({SAMPLE_KEY: samples, "labels": labels})
+
+
+def read_shard(data: bytes, spec=None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N x C x H x W, int64 labels N) of a shard's bytes."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        key = next(name for name in z.files if name != "labels")
+        return z[key], z["labels"]

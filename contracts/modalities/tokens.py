@@ -13,8 +13,11 @@ numpy only (never torch): serving decodes with it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import unicodedata
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -133,3 +136,194 @@ def to_records(samples: np.ndarray, labels: np.ndarray, vocab: Sequence[str],
         out.append({"label": label if label >= 0 else None, "class": class_names[label] if known else None,
                     "text": tok.decode(ids)})
     return out
+
+
+# --- validation ------------------------------------------------------------------------------------------
+def _well_formed(row: np.ndarray, size: int) -> bool:
+    """<bos>, ids of characters or bytes, <eos>, then only <pad>; every id inside the vocabulary."""
+    if len(row) < 2 or row[0] != BOS or row.min() < 0 or row.max() >= size:
+        return False
+    ends = np.flatnonzero(row == EOS)
+    if not len(ends):
+        return False
+    e = int(ends[0])
+    return bool((row[1:e] > EOS).all() and (row[e + 1:] == PAD).all())
+
+
+def _inspect(row: np.ndarray, tok: Tokenizer) -> tuple[str, int, bool]:
+    """(text, characters spelled with byte tokens, whether every byte run is valid UTF-8) of one stored row."""
+    size, byte0 = tok.size, tok.byte0
+    parts: list[str] = []
+    pending = bytearray()
+    oov, valid = 0, True
+
+    def flush() -> None:
+        nonlocal oov, valid
+        if pending:
+            try:
+                text = pending.decode("utf-8")
+            except UnicodeDecodeError:
+                valid = False
+                text = pending.decode("utf-8", errors="replace")
+            oov += len(text)
+            parts.append(text)
+            pending.clear()
+
+    for i in row.tolist():
+        if i == EOS:
+            break
+        if i in (PAD, BOS) or not 0 <= i < size:
+            continue
+        if i >= byte0:
+            pending.append(i - byte0)
+            continue
+        flush()
+        parts.append(tok.vocab[i])
+    flush()
+    return "".join(parts), oov, valid
+
+
+def summary_table(samples: np.ndarray, labels: np.ndarray, spec=None) -> dict[str, Any]:
+    """Columns of the per-sample summary validation runs its expectations on (one row per sample):
+
+    - ``label``; ``hash``: blake2b-128 of the decoded text's UTF-8 (the label is not part of it, so one text in
+      train and test is a leak whatever its classes); ``length``: characters; ``tokens``: ids before padding
+    - ``well_formed`` 1/0: ``<bos>``, text ids, ``<eos>``, padding, every id inside the vocabulary
+    - ``valid_utf8`` 1/0: every run of byte tokens decodes as UTF-8
+    - ``oov``: characters spelled with byte tokens (not in the vocabulary, which prepare builds from the train
+      split); ``covered`` 1/0: no such character
+    - ``bad_control``: NUL or control characters (Unicode Cc) that are not in the vocabulary
+
+    ``spec``: the ``DataSpec`` (its ``vocab``). Raises ValueError without a tokens vocabulary.
+    """
+    if spec is None or not getattr(spec, "vocab", None):
+        raise ValueError("the tokens summary table needs the data's DataSpec with its vocabulary")
+    tok = tokenizer(tuple(spec.vocab))
+    known = set(tok.chars)
+    samples = np.asarray(samples)
+    cols: dict[str, list] = {k: [] for k in ("hash", "length", "tokens", "well_formed", "valid_utf8", "oov",
+                                             "covered", "bad_control")}
+    for row in samples:
+        text, oov, valid = _inspect(row, tok)
+        cols["hash"].append(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
+        cols["length"].append(len(text))
+        cols["tokens"].append(int((row != PAD).sum()))
+        cols["well_formed"].append(int(_well_formed(row, tok.size)))
+        cols["valid_utf8"].append(int(valid))
+        cols["oov"].append(oov)
+        cols["covered"].append(int(oov == 0))
+        cols["bad_control"].append(sum(1 for c in text if c == "\x00" or (c not in known and _is_control(c))))
+    out: dict[str, Any] = {"label": np.asarray(labels).astype(np.int64)}
+    for k, v in cols.items():
+        out[k] = v if k == "hash" else np.asarray(v, dtype=np.int64)
+    return out
+
+
+def _is_control(c: str) -> bool:
+    return unicodedata.category(c) == "Cc"
+
+
+def validation_thresholds(thresholds: dict[str, Any]) -> dict[str, Any]:
+    """The thresholds validation applies to tokens data: the top level with ``validation.tokens`` over it
+    (its ``min_class_share`` replaces the image default)."""
+    flat = {k: v for k, v in thresholds.items() if not isinstance(v, dict)}
+    return {**flat, **(thresholds.get("tokens") or {})}
+
+
+def expectations(thresholds: dict[str, Any], reference: dict[str, Any] | None = None
+                 ) -> list[tuple[str, dict[str, Any]]]:
+    """The tokens expectations, as (Great Expectations class name, kwargs) on the summary table of one split.
+
+    ``thresholds`` (``validation`` with ``validation.tokens`` laid over it): ``min_length``/``max_length``
+    (characters; max null: what the layout holds), ``max_duplicate_rate`` (share of rows whose text repeats an
+    earlier row of the split), ``min_vocab_coverage`` (share of rows whose every character is in the
+    vocabulary), ``max_length_shift`` (the 5/50/95 % length quantiles within this relative distance of the
+    ``reference`` split's, when one is given: the test split against train).
+    """
+    t = validation_thresholds(thresholds) if isinstance(thresholds.get("tokens"), dict) else thresholds
+    out: list[tuple[str, dict[str, Any]]] = [
+        ("ExpectColumnValuesToBeBetween", {"column": "well_formed", "min_value": 1, "max_value": 1}),
+        ("ExpectColumnValuesToBeBetween", {"column": "valid_utf8", "min_value": 1, "max_value": 1}),
+        ("ExpectColumnValuesToBeBetween", {"column": "bad_control", "min_value": 0, "max_value": 0}),
+        ("ExpectColumnValuesToBeBetween", {"column": "length", "min_value": int(t.get("min_length", 1)),
+                                           "max_value": t.get("max_length")}),
+        ("ExpectColumnProportionOfUniqueValuesToBeBetween",
+         {"column": "hash", "min_value": max(0.0, 1.0 - float(t.get("max_duplicate_rate", 0.05))), "max_value": 1.0}),
+        ("ExpectColumnMeanToBeBetween", {"column": "covered", "min_value": float(t.get("min_vocab_coverage", 0.99)),
+                                         "max_value": 1.0}),
+    ]
+    lengths = None if reference is None else np.asarray(reference.get("length", []), dtype=np.float64)
+    if lengths is not None and lengths.size:
+        shift = float(t.get("max_length_shift", 0.25))
+        qs = (0.05, 0.5, 0.95)
+        ranges = [[float(np.floor(q * (1 - shift))) - 1, float(np.ceil(q * (1 + shift))) + 1]
+                  for q in np.quantile(lengths, qs)]
+        out.append(("ExpectColumnQuantileValuesToBeBetween",
+                    {"column": "length", "quantile_ranges": {"quantiles": list(qs), "value_ranges": ranges}}))
+    return out
+
+
+# --- serving: shards, previews, files ------------------------------------------------------------------------
+SHARD_SUFFIX = ".jsonl"      # serving's shards: one JSON record per line
+PREVIEW_NAME = "preview.txt"
+FILES_DIR = "txt"            # `genforge generate --png`: txt/NNNNNNN.txt
+
+
+def _spec_vocab(spec) -> tuple[str, ...]:
+    vocab = getattr(spec, "vocab", None)
+    if not vocab:
+        raise ValueError("tokens shards, previews and files need the data's DataSpec with its vocabulary")
+    return tuple(vocab)
+
+
+def shard_bytes(samples: np.ndarray, labels: np.ndarray, spec=None, start: int = 0) -> bytes:
+    """A JSONL shard: per sample ``{"index": start + i, "label": int | null, "class": str | null, "text": str}``
+    (``to_records`` plus the job's sample index), UTF-8, one line each, ``\\n``-terminated; deterministic bytes."""
+    records = to_records(samples, labels, _spec_vocab(spec), tuple(getattr(spec, "class_names", ()) or ()))
+    lines = [json.dumps({"index": int(start) + i, **r}, ensure_ascii=False) for i, r in enumerate(records)]
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def read_shard(data: bytes, spec=None) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 N x T ids, int64 labels N; -1 for null) of a JSONL shard: each text encoded again with the
+    vocabulary into the stored layout (cut at T, the ``<eos>`` dropped when it does not fit, as a sample that
+    reached the maximum length is stored). The ids equal the generated ones whenever the text decoded without
+    loss (no invalid UTF-8 from byte tokens). Raises ValueError for a line that is not a record."""
+    tok = tokenizer(_spec_vocab(spec))
+    length = int(spec.shape[0])
+    texts, labels = [], []
+    for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise ValueError(f"line {n} is not a record with a text")
+        texts.append(rec["text"])
+        labels.append(-1 if rec.get("label") is None else int(rec["label"]))
+    out = np.full((len(texts), length), PAD, dtype=np.int32)
+    for row, text in enumerate(texts):
+        ids = [BOS, *tok.encode(text), EOS][:length]
+        out[row, :len(ids)] = ids
+    return out, np.asarray(labels, dtype=np.int64)
+
+
+def write_preview(samples: Iterable[np.ndarray], shape: tuple[int, ...] = (), columns: int = 8, pad: int = 2, *,
+                  spec=None, labels: Iterable[int] | None = None) -> bytes:
+    """UTF-8 text, one sample a line: ``<class>\\t<text>`` (just the text without classes); control characters
+    and line breaks inside a text are shown escaped (``\\n``) so one line stays one sample. ``columns``/``pad``
+    are the image grid's and ignored."""
+    vocab = _spec_vocab(spec)
+    names = tuple(getattr(spec, "class_names", ()) or ())
+    samples = list(samples)
+    labels = list(labels) if labels is not None else [-1] * len(samples)
+    lines = []
+    for r in to_records(np.asarray(samples).reshape(len(samples), -1), np.asarray(labels, dtype=np.int64),
+                        vocab, names):
+        text = "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c for c in r["text"])
+        lines.append(f"{r['class']}\t{text}" if r["class"] is not None else text)
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def write_files(sample: np.ndarray, *, spec=None) -> bytes:
+    """One sample as the bytes of its own file: the decoded text, UTF-8, with a final newline."""
+    return (tokenizer(_spec_vocab(spec)).decode(sample) + "\n").encode("utf-8")

@@ -83,6 +83,17 @@ def _image_size(value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class TextSettings:
+    """`data.text`: how `text:<path>` files become samples (pipelines/text_sources.py); `names` reads max_len."""
+
+    max_len: Optional[int] = setting(None, ge=1)  # characters per sample; null: the longest line (at most 256)
+    window: Optional[int] = setting(None, ge=1)   # cut running text into windows of this many characters
+    stride: Optional[int] = setting(None, ge=1)   # characters between window starts; null: window (no overlap)
+    labelled: Literal["auto", True, False] = "auto"  # `label<TAB>text` lines; auto: when every line has a tab
+    lowercase: Optional[bool] = None              # null: true for names (as makemore), false for text:
+
+
+@dataclass(frozen=True)
 class DataSettings:
     """`data`: where the images come from, how `folder:` image files are decoded (pipelines/images.py) and how
     the data is split (pipelines/prepare.py)."""
@@ -97,11 +108,25 @@ class DataSettings:
     image_size: Any = setting(None, check=_image_size)  # null (sizes must agree), N, or [height, width]
     resize: Literal["resize", "center_crop", "pad"] = "resize"
     follow_symlinks: bool = False
+    text: TextSettings = field(default_factory=TextSettings)
+
+
+@dataclass(frozen=True)
+class TokensValidationSettings:
+    """`validation.tokens`: thresholds for tokens (text) data, laid over the top level of `validation` when the
+    prepared data's modality is tokens (contracts/modalities/tokens.py: expectations). Lengths in characters."""
+
+    min_length: int = setting(1, ge=0)
+    max_length: Optional[int] = setting(None, ge=1)      # null: what the stored layout holds (max_len)
+    max_duplicate_rate: float = setting(0.05, ge=0, le=1)  # rows repeating an earlier row's text, per split
+    min_vocab_coverage: float = setting(0.99, ge=0, le=1)  # rows whose every character the train split has
+    max_length_shift: float = setting(0.25, ge=0)          # test's 5/50/95 % length quantiles vs train's, relative
+    min_class_share: float = setting(0.01, ge=0, le=1)     # replaces validation.min_class_share for text
 
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    """`validation`: thresholds of the data checks (pipelines/validate.py)."""
+    """`validation`: thresholds of the data checks (pipelines/validate.py); `tokens` holds the text ones."""
 
     min_train_samples: int = setting(1000, ge=0)
     min_test_samples: int = setting(100, ge=0)
@@ -109,6 +134,7 @@ class ValidationSettings:
     max_leaked_images: int = setting(0, ge=0)
     pixel_min: float = 0
     pixel_max: float = 255
+    tokens: TokensValidationSettings = field(default_factory=TokensValidationSettings)
 
 
 @dataclass(frozen=True)
