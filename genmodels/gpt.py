@@ -35,11 +35,11 @@ class GPTConfig(ModelConfig):
     heads: int = 4
     embed: int = 128                  # model width (heads x head_dim)
     mlp_ratio: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.0              # a few epochs of names in the default budget: no need (0.1-0.2 for more)
     bias: bool = False                # biases in Linear and LayerNorm layers (nanoGPT: False is a bit better)
     lr: float = training(3e-3)
     min_lr: float = training(1e-4)
-    warmup_steps: int = training(100)
+    warmup_steps: int = training(50)
     decay_steps: int = training(6000)  # cosine decay from lr to min_lr over these steps (then min_lr)
     weight_decay: float = training(0.1)
     beta2: float = training(0.99)

@@ -26,7 +26,7 @@ class LSTMConfig(ModelConfig):
     layers: int = 2
     hidden: int = 256
     embed: int = 64
-    dropout: float = 0.1
+    dropout: float = 0.0              # between layers and before the output layer
     lr: float = training(3e-3)
     lr_decay: float = training(0.9997)      # per step
     grad_clip: float = training(1.0)
