@@ -192,3 +192,31 @@ def test_run_sampler_is_deterministic_for_a_seed_and_checks_the_graphs(exported)
     assert a.dtype == np.int64 and a.shape == (4, model.length) and np.array_equal(a, b)
     with pytest.raises(SamplerSpecError, match="takes inputs"):
         check_sessions(spec, {"prefill": sessions["prefill"], "decode": exported["lstm"][1]["decode"]})
+
+
+# --- the spec -------------------------------------------------------------------------------------
+def _token_spec(**change) -> dict:
+    model, _, _ = _trained("lstm", 0)
+    return {**model.sampler().to_json(), **change}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(max_len=11), r"max_len must be an int in \[1, 10\] \(the stored length 12 minus <bos> and <eos>\), got 11"),
+    (dict(state=[["h"]]), r"state must be a list of \[input, output\] name pairs"),
+    (dict(cache="none"), r"cache 'none' with state \[\('h', 'h_next'\), \('c', 'c_next'\)\]: a cache needs state"),
+    (dict(cache="paged"), r"cache 'paged' is not implemented \(known: kv, rnn, none\)"),
+    (dict(eos=1), "bos, eos and pad must be three different ids"),
+    (dict(top_p=0), r"top_p must be a number in \(0, 1\] or null, got 0"),
+    (dict(vocab_size=None), "vocab_size must be a positive int"),
+])
+def test_a_bad_token_spec_is_one_error(change, message):
+    with pytest.raises(SamplerSpecError, match=f"^token_autoregressive sampler: {message}"):
+        SamplerSpec.from_json(_token_spec(**change))
+
+
+def test_the_token_spec_round_trips_and_names_its_graphs():
+    spec = SamplerSpec.from_json(_token_spec())
+    assert SamplerSpec.from_json(spec.to_json()) == spec and spec.graphs_used() == ("decode", "prefill")
+    assert spec.to_json()["state"] == [["h", "h_next"], ["c", "c_next"]] and spec.cache_shape == (2, 16)
+    with pytest.raises(SamplerSpecError, match="names graph 'prefill'"):
+        spec.check_graphs(["decode"])
