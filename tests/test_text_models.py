@@ -220,3 +220,26 @@ def test_the_token_spec_round_trips_and_names_its_graphs():
     assert spec.to_json()["state"] == [["h", "h_next"], ["c", "c_next"]] and spec.cache_shape == (2, 16)
     with pytest.raises(SamplerSpecError, match="names graph 'prefill'"):
         spec.check_graphs(["decode"])
+
+
+def test_generate_writes_text_with_sampling_options_deterministically(exported, tmp_path):
+    """The generator runs the token sampler with no text special case: options from the call, labels by class
+    name, the same shards for the same seed; the ids decode to the texts of the shards."""
+    from serving.export import export_model
+    from serving.generator import GenerationError, generate, iter_samples
+
+    model, _ = exported["gpt"]
+    folder = tmp_path / "onnx"
+    export_model(model, folder)
+    opts = {"temperature": 0.8, "top_k": 5, "max_len": 6}
+    a = generate(folder, 6, 0, tmp_path / "a", batch_size=4, label="surname", sampling=opts)
+    b = generate(folder, 6, 0, tmp_path / "b", batch_size=4, label="surname", sampling=opts)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert a["sampling"] == opts and sum(s["count"] for s in a["shards"]) == 6
+    ids, labels = map(np.concatenate, zip(*iter_samples(tmp_path / "a")))
+    assert ids.shape == (6, model.length) and set(labels.tolist()) == {2}
+    from contracts.modalities.tokens import tokenizer
+
+    assert all(len(t) <= 6 for t in tokenizer(model.config.data.vocab).decode_batch(ids))   # max_len 6
+    with pytest.raises(GenerationError, match="steps"):
+        generate(folder, 2, 0, tmp_path / "c", sampling={"steps": 3})
