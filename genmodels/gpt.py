@@ -40,12 +40,13 @@ class GPTConfig(ModelConfig):
     lr: float = training(3e-3)
     min_lr: float = training(1e-4)
     warmup_steps: int = training(50)
-    decay_steps: int = training(6000)  # cosine decay from lr to min_lr over these steps (then min_lr)
+    decay_steps: int = training(2650)  # cosine decay from lr to min_lr over these steps (then min_lr): epochs x
+                                       # steps per epoch (names: 663 at batch 128)
     weight_decay: float = training(0.1)
     beta2: float = training(0.99)
     grad_clip: float = training(1.0)
     batch_size: int = training(128)
-    epochs: int = training(8)
+    epochs: int = training(4)
 
     def __post_init__(self):
         super().__post_init__()
