@@ -22,6 +22,7 @@ batches, on a ``text:`` file of ``--train-names`` census names (so an epoch take
 
     python benchmarks/text_generate.py [--families gpt,lstm] [--batch-sizes 64,256] [--threads 1,2]
                                        [--rounds 5] [--no-train] [--train-names 6000] [--epochs 2] [--repeats 3]
+                                       [--train-threads 1]
 """
 from __future__ import annotations
 
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--train-names", type=int, default=6000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-threads", type=int, default=1)
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -201,8 +203,8 @@ def main() -> None:
     print(f"\nGeneration, median of {args.rounds} interleaved rounds (targets: KV/recompute >= 3, ORT/PyTorch >= 1.5):")
     print_table(rows, list(rows[0]))
     if not args.no_train:
-        threads = max(int(t) for t in args.threads.split(","))
-        train_rows = compare_training(args.train_families.split(","), args.train_names, args.epochs, args.repeats, threads)
+        train_rows = compare_training(args.train_families.split(","), args.train_names, args.epochs, args.repeats,
+                                      args.train_threads)
         print(f"\nTraining: pipelines.train.train vs a bare fit_step loop, median of {args.repeats} alternating pairs "
               "(target: overhead <= 5%):")
         print_table(train_rows, list(train_rows[0]))

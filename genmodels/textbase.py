@@ -79,6 +79,8 @@ class TokenModel(GenerativeModel):
         self.num_classes = int(config.data.num_classes)
         self.register_buffer("mask", impossible_mask(self.vocab_size), persistent=False)
         self.register_buffer("class_counts", torch.zeros(max(self.num_classes, 1), dtype=torch.float64))
+        if not self.conditional:  # unlabelled data: the class token / state / table is one, and not a capability
+            self.capabilities = self.capabilities - {"conditional"}
         self.sampling["max_len"] = self.length - 2
 
     @property
@@ -145,7 +147,7 @@ class TokenModel(GenerativeModel):
     def bits_per_char(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> float:
         """sum of sequence NLLs / (ln 2 * (characters + one <eos> per sequence)): the end token counts as one
         character, as in char-RNN practice."""
-        return float(self.score(x, labels).double().sum() / (math.log(2) * predicted_tokens(x).sum()))
+        return float(self.score(x, labels).double().sum()) / (math.log(2) * float(predicted_tokens(x).sum()))
 
     # --- sampling -----------------------------------------------------------------------------
     @torch.no_grad()

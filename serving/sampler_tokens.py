@@ -29,6 +29,13 @@ from contracts.token_sampling import draw_tokens
 from serving.samplers import register
 
 
+def ort_value(a: np.ndarray):
+    """An onnxruntime OrtValue over a numpy array (CPU)."""
+    import onnxruntime
+
+    return onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a))
+
+
 def _inputs(sess) -> set[str]:
     return {i.name for i in sess.get_inputs()}
 
@@ -52,8 +59,12 @@ def sample_from_uniforms(spec: TokenAutoregressiveSpec | Mapping[str, Any], sess
     outs = [spec.output, *(o for _, o in spec.state)]
     seq = np.full((n, length), spec.pad, dtype=np.int64)
     seq[:, 0] = spec.bos
-    res = prefill.run(outs, {spec.tokens_input: seq[:, :1], **pre_lab})
-    logits, state = res[0][:, -1], res[1:]
+    # the state stays in ONNX Runtime's own tensors between steps (run_with_ort_values): no copy of the cache
+    # into numpy and back per token; only the logits come out
+    ov = ort_value
+    res = prefill.run_with_ort_values(outs, {spec.tokens_input: ov(seq[:, :1]), **{k: ov(v) for k, v in pre_lab.items()}})
+    logits, state = res[0].numpy()[:, -1], res[1:]
+    dec_lab = {k: ov(v) for k, v in dec_lab.items()}
     done = np.zeros(n, dtype=bool)
     for t in range(1, length):
         tok = draw_tokens(logits, u[:, t - 1], spec.temperature, spec.top_k, spec.top_p, done=done,
@@ -63,8 +74,9 @@ def sample_from_uniforms(spec: TokenAutoregressiveSpec | Mapping[str, Any], sess
         if done.all() or t == length - 1:
             break
         if cached:
-            res = decode.run(outs, {spec.token_input: seq[:, t:t + 1], **dict(zip(ins, state)), **dec_lab})
-            logits, state = res[0], res[1:]
+            res = decode.run_with_ort_values(outs, {spec.token_input: ov(np.ascontiguousarray(seq[:, t:t + 1])),
+                                                    **dict(zip(ins, state)), **dec_lab})
+            logits, state = res[0].numpy(), res[1:]
         else:
             logits = prefill.run([spec.output], {spec.tokens_input: seq[:, :t + 1], **pre_lab})[0][:, -1]
     return seq

@@ -243,3 +243,22 @@ def test_generate_writes_text_with_sampling_options_deterministically(exported, 
     assert all(len(t) <= 6 for t in tokenizer(model.config.data.vocab).decode_batch(ids))   # max_len 6
     with pytest.raises(GenerationError, match="steps"):
         generate(folder, 2, 0, tmp_path / "c", sampling={"steps": 3})
+
+
+@pytest.mark.parametrize("family", ["gpt", "lstm", "bigram"])
+def test_unlabelled_data_gives_an_unconditional_model_that_serves_the_same_tokens(family, tmp_path):
+    import dataclasses
+
+    from serving.export import export_model
+    from serving.sampler_tokens import sample_from_uniforms
+
+    spec, x, _ = names_tokens()
+    model = build_model(family, {"data": dataclasses.replace(spec, num_classes=0, class_names=()), **TINY[family]})
+    model.fit_step(torch.from_numpy(x), None)
+    model.eval()
+    assert "conditional" not in model.capabilities and not model.sampler().conditional
+    export_model(model, tmp_path / "onnx")
+    sessions = {g: ort.InferenceSession(str(tmp_path / "onnx" / f"{g}.onnx")) for g in ("prefill", "decode")}
+    assert "labels" not in {i.name for s in sessions.values() for i in s.get_inputs()}
+    u = np.random.default_rng(0).random((5, model.length - 1), dtype=np.float32)
+    assert np.array_equal(model.sample_from_uniforms(u, None).numpy(), sample_from_uniforms(model.sampler(), sessions, u))
