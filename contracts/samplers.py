@@ -438,8 +438,9 @@ class TokenAutoregressiveSpec(SamplerSpec):
     Graphs. ``prefill``: ``tokens`` int64 N x L (+ ``labels`` int64 N when it has that input) -> ``logits``
     float N x L x V and the state outputs. ``graph`` (the decode step): ``token`` int64 N x 1 + the state
     inputs (+ ``labels`` when it has that input) -> ``logits`` N x V and the state outputs. ``state`` pairs
-    each state input with the output that replaces it after a step (``[["past_keys", "present_keys"], ...]``
-    for a transformer's KV cache, N x layers x heads x P x head_dim; ``[["h", "h_next"], ["c", "c_next"]]``
+    each state input with the output that replaces it after a step (``[["past_key_0", "present_key_0"],
+    ["past_value_0", "present_value_0"], ...]`` for a transformer's KV cache, one key and one value per layer,
+    N x heads x P x head_dim, ``cache_shape`` [layers, heads, head_dim]; ``[["h", "h_next"], ["c", "c_next"]]``
     for an LSTM, N x layers x hidden; ``[]`` for a bigram table). ``cache`` names the layout ("kv", "rnn",
     "none"); ``layers``, ``heads``, ``head_dim``/``hidden`` are recorded for readers.
 

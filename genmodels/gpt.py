@@ -10,8 +10,9 @@ Class-conditional through a class token: with classes in the data, position 0 (t
 class's embedding instead of ``<bos>``'s, so every later position attends to the class.
 
 Serving runs two graphs with a KV cache (``contracts.samplers.TokenAutoregressiveSpec``, cache "kv"):
-``prefill`` (tokens N x L [+ labels N] -> logits N x L x V, present_keys/values N x layers x heads x L x
-head_dim) and ``decode`` (one token N x 1, past_keys/values N x layers x heads x P x head_dim -> logits N x V,
+``prefill`` (tokens N x L [+ labels N] -> logits N x L x V, present_key_i/present_value_i per layer i,
+N x heads x L x head_dim) and ``decode`` (one token N x 1, past_key_i/past_value_i N x heads x P x head_dim
+-> logits N x V,
 the caches with P + 1 positions; the position of the new token is P). The prefill graph alone, rerun on the
 whole prefix each step, is the no-cache baseline of benchmarks/text_generate.py. Batches: see textbase.
 """
@@ -71,10 +72,12 @@ class SelfAttention(nn.Module):
         n, length, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (t.view(n, length, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
-        if past_k is not None:
+        if past_k is None:  # training and prefill: the fused causal kernel
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        else:  # one decode step: the new query against the cache; scaling the 1 x P scores, not the keys
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=past_k is None)
+            att = torch.softmax((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])), dim=-1)
+            y = att @ v
         y = y.transpose(1, 2).reshape(n, length, c)
         return self.resid_drop(self.proj(y)), k, v
 
@@ -99,7 +102,6 @@ class GPT(TokenModel):
     config_class: ClassVar[type[ModelConfig]] = GPTConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({"nll", "score", "conditional"})
     cache: ClassVar[str] = "kv"
-    state_pairs: ClassVar[tuple[tuple[str, str], ...]] = (("past_keys", "present_keys"), ("past_values", "present_values"))
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)
@@ -120,6 +122,9 @@ class GPT(TokenModel):
                     nn.init.normal_(p, 0.0, std)
                 elif name.endswith("bias"):
                     nn.init.zeros_(p)
+        # one key and one value tensor per layer, N x heads x P x head_dim (no split or stack of a joint cache)
+        self.state_pairs = tuple(pair for i in range(cfg.layers) for pair in
+                                 ((f"past_key_{i}", f"present_key_{i}"), (f"past_value_{i}", f"present_value_{i}")))
         decay = [p for p in self.parameters() if p.dim() >= 2]
         other = [p for p in self.parameters() if p.dim() < 2]
         self._opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -134,26 +139,26 @@ class GPT(TokenModel):
         return (cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * t)) * (cfg.lr - cfg.min_lr)) / cfg.lr
 
     # --- the network --------------------------------------------------------------------------
-    def run(self, idx: torch.Tensor, labels: torch.Tensor | None = None, past_k: torch.Tensor | None = None,
-            past_v: torch.Tensor | None = None, keep: bool = False):
-        """Logits N x L x V for ids N x L (positions P.. P+L-1, P = past length); with ``keep`` also the caches
-        N x layers x H x (P+L) x D. ``labels`` (prefill only) puts the class token at position 0."""
-        p0 = 0 if past_k is None else past_k.shape[3]
+    def run(self, idx: torch.Tensor, labels: torch.Tensor | None = None, past: tuple[torch.Tensor, ...] | None = None,
+            keep: bool = False):
+        """Logits N x L x V for ids N x L (positions P.. P+L-1, P = past length); ``past``: key_0, value_0, key_1,
+        ... (N x H x P x D each); with ``keep`` returns (logits, those caches with P+L positions). ``labels``
+        (prefill only) puts the class token at position 0."""
+        p0 = 0 if past is None else past[0].shape[2]
         pos = torch.arange(p0, p0 + idx.shape[1], device=idx.device)
         x = self.wte(idx)
         if labels is not None:
             x = torch.cat([self.cls(labels).unsqueeze(1), x[:, 1:]], dim=1)
         x = self.drop(x + self.wpe(pos))
-        ks, vs = [], []
+        caches: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, k, v = block(x, None if past_k is None else past_k[:, i], None if past_v is None else past_v[:, i])
+            x, k, v = block(x, None if past is None else past[2 * i], None if past is None else past[2 * i + 1])
             if keep:
-                ks.append(k)
-                vs.append(v)
+                caches += [k, v]
         logits = self.head(self.ln_f(x)) + self.mask
         if not keep:
             return logits
-        return logits, torch.stack(ks, dim=1), torch.stack(vs, dim=1)
+        return logits, tuple(caches)
 
     def logits(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return self.run(x, labels)
@@ -194,8 +199,7 @@ class GPT(TokenModel):
 
     def example_state(self, n: int, past: int) -> tuple[torch.Tensor, ...]:
         layers, heads, d = self.cache_shape()
-        z = torch.zeros(n, layers, heads, past, d, device=self.device)
-        return z, z.clone()
+        return tuple(torch.zeros(n, heads, past, d, device=self.device) for _ in range(2 * layers))
 
     def prefill_module(self) -> nn.Module:
         return _Prefill(self)
@@ -210,7 +214,8 @@ class _Prefill(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None):
-        return self.model.run(tokens, labels, keep=True)
+        logits, caches = self.model.run(tokens, labels, keep=True)
+        return (logits, *caches)
 
 
 class _Decode(nn.Module):
@@ -218,6 +223,6 @@ class _Decode(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, token: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor):
-        logits, k, v = self.model.run(token, None, past_keys, past_values, keep=True)
-        return logits[:, -1], k, v
+    def forward(self, token: torch.Tensor, *past: torch.Tensor):
+        logits, caches = self.model.run(token, None, past, keep=True)
+        return (logits[:, -1], *caches)

@@ -71,7 +71,8 @@ class TokenModel(GenerativeModel):
     modalities: ClassVar[frozenset[str]] = frozenset({"tokens"})
     sampling_options: ClassVar[dict[str, Any]] = {"temperature": 1.0, "top_k": None, "top_p": None, "max_len": None}
     cache: ClassVar[str] = "none"
-    state_pairs: ClassVar[tuple[tuple[str, str], ...]] = ()
+    state_pairs: tuple[tuple[str, str], ...] = ()   # (input, output) names of the decode state
+    cache_length_axis: ClassVar[int] = 2               # kv caches: the axis that grows by one per step
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -203,11 +204,10 @@ class TokenModel(GenerativeModel):
         batch = {0: "batch"}
         prefill_axes = {"tokens": {0: "batch", 1: "length"}, "logits": {0: "batch", 1: "length"},
                         **({"labels": batch} if self.conditional else {})}
-        state_axes = {0: "batch", 3: "past"} if self.cache == "kv" else batch
-        grow_axes = {0: "batch", 3: "past_plus_one"} if self.cache == "kv" else batch
-        prefill_axes.update({o: (state_axes if self.cache == "kv" else batch) for o in outs})
-        if self.cache == "kv":
-            prefill_axes.update({o: {0: "batch", 3: "length"} for o in outs})
+        ax = self.cache_length_axis
+        state_axes = {0: "batch", ax: "past"} if self.cache == "kv" else batch
+        grow_axes = {0: "batch", ax: "past_plus_one"} if self.cache == "kv" else batch
+        prefill_axes.update({o: ({0: "batch", ax: "length"} if self.cache == "kv" else batch) for o in outs})
         dec_lab = self.conditional and self.takes_labels_in_decode
         decode_axes = {"token": batch, "logits": batch, **{i: state_axes for i in ins}, **{o: grow_axes for o in outs},
                        **({"labels": batch} if dec_lab else {})}

@@ -33,11 +33,11 @@ def _trained(family: str, steps: int = 3):
 def test_gpt_kv_cache_decode_equals_full_recompute():
     model, x, y = _trained("gpt")
     full = model.run(x[:5, :8], y[:5])                                   # 5 x 8 x V
-    logits, k, v = model.run(x[:5, :3], y[:5], keep=True)                # prefill 3 positions
-    assert torch.allclose(logits, full[:, :3], atol=1e-5)
+    logits, *cache = model.prefill_module()(x[:5, :3], y[:5])            # prefill 3 positions
+    assert torch.allclose(logits, full[:, :3], atol=1e-5) and len(cache) == 2 * 2   # a key and a value per layer
     for t in range(3, 8):                                                # then one token at a time
-        step, k, v = model.decode_module()(x[:5, t:t + 1], k, v)
-        assert k.shape[3] == t + 1
+        step, *cache = model.decode_module()(x[:5, t:t + 1], *cache)
+        assert all(c.shape == (5, 2, t + 1, 8) for c in cache)           # N x heads x P x head_dim
         assert torch.allclose(step, full[:, t], atol=1e-5), t
 
 
