@@ -21,7 +21,7 @@ IMAGE_FAMILIES = sorted(f for f in FAMILIES if "image" in get_family(f).modaliti
 # one tiny config per family: the first contract class of each
 CONFIGS = {}
 for _cls in FamilyContract.__subclasses__():
-    if _cls.family in FAMILIES and not getattr(_cls, "module_path", None):
+    if getattr(_cls, "family", None) in IMAGE_FAMILIES and not getattr(_cls, "module_path", None):
         CONFIGS.setdefault(_cls.family, _cls.config)
 
 # 8x12: 2 stride-2 levels (8x12 -> 4x6); 3x32x32: CIFAR-like RGB; 3x28x20: non-square RGB, odd after 2 halvings
