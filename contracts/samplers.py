@@ -9,8 +9,8 @@ for callers written before the error hierarchy). The JSON keys are exactly those
 dicts written before (format ``genforge.sampler/1``), so every exported model and registry version
 still loads; the ``format`` key export writes is the version, no other version key is added.
 
-Kinds: ``direct``, ``ddim``, ``autoregressive``, ``flow``. A new kind (``token_autoregressive``,
-``dpmpp``) is one more ``@register_spec`` dataclass here plus its loop in ``serving/``.
+Kinds: ``direct``, ``ddim``, ``autoregressive``, ``flow``, ``token_autoregressive``. A new kind (``dpmpp``)
+is one more ``@register_spec`` dataclass here plus its loop in ``serving/``.
 
 Sampling options. Each kind names its generate-time options in ``SAMPLING`` (option name -> JSON
 key), e.g. ddim ``{"steps": "sample_steps", "eta": "eta", "clip": "clip"}``: the values in the file
@@ -30,7 +30,7 @@ from contracts.errors import ServingError
 
 EXPORT_KEYS = ("format", "family", "image_shape", "num_classes", "graphs", "parity", "modality", "sample_shape",
                "class_names", "dtype", "vocab")
-RESERVED_KINDS = ("dpmpp", "token_autoregressive")  # named by the model contract, no spec class yet
+RESERVED_KINDS = ("dpmpp",)  # named by the model contract, no spec class yet
 SPEC_KINDS: dict[str, type["SamplerSpec"]] = {}
 
 
@@ -427,3 +427,96 @@ class FlowSpec(SamplerSpec):
 
     def _omit(self, name: str, value: Any) -> bool:
         return name == "temperature" and value == 1.0
+
+
+@register_spec
+@dataclass(frozen=True, kw_only=True)
+class TokenAutoregressiveSpec(SamplerSpec):
+    """Token ids one at a time over a ``prefill`` graph and a one-token ``decode`` step graph with a cache
+    (``serving/sampler_tokens.py``; the rule: ``contracts.token_sampling``).
+
+    Graphs. ``prefill``: ``tokens`` int64 N x L (+ ``labels`` int64 N when it has that input) -> ``logits``
+    float N x L x V and the state outputs. ``graph`` (the decode step): ``token`` int64 N x 1 + the state
+    inputs (+ ``labels`` when it has that input) -> ``logits`` N x V and the state outputs. ``state`` pairs
+    each state input with the output that replaces it after a step (``[["past_key_0", "present_key_0"],
+    ["past_value_0", "present_value_0"], ...]`` for a transformer's KV cache, one key and one value per layer,
+    N x heads x P x head_dim, ``cache_shape`` [layers, heads, head_dim]; ``[["h", "h_next"], ["c", "c_next"]]``
+    for an LSTM, N x layers x hidden; ``[]`` for a bigram table). ``cache`` names the layout ("kv", "rnn",
+    "none"); ``layers``, ``heads``, ``head_dim``/``hidden`` are recorded for readers.
+
+    Sequences: ``length`` T stored positions, ``<bos>`` (``bos``) first, ``<eos>`` (``eos``) then ``<pad>``
+    (``pad``); ``vocab_size`` V. Sampling options (defaults here, overridable per run): ``temperature`` > 0,
+    ``top_k`` (int >= 1 or null), ``top_p`` (in (0, 1] or null), ``max_len`` (characters before the forced
+    ``<eos>``, 1..T-2).
+    """
+
+    kind: ClassVar[str] = "token_autoregressive"
+    SAMPLING: ClassVar[dict[str, str]] = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+                                          "max_len": "max_len"}
+    _NULLS: ClassVar[tuple[str, ...]] = ("top_k", "top_p")
+    graph: str = "decode"
+    prefill: str = "prefill"
+    tokens_input: str = "tokens"
+    token_input: str = "token"
+    labels_input: str = "labels"
+    output: str = "logits"
+    state: tuple[tuple[str, str], ...] = ()
+    cache: str = "none"
+    cache_shape: tuple[int, ...] = ()       # the state's shape after batch and before/without the length axis
+    vocab_size: int
+    length: int
+    bos: int = 1
+    eos: int = 2
+    pad: int = 0
+    conditional: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_len: int | None = None              # None: length - 2
+
+    def _validate(self) -> None:
+        k = self.kind
+        for key in ("prefill", "tokens_input", "token_input", "labels_input", "output"):
+            _name(k, key, getattr(self, key))
+        _choice(k, "cache", self.cache, ("kv", "rnn", "none"))
+        state = self.state
+        if not isinstance(state, (list, tuple)) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) and s for s in p) for p in state):
+            _fail(k, f"state must be a list of [input, output] name pairs, got {state!r}")
+        self._set("state", tuple((str(a), str(b)) for a, b in state))
+        if (self.cache == "none") != (not self.state):
+            _fail(k, f"cache {self.cache!r} with state {list(self.state)!r}: a cache needs state pairs, 'none' none")
+        if not isinstance(self.cache_shape, (list, tuple)) or not all(_is_int(s) and s > 0 for s in self.cache_shape):
+            _fail(k, f"cache_shape must be a list of positive ints, got {self.cache_shape!r}")
+        self._set("cache_shape", tuple(self.cache_shape))
+        _pos_int(k, "vocab_size", self.vocab_size)
+        if not (_is_int(self.length) and self.length >= 3):
+            _fail(k, f"length must be an int >= 3, got {self.length!r}")
+        for key in ("bos", "eos", "pad"):
+            v = getattr(self, key)
+            if not (_is_int(v) and 0 <= v < self.vocab_size):
+                _fail(k, f"{key} must be a token id in [0, {self.vocab_size}), got {v!r}")
+        if len({self.bos, self.eos, self.pad}) != 3:
+            _fail(k, "bos, eos and pad must be three different ids")
+        if not (_is_number(self.temperature) and self.temperature > 0):
+            _fail(k, f"temperature must be a number > 0, got {self.temperature!r}")
+        self._set("temperature", float(self.temperature))
+        if self.top_k is not None and not (_is_int(self.top_k) and self.top_k >= 1):
+            _fail(k, f"top_k must be an int >= 1 or null, got {self.top_k!r}")
+        if self.top_p is not None:
+            if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+                _fail(k, f"top_p must be a number in (0, 1] or null, got {self.top_p!r}")
+            self._set("top_p", float(self.top_p))
+        if self.max_len is None:
+            self._set("max_len", self.length - 2)
+        if not (_is_int(self.max_len) and 1 <= self.max_len <= self.length - 2):
+            _fail(k, f"max_len must be an int in [1, {self.length - 2}] (the stored length {self.length} minus "
+                     f"<bos> and <eos>), got {self.max_len!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        out["state"] = [list(p) for p in self.state]
+        return out
+
+    def graphs_used(self) -> tuple[str, ...]:
+        return (self.graph, self.prefill)

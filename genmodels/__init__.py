@@ -14,6 +14,9 @@ FAMILIES: dict[str, str] = {
     "ddpm": "genmodels.ddpm:DDPM",
     "pixelcnn": "genmodels.pixelcnn:PixelCNN",
     "realnvp": "genmodels.realnvp:RealNVP",
+    "gpt": "genmodels.gpt:GPT",
+    "lstm": "genmodels.lstm:LSTM",
+    "bigram": "genmodels.bigram:Bigram",
 }
 
 

@@ -249,7 +249,12 @@ def generate_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (ddim samplers; default: the model's)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta, 0 = deterministic (default: the model's)."),
     temperature: Optional[float] = typer.Option(None, "--temperature",
-                                                help="Noise temperature (flow samplers; default: the model's)."),
+                                                help="Noise temperature (flow samplers) or softmax temperature "
+                                                     "(token samplers); default: the model's."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Draw from the k likeliest tokens (token samplers)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus: the likeliest tokens holding this share "
+                                          "of the probability (token samplers)."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help="Characters before <eos> is forced (token samplers)."),
 ) -> None:
     """Batch-generate samples from a registered model with ONNX Runtime (never imports torch)."""
     from pipelines import tracking
@@ -264,7 +269,8 @@ def generate_cmd(
     with sample_progress(console, n, ref) as progress:
         result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
                           model_id=resolved.model_id, provider=provider, progress=progress,
-                          sampling={"steps": steps, "eta": eta, "temperature": temperature}, overwrite=overwrite)
+                          sampling={"steps": steps, "eta": eta, "temperature": temperature, "top_k": top_k,
+                                    "top_p": top_p, "max_len": max_len}, overwrite=overwrite)
     console.print(generation_summary(result, ref), highlight=False, soft_wrap=True)
     if as_json:
         print_json({k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))})

@@ -110,11 +110,20 @@ def _close_stale_runs(c, experiment: str, keep: str | None, committed: str | Non
 
 
 def _write_epoch_grid(c, run_id: str, samples: torch.Tensor, path: Path, caption: str, epoch: int,
-                      logged_steps: set[int]) -> None:
+                      logged_steps: set[int], spec: DataSpec | None = None, labels=None) -> None:
     """The epoch's captioned grid: to `path`, to the run's `samples/` folder and as image `train/samples` at
-    step `epoch` (unless a killed predecessor of this run logged that epoch already)."""
+    step `epoch` (unless a killed predecessor of this run logged that epoch already). A modality whose preview
+    is not a PNG (tokens: preview.txt) writes its own preview of the samples (same stem, its suffix) instead."""
     from pipelines import lineage, tracking
 
+    modality = get_modality(spec.modality) if spec is not None else None
+    suffix = Path(getattr(modality, "PREVIEW_NAME", "preview.png")).suffix
+    if suffix != ".png":
+        path = path.with_suffix(suffix)
+        atomic_write_bytes(path, modality.write_preview(list(modality.from_model(samples.numpy())), tuple(spec.shape),
+                                                        columns=8, spec=spec, labels=labels))
+        tracking.log_artifact(c, run_id, path, "samples")
+        return
     grid = lineage.write_grid(samples.numpy(), path, caption)
     if epoch not in logged_steps:
         lineage.log_grid(c, run_id, grid, lineage.TRAIN_SAMPLES_KEY, epoch)
@@ -295,8 +304,11 @@ def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, set
         def grid(done: int) -> None:  # the samples after `done` epochs: a file and the run's image at step `done`
             model.eval()
             samples = model.sample(64, generator=torch.Generator(device=device).manual_seed(seed)).cpu()
+            k = model.config.data.num_classes  # the classes sample() cycles through when given no labels
             writer.submit(_write_epoch_grid, c, run_id, samples, paths.train_samples / f"epoch-{done:04d}.png",
-                          lineage.grid_caption(label, run_id, seed, done, epochs), done, image_steps)
+                          lineage.grid_caption(label, run_id, seed, done, epochs), done, image_steps,
+                          model.config.data, [i % k if k and "conditional" in model.capabilities else -1
+                                              for i in range(len(samples))])
 
         if start_epoch == 0:  # the untrained model at step 0, where MLflow's image slider opens
             grid(0)

@@ -2,7 +2,7 @@
 
 numpy + onnxruntime sessions only (never torch): the batch generator imports this module.
 
-A sampler is a function ``fn(spec, sessions, n, rng, labels) -> float32 N x C x H x W in [0, 1]``
+A sampler is a function ``fn(spec, sessions, n, rng, labels) -> N x sample shape`` (images: float32 in [0, 1])
 registered under its kind with ``@register("kind")``; it receives the typed spec
 (``contracts.samplers``: ``DirectSpec``, ``DDIMSpec``, ``AutoregressiveSpec``, ``FlowSpec``), which
 validated every key of sampler.json when it was read. ``run_sampler`` dispatches on ``spec.kind``;
@@ -12,7 +12,7 @@ function here takes a typed spec or a sampler.json dict (read with ``SamplerSpec
 
 Kinds implemented: ``direct`` (noise -> image in one graph call: VAE decoder, GAN generator),
 ``ddim`` (serving/sampler_ddim.py), ``autoregressive`` (serving/sampler_autoregressive.py),
-``flow`` (serving/sampler_flow.py). Noise is drawn as float32 straight from the given
+``flow`` (serving/sampler_flow.py), ``token_autoregressive`` (serving/sampler_tokens.py: int64 N x T ids). Noise is drawn as float32 straight from the given
 ``numpy.random.Generator`` (``Noise.draw``), so the same generator state gives the same noise on
 every machine and thread count.
 """
@@ -64,7 +64,8 @@ def check_sessions(spec: SamplerSpec | Mapping[str, Any], sessions: Mapping[str,
 
 def run_sampler(spec: SamplerSpec | Mapping[str, Any], sessions: Mapping[str, Any], n: int,
                 rng: np.random.Generator, labels: np.ndarray | None = None) -> np.ndarray:
-    """Run the sampler ``spec.kind`` for ``n`` samples; float32 N x C x H x W in [0, 1].
+    """Run the sampler ``spec.kind`` for ``n`` samples: N x the sample shape, as the model produces them
+    (images: float32 N x C x H x W in [0, 1]; tokens: int64 N x T ids).
 
     ``sessions`` maps graph name -> onnxruntime.InferenceSession; ``labels`` is int64 of shape
     N for conditional samplers, None otherwise. Raises SamplerSpecError for a bad spec, ValueError
@@ -137,3 +138,4 @@ def direct(spec, sessions, n, rng, labels):
 from serving import sampler_ddim  # noqa: E402,F401  registers "ddim"
 from serving import sampler_autoregressive  # noqa: E402,F401
 from serving import sampler_flow  # noqa: E402,F401
+from serving import sampler_tokens  # noqa: E402,F401

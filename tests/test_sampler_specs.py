@@ -74,7 +74,7 @@ def test_every_error_is_one_serving_error_and_a_value_error():
     from serving.resolve import ResolveError
     for cls in (ExportError, GenerationError, ResolveError, SamplerSpecError):
         assert issubclass(cls, ServingError) and issubclass(cls, GenforgeError)
-    assert set(SPEC_KINDS) == {"direct", "ddim", "autoregressive", "flow"}
+    assert set(SPEC_KINDS) == {"direct", "ddim", "autoregressive", "flow", "token_autoregressive"}
 
 
 # --- validation: every error, every kind -------------------------------------------------------
@@ -90,9 +90,10 @@ BAD = [
     # (spec, the exact message)
     ([], "sampler spec has no 'kind'"),
     ({"graph": "decoder"}, "sampler spec has no 'kind'"),
-    (_with("vae", kind="teleport"), "unknown sampler kind 'teleport'; known: autoregressive, ddim, direct, flow"),
+    (_with("vae", kind="teleport"), "unknown sampler kind 'teleport'; known: autoregressive, ddim, direct, flow, "
+                                    "token_autoregressive"),
     (_with("vae", kind="dpmpp"), "unknown sampler kind 'dpmpp' (reserved by the model contract, not implemented "
-                                 "yet); known: autoregressive, ddim, direct, flow"),
+                                 "yet); known: autoregressive, ddim, direct, flow, token_autoregressive"),
     # direct
     (_without("vae", "graph"), "direct sampler: spec is missing 'graph'"),
     (_without("vae", "noise"), "direct sampler: spec is missing 'noise'"),
