@@ -286,7 +286,13 @@ def token_model(tmp_path_factory):
             "graphs": {"table": {"file": "table.onnx", "sha256": hashlib.sha256((folder / "table.onnx")
                                                                                .read_bytes()).hexdigest()}}}
     (folder / "sampler.json").write_text(json.dumps(spec))
-    return folder
+    yield folder
+    # the test kind leaves the registries with the module, so suites that list every kind see only real ones
+    from contracts.samplers import SPEC_KINDS
+    from serving.samplers import SAMPLERS
+
+    SPEC_KINDS.pop("test_tokens", None)
+    SAMPLERS.pop("test_tokens", None)
 
 
 def test_generator_writes_jsonl_shards_preview_and_text_files(token_model, tmp_path):
