@@ -235,6 +235,11 @@ def generate_cmd(
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta, 0 = deterministic (default: the model's)."),
     temperature: Optional[float] = typer.Option(None, "--temperature",
                                                 help="Noise temperature (flow samplers; default: the model's)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="Diffusion sampler: ddim | dpmpp_2m "
+                                          "(default: the model's)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Classifier-free guidance w "
+                                                   "(conditional diffusion): 0 unconditional, 1 conditional, "
+                                                   ">1 guided (default: the model's)."),
 ) -> None:
     """Batch-generate samples from a registered model with ONNX Runtime (never imports torch)."""
     from pipelines import tracking
@@ -249,7 +254,8 @@ def generate_cmd(
     with sample_progress(console, n, ref) as progress:
         result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
                           model_id=resolved.model_id, provider=provider, progress=progress,
-                          sampling={"steps": steps, "eta": eta, "temperature": temperature}, overwrite=overwrite)
+                          sampling={"steps": steps, "eta": eta, "temperature": temperature, "sampler": sampler,
+                                    "guidance_scale": guidance_scale}, overwrite=overwrite)
     console.print(generation_summary(result, ref), highlight=False, soft_wrap=True)
     if as_json:
         print_json({k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))})
