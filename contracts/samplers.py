@@ -336,7 +336,7 @@ class DDIMSpec(SamplerSpec):
         _choice(k, "sampler", self.sampler, SAMPLERS)
         if self.sampler != "ddim" and self.eta != 0.0:
             _fail(k, f"eta={self.eta:g} applies to sampler 'ddim' only ({self.sampler} is deterministic): "
-                     f"give eta 0 with it")
+                     f"choose sampler ddim (--sampler ddim) or eta 0")
 
     def _validate_labels(self) -> None:
         k = self.kind
@@ -353,6 +353,9 @@ class DDIMSpec(SamplerSpec):
             _fail(k, f"guidance_scale must be a number >= 0 (0 unconditional, 1 conditional), "
                      f"got {self.guidance_scale!r}")
         self._set("guidance_scale", float(self.guidance_scale))
+
+    def _omit(self, name: str, value: Any) -> bool:
+        return name == "sampler" and value == "ddim"  # files before samplers existed: the same bytes
 
     def sampling_defaults(self) -> dict[str, Any]:
         out = super().sampling_defaults()

@@ -243,6 +243,13 @@ class DDPM(GenerativeModel):
         self._opt = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       fused=True)
 
+    def set_sampling_defaults(self, **options: Any) -> None:
+        """As the base class; an eta > 0 without a sampler (config.json and params written before samplers
+        existed, all DDIM) keeps DDIM, the only sampler taking eta."""
+        if options.get("eta") and "sampler" not in options:
+            options["sampler"] = "ddim"
+        super().set_sampling_defaults(**options)
+
     # --- training --------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adamw": self._opt}

@@ -18,6 +18,7 @@ import torch
 from contracts.diffusion import alphas_cumprod
 from genmodels import build_model
 from genmodels.ddim import ddim_sample
+from genmodels.ddpm import DDPM
 from genmodels.pixelcnn import draw_pixels as draw_pixels_torch
 from serving.sampler_autoregressive import draw_pixels as draw_pixels_numpy
 from serving.sampler_autoregressive import sample_from_uniforms
@@ -119,7 +120,8 @@ def _ddpm(**overrides):
 
 def test_ddpm_sample_takes_steps_and_eta_and_defaults_come_from_the_model():
     model = _ddpm()
-    assert model.sampling == {"steps": 5, "eta": 0.0, "clip": True}
+    default = DDPM.sampling_options["sampler"]
+    assert model.sampling == {"steps": 5, "eta": 0.0, "clip": True, "sampler": default}
     assert "sample_steps" not in model.config.to_dict() and "eta" not in model.config.to_dict()
 
     def draw(**kw):
@@ -128,7 +130,7 @@ def test_ddpm_sample_takes_steps_and_eta_and_defaults_come_from_the_model():
     base = draw()
     assert torch.equal(base, draw(steps=5, eta=0.0))                      # the defaults, spelt out
     assert not torch.equal(base, draw(steps=2)) and not torch.equal(base, draw(eta=1.0))
-    assert model.sampler().sampling_defaults() == {"steps": 5, "eta": 0.0, "clip": True}
+    assert model.sampler().sampling_defaults() == {"steps": 5, "eta": 0.0, "clip": True, "sampler": default}
     with pytest.raises(ValueError, match="takes no option 'temperature'"):
         draw(temperature=2.0)
     with pytest.raises(ValueError, match=r"must be an int in \[1, 50\], got 51"):
@@ -145,7 +147,8 @@ def test_old_config_json_with_sampling_keys_still_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"family": "ddpm", "config": old}))
     torch.save(model.state_dict(), tmp_path / "model.pt")
     loaded = load_model(tmp_path)
-    assert loaded.sampling == {"steps": 4, "eta": 0.5, "clip": False} and loaded.config == model.config
+    # eta > 0 was DDIM's: it keeps sampler ddim whatever the family's default sampler is now
+    assert loaded.sampling == {"steps": 4, "eta": 0.5, "clip": False, "sampler": "ddim"} and loaded.config == model.config
 
 
 def test_fingerprint_ignores_sampling_settings(monkeypatch, tmp_path):
@@ -157,7 +160,7 @@ def test_fingerprint_ignores_sampling_settings(monkeypatch, tmp_path):
     _, base, _, fp = train.plan_training(tiny_params(*arch), tmp_path, "ddpm")
     _, other, _, fp2 = train.plan_training(tiny_params(*arch, "model.ddpm.sample_steps=7", "model.ddpm.eta=1.0",
                                                        "model.ddpm.clip=false"), tmp_path, "ddpm")
-    assert fp == fp2 and other.sampling == {"steps": 7, "eta": 1.0, "clip": False} != base.sampling
+    assert fp == fp2 and other.sampling == {"steps": 7, "eta": 1.0, "clip": False, "sampler": "ddim"} != base.sampling
     _, _, _, fp3 = train.plan_training(tiny_params(*arch, "model.ddpm.base_channels=4"), tmp_path, "ddpm")
     assert fp3 != fp  # the architecture still counts
 
