@@ -1,0 +1,78 @@
+"""Classifier-free guidance: FID ratio and conditional accuracy of the conditional ddpm against w.
+
+On the default ddpm with ``model.ddpm.conditional: true`` (params.yaml's defaults on mnist5k, trained once
+by the project's train stage and cached under .genforge/bench/ddpm-conditional, benchmarks/_ddpm_cache.py),
+exported to ONNX: for each guidance scale w in --scales, N samples (evaluation.num_samples capped at the
+test split: 1,000), every class in turn as the evaluate stage and `genforge generate` without --label ask
+for them, drawn through serving.generator.shard_samples (one ORT call of 2N per step: conditional and
+unconditional halves, eps = eps_u + w (eps_c - eps_u); w = 0 unconditional, w = 1 conditional, Ho &
+Salimans' w plus one), scored like the evaluate stage: FID ratio, and conditional accuracy (the domain
+classifier's share of samples of the asked class). Sampler and steps: the model's defaults unless given.
+
+The pick: the lowest FID ratio among the scales with conditional accuracy >= --min-accuracy (0.95); the
+conditional model's default guidance_scale (genmodels/ddpm.py: DDPM.DEFAULT_GUIDANCE).
+
+    python -m benchmarks.ddpm_guidance [--scales 0,1,2,3,5] [--sampler S] [--steps K] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import _ddpm_cache as cache  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scales", default="0,1,2,3,5")
+    ap.add_argument("--sampler", default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
+    ap.add_argument("--min-accuracy", type=float, default=0.95)
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    args = ap.parse_args()
+    scales = [float(w) for w in args.scales.split(",")]
+
+    from benchmarks._common import print_table
+
+    folder = cache.trained(True)
+    info = json.loads((cache.project(True) / "bench.json").read_text())
+    print(f"conditional ddpm: {folder} (trained once in {info['train_seconds']:.0f} s, {info['torch_threads']} torch "
+          f"thread(s)); load {os.getloadavg()[0]:.1f}")
+    scorer = cache.Scorer(True)
+    print(f"N = {scorer.n}, real-vs-real FID floor {scorer.floor:.4f}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        _, exported = cache.onnx_model(True, Path(tmp))
+        base, sess = cache.sessions(exported, args.threads)
+        base = base.with_sampling(sampler=args.sampler, steps=args.steps)
+        print(f"sampler {base.sampler}, {base.sample_steps} steps")
+        for w in scales:
+            spec = base.with_sampling(guidance_scale=w)
+            images, labels, seconds = cache.generate(spec, sess, scorer.n, num_classes=int(scorer.ds.num_classes))
+            row = {"guidance_scale": w, **scorer.score(images, labels), "samples_per_s": scorer.n / seconds}
+            rows.append(row)
+            print(f"  w={w:g}: fid ratio {row['fid_ratio']:.3f}, conditional accuracy "
+                  f"{row['conditional_accuracy']:.3f}, {row['samples_per_s']:.1f} samples/s", flush=True)
+    ok = [r for r in rows if r["conditional_accuracy"] >= args.min_accuracy]
+    pick = min(ok, key=lambda r: r["fid_ratio"]) if ok else max(rows, key=lambda r: r["conditional_accuracy"])
+    cols = ["w", "FID ratio", "conditional accuracy", "samples/s", ""]
+    print_table([dict(zip(cols, [f"{r['guidance_scale']:g}", f"{r['fid_ratio']:.3f}",
+                                 f"{r['conditional_accuracy']:.3f}", f"{r['samples_per_s']:.1f}",
+                                 "<- pick" if r is pick else ""])) for r in rows], cols)
+    print(f"pick: w = {pick['guidance_scale']:g} (lowest FID ratio with conditional accuracy >= {args.min_accuracy}"
+          f"{'' if ok else ': none reached it, the most accurate'})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "pick": pick, "train": info,
+                                               "sampler": base.sampler, "steps": base.sample_steps}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
