@@ -21,7 +21,7 @@ from serving import sampler_ddim
 from serving.samplers import SAMPLERS, SamplerSpecError, check_sessions, check_spec, run_sampler
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = dict(image_shape=(1, 8, 8), base_channels=8, channel_mult=(1, 2), timesteps=50, sample_steps=5,
+TINY = dict(image_shape=(1, 8, 8), base_channels=8, channel_mult=(1, 2), timesteps=50, sample_steps=5, sampler="ddim",
             warmup_steps=5, lr=3e-3, seed=0)
 
 

@@ -18,7 +18,6 @@ import torch
 from contracts.diffusion import alphas_cumprod
 from genmodels import build_model
 from genmodels.ddim import ddim_sample
-from genmodels.ddpm import DDPM
 from genmodels.pixelcnn import draw_pixels as draw_pixels_torch
 from serving.sampler_autoregressive import draw_pixels as draw_pixels_numpy
 from serving.sampler_autoregressive import sample_from_uniforms
@@ -27,7 +26,9 @@ from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-DDPM_TINY = dict(image_shape=(1, 8, 8), base_channels=8, channel_mult=(1, 2), timesteps=50, sample_steps=5)
+# DDIM's options (eta): the tests below pin sampler ddim whatever the family's default sampler is
+DDPM_TINY = dict(image_shape=(1, 8, 8), base_channels=8, channel_mult=(1, 2), timesteps=50, sample_steps=5,
+                 sampler="ddim")
 
 
 # --- loop twins --------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def _ddpm(**overrides):
 
 def test_ddpm_sample_takes_steps_and_eta_and_defaults_come_from_the_model():
     model = _ddpm()
-    default = DDPM.sampling_options["sampler"]
+    default = "ddim"
     assert model.sampling == {"steps": 5, "eta": 0.0, "clip": True, "sampler": default}
     assert "sample_steps" not in model.config.to_dict() and "eta" not in model.config.to_dict()
 
@@ -188,6 +189,11 @@ def test_generator_applies_sampling_options_and_records_them(exported, tmp_path)
     fast = generate(exported / "ddpm", 6, 0, tmp_path / "c", batch_size=4, threads=1, sampling={"steps": 2, "eta": 1.0})
     assert base["sampling"] == spelt["sampling"] == {} and fast["sampling"] == {"steps": 2, "eta": 1.0}
     assert _shards(tmp_path / "a") == _shards(tmp_path / "b") != _shards(tmp_path / "c")
+    dpm = generate(exported / "ddpm", 6, 0, tmp_path / "d", batch_size=4, threads=1,
+                   sampling={"sampler": "dpmpp_2m", "steps": 3})
+    assert dpm["sampling"] == {"sampler": "dpmpp_2m", "steps": 3} and _shards(tmp_path / "d") != _shards(tmp_path / "a")
+    with pytest.raises(GenerationError, match="eta=1 applies to sampler 'ddim' only"):
+        generate(exported / "ddpm", 6, 0, tmp_path / "e", sampling={"sampler": "dpmpp_2m", "eta": 1.0})
     with pytest.raises(GenerationError, match="another generation job .*sampling"):
         generate(exported / "ddpm", 6, 0, tmp_path / "c", batch_size=4, threads=1)
     with pytest.raises(GenerationError) as err:
@@ -218,6 +224,10 @@ def test_cli_generate_steps_and_eta(exported, project, cli):
         project, check=True)
     manifest = json.loads((out / "b" / "manifest.json").read_text())
     assert manifest["sampling"] == {"steps": 2, "eta": 1.0} and _shards(out / "a") != _shards(out / "b")
+    bad = cli(["generate", "digits-ddpm@champion", "-n", "4", "--sampler", "euler", "--out", str(out / "e")], project)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and not (out / "e").exists()
+    assert bad.stderr.strip().splitlines()[-1] == ("error: sampling options: ddim sampler: sampler 'euler' is not "
+                                                   "implemented (known: ddim, dpmpp_2m)")
     bad = cli(["generate", "digits-vae@champion", "-n", "4", "--steps", "20", "--out", str(out / "v")], project)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1] == "error: sampling options: the direct sampler takes no option 'steps' (its options: none)"
