@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from genmodels import build_model
+from genmodels.ddpm import DDPM
 from serving.samplers import check_sessions, run_sampler
 from tests.conftest import LOOSE_GATE, tiny_params
 
@@ -137,7 +138,8 @@ def test_conditional_ddpm_through_the_stages_and_guided_generate(project, cli):
                 "--sampler", "dpmpp_2m", "--steps", "4", "--out", str(out)], project)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["sampling"]["guidance_scale"] == 3.0 and manifest["label"] == 7
+    # the manifest records the options that differ from the model's defaults
+    assert manifest["sampling"].get("guidance_scale", DDPM.DEFAULT_GUIDANCE) == 3.0 and manifest["label"] == 7
     labels = np.concatenate([np.load(p)["labels"] for p in sorted((out / "shards").glob("shard-*.npz"))])
     assert labels.tolist() == [7] * 12
     bad = cli(["generate", "digits-ddpm@champion", "-n", "2", "--guidance-scale", "-1", "--out",

@@ -18,6 +18,7 @@ import torch
 from contracts.diffusion import alphas_cumprod
 from genmodels import build_model
 from genmodels.ddim import ddim_sample
+from genmodels.ddpm import DDPM
 from genmodels.pixelcnn import draw_pixels as draw_pixels_torch
 from serving.sampler_autoregressive import draw_pixels as draw_pixels_numpy
 from serving.sampler_autoregressive import sample_from_uniforms
@@ -136,8 +137,8 @@ def test_ddpm_sample_takes_steps_and_eta_and_defaults_come_from_the_model():
         draw(temperature=2.0)
     with pytest.raises(ValueError, match=r"must be an int in \[1, 50\], got 51"):
         draw(steps=51)
-    capped = build_model("ddpm", {k: v for k, v in DDPM_TINY.items() if k != "sample_steps"} | {"timesteps": 20})
-    assert capped.sampling["steps"] == 20  # the family default, 50, capped at T
+    capped = build_model("ddpm", {k: v for k, v in DDPM_TINY.items() if k != "sample_steps"} | {"timesteps": 4})
+    assert capped.sampling["steps"] == 4 < DDPM.sampling_options["steps"]  # the family default, capped at T
 
 
 def test_old_config_json_with_sampling_keys_still_loads(tmp_path):
