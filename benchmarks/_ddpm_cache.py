@@ -92,6 +92,11 @@ class Scorer:
         self.floor = fid(self.train_feats, test_feats)
         self._extract, self._fid = clf_lib.extract, fid
 
+    def accuracy(self, images, labels) -> float:
+        """The domain classifier's share of ``images`` (float [0, 1]) assigned to ``labels``."""
+        _, logits = self._extract(self.clf, images)
+        return float((logits.argmax(1) == labels).mean())
+
     def score(self, images, labels=None) -> dict:
         """{fid, fid_ratio[, conditional_accuracy]} of float [0, 1] N x C x H x W samples (N = self.n)."""
         feats, logits = self._extract(self.clf, images)

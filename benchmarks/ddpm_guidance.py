@@ -12,7 +12,7 @@ classifier's share of samples of the asked class). Sampler and steps: the model'
 The pick: the lowest FID ratio among the scales with conditional accuracy >= --min-accuracy (0.95); the
 conditional model's default guidance_scale (genmodels/ddpm.py: DDPM.DEFAULT_GUIDANCE).
 
-    python -m benchmarks.ddpm_guidance [--scales 0,1,2,3,5] [--sampler S] [--steps K] [--threads 2]
+    python -m benchmarks.ddpm_guidance [--scales 0,1,2,3,5] [--sampler S] [--steps K] [--threads 2] [--label 7]
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     ap.add_argument("--min-accuracy", type=float, default=0.95)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--label", type=int, default=7, help="then 100 samples of this class (-1: skip)")
+    ap.add_argument("--label-scale", type=float, default=3.0)
     args = ap.parse_args()
     scales = [float(w) for w in args.scales.split(",")]
 
@@ -61,6 +63,12 @@ def main() -> None:
             rows.append(row)
             print(f"  w={w:g}: fid ratio {row['fid_ratio']:.3f}, conditional accuracy "
                   f"{row['conditional_accuracy']:.3f}, {row['samples_per_s']:.1f} samples/s", flush=True)
+        if args.label >= 0:  # the issue's check: `generate -n 100 --label 7 --guidance-scale 3`
+            spec = base.with_sampling(guidance_scale=args.label_scale)
+            images, labels, _ = cache.generate(spec, sess, 100, label=args.label, num_classes=int(scorer.ds.num_classes))
+            share = scorer.accuracy(images, labels)
+            print(f"label {args.label}, w={args.label_scale:g}, n=100: the classifier's share of class {args.label}: "
+                  f"{share:.2f}")
     ok = [r for r in rows if r["conditional_accuracy"] >= args.min_accuracy]
     pick = min(ok, key=lambda r: r["fid_ratio"]) if ok else max(rows, key=lambda r: r["conditional_accuracy"])
     cols = ["w", "FID ratio", "conditional accuracy", "samples/s", ""]
