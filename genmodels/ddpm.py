@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contracts.diffusion import guided_eps
 from contracts.samplers import DDIMSpec, Noise
 from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, require_halvable, training
-from contracts.diffusion import guided_eps
 from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample
 
 
@@ -278,7 +278,8 @@ class DDPM(GenerativeModel):
 
     def _train_labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """Conditional: the batch labels, each replaced by the null class with probability label_dropout
-        (drawn from the global RNG after t and eps). Unconditional: None."""
+        (drawn from the global RNG, before t and eps; unconditional
+        models draw nothing, so their training stream is unchanged). Unconditional: None."""
         cfg = self.config
         if not cfg.conditional:
             return None
