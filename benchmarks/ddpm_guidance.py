@@ -9,8 +9,11 @@ unconditional halves, eps = eps_u + w (eps_c - eps_u); w = 0 unconditional, w = 
 Salimans' w plus one), scored like the evaluate stage: FID ratio, and conditional accuracy (the domain
 classifier's share of samples of the asked class). Sampler and steps: the model's defaults unless given.
 
-The pick: the lowest FID ratio among the scales with conditional accuracy >= --min-accuracy (0.95); the
-conditional model's default guidance_scale (genmodels/ddpm.py: DDPM.DEFAULT_GUIDANCE).
+The pick (the trade-off): the most accurate w among those whose FID ratio is within --fid-within (5%) of
+the best w's; it is the conditional model's default guidance_scale (genmodels/ddpm.py: DDPM.DEFAULT_GUIDANCE).
+Its conditional accuracy is reported against the target --min-accuracy (0.95). Measured (dpmpp_2m, 10 steps,
+N = 1,000): w 0/1/2/3/5/7/10 -> FID ratio 244/175/115/102/105/123/167, conditional accuracy
+0.11/0.64/0.83/0.89/0.92/0.94/0.94: accuracy saturates near 0.94 on the 20-epoch model, below the target.
 
     python -m benchmarks.ddpm_guidance [--scales 0,1,2,3,5] [--sampler S] [--steps K] [--threads 2] [--label 7]
 """
@@ -35,7 +38,8 @@ def main() -> None:
     ap.add_argument("--sampler", default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
-    ap.add_argument("--min-accuracy", type=float, default=0.95)
+    ap.add_argument("--min-accuracy", type=float, default=0.95, help="the target, reported against")
+    ap.add_argument("--fid-within", type=float, default=0.05, help="FID-ratio slack over the best w")
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--label", type=int, default=7, help="then 100 samples of this class (-1: skip)")
     ap.add_argument("--label-scale", type=float, default=3.0)
@@ -69,14 +73,17 @@ def main() -> None:
             share = scorer.accuracy(images, labels)
             print(f"label {args.label}, w={args.label_scale:g}, n=100: the classifier's share of class {args.label}: "
                   f"{share:.2f}")
-    ok = [r for r in rows if r["conditional_accuracy"] >= args.min_accuracy]
-    pick = min(ok, key=lambda r: r["fid_ratio"]) if ok else max(rows, key=lambda r: r["conditional_accuracy"])
+    best = min(r["fid_ratio"] for r in rows)
+    near = [r for r in rows if r["fid_ratio"] <= best * (1 + args.fid_within)]
+    pick = max(near, key=lambda r: (r["conditional_accuracy"], -r["fid_ratio"]))
     cols = ["w", "FID ratio", "conditional accuracy", "samples/s", ""]
     print_table([dict(zip(cols, [f"{r['guidance_scale']:g}", f"{r['fid_ratio']:.3f}",
                                  f"{r['conditional_accuracy']:.3f}", f"{r['samples_per_s']:.1f}",
                                  "<- pick" if r is pick else ""])) for r in rows], cols)
-    print(f"pick: w = {pick['guidance_scale']:g} (lowest FID ratio with conditional accuracy >= {args.min_accuracy}"
-          f"{'' if ok else ': none reached it, the most accurate'})")
+    reached = "reaches" if pick["conditional_accuracy"] >= args.min_accuracy else "misses"
+    print(f"pick: w = {pick['guidance_scale']:g}, the most accurate within {args.fid_within:.0%} of the best FID ratio "
+          f"({best:.3f}); its conditional accuracy {pick['conditional_accuracy']:.3f} {reached} the target "
+          f"{args.min_accuracy}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "pick": pick, "train": info,
                                                "sampler": base.sampler, "steps": base.sample_steps}, indent=1))
