@@ -85,7 +85,7 @@ def test_guidance_changes_samples_and_labels_default_to_every_class(trained):
                           trained.sample(4, labels=torch.full((4,), 7), generator=g(), guidance_scale=0.0))
 
 
-@pytest.mark.parametrize("sampler, scale", [("ddim", 3.0), ("dpmpp_2m", 2.0), ("dpmpp_2m", 1.0)])
+@pytest.mark.parametrize("sampler, scale", [("ddim", 3.0), ("dpmpp_2m", 2.0)])
 def test_exported_conditional_graph_and_ort_guided_loop_match_pytorch(trained, tmp_path, sampler, scale):
     from serving.export import export_model
 
