@@ -9,11 +9,12 @@ for callers written before the error hierarchy). The JSON keys are exactly those
 dicts written before (format ``genforge.sampler/1``), so every exported model and registry version
 still loads; the ``format`` key export writes is the version, no other version key is added.
 
-Kinds: ``direct``, ``ddim``, ``autoregressive``, ``flow``, ``token_autoregressive``. A new kind (``dpmpp``)
-is one more ``@register_spec`` dataclass here plus its loop in ``serving/``.
+Kinds: ``direct``, ``ddim`` (DDIM and DPM-Solver++, its option ``sampler``), ``autoregressive``,
+``flow``, ``token_autoregressive``. A new kind is one more ``@register_spec`` dataclass here plus its loop
+in ``serving/``.
 
 Sampling options. Each kind names its generate-time options in ``SAMPLING`` (option name -> JSON
-key), e.g. ddim ``{"steps": "sample_steps", "eta": "eta", "clip": "clip"}``: the values in the file
+key), e.g. ddim ``{"steps": "sample_steps", "eta": "eta", "clip": "clip", "sampler": "sampler", ...}``: the values in the file
 are the model's defaults; ``spec.with_sampling(steps=20)`` gives the spec a run uses, validated the
 same way. An option a kind does not take is an error naming the options it does take.
 """
@@ -272,14 +273,20 @@ class DirectSpec(SamplerSpec):
 @register_spec
 @dataclass(frozen=True, kw_only=True)
 class DDIMSpec(SamplerSpec):
-    """DDIM over an epsilon-predicting denoiser graph (x float32 N x C x H x W, t int64 N) -> eps.
+    """DDIM or DPM-Solver++ over an epsilon-predicting denoiser graph (x float32 N x C x H x W, t int64 N
+    [, labels int64 N when conditional]) -> eps.
 
     ``alphas_cumprod`` is the training schedule (T floats in (0, 1), non-increasing); ``sample_steps``
-    (option ``steps``, 1..T), ``eta`` (>= 0) and ``clip`` (predicted x0 to [-1, 1]) are sampling defaults.
+    (option ``steps``, 1..T), ``eta`` (>= 0, ddim only), ``clip`` (predicted x0 to [-1, 1]), ``sampler``
+    (``contracts.diffusion.SAMPLERS``; a file without the key reads as "ddim") and, for conditional
+    denoisers, ``guidance_scale`` (option ``guidance_scale``, >= 0; 0 unconditional, 1 conditional,
+    ``contracts.diffusion.guided_eps``) are sampling defaults. A conditional denoiser takes
+    ``labels_input``; ``null_label`` (the class count) is the "no label" class it was trained with.
     """
 
     kind: ClassVar[str] = "ddim"
-    SAMPLING: ClassVar[dict[str, str]] = {"steps": "sample_steps", "eta": "eta", "clip": "clip"}
+    SAMPLING: ClassVar[dict[str, str]] = {"steps": "sample_steps", "eta": "eta", "clip": "clip", "sampler": "sampler",
+                                          "guidance_scale": "guidance_scale"}
     graph: str
     noise: Noise
     timestep_input: str = "t"
@@ -293,16 +300,21 @@ class DDIMSpec(SamplerSpec):
     clip: bool = True
     schedule: str | None = None             # the beta schedule's name, for the record
     alphas_cumprod: tuple[float, ...]
+    sampler: str = "ddim"                   # the update rule: "ddim" | "dpmpp_2m"
+    labels_input: str | None = None         # conditional: the graph's int64 label input ("labels")
+    null_label: int | None = None           # conditional: the unconditional class (= num_classes)
+    guidance_scale: float | None = None     # conditional: classifier-free guidance w
 
     def _validate(self) -> None:
+        from contracts.diffusion import SAMPLERS
+
         k = self.kind
         if not isinstance(self.noise, Noise) or self.noise.distribution != "normal" or len(self.noise.shape) != 3:
             _fail(k, f"noise must be normal with shape [C, H, W], got {self.noise!r}")
         _name(k, "timestep_input", self.timestep_input)
         _name(k, "output", self.output, optional=True)
         _name(k, "schedule", self.schedule, optional=True)
-        if self.conditional:
-            _fail(k, "conditional denoisers are not implemented")
+        self._validate_labels()
         _choice(k, "prediction", self.prediction, ("epsilon",))
         _choice(k, "timestep_spacing", self.timestep_spacing, ("trailing",))
         acp = self.alphas_cumprod
@@ -321,6 +333,35 @@ class DDIMSpec(SamplerSpec):
             _fail(k, f"eta must be a number >= 0, got {self.eta!r}")
         self._set("eta", float(self.eta))
         _flag(k, "clip", self.clip)
+        _choice(k, "sampler", self.sampler, SAMPLERS)
+        if self.sampler != "ddim" and self.eta != 0.0:
+            _fail(k, f"eta={self.eta:g} applies to sampler 'ddim' only ({self.sampler} is deterministic): "
+                     f"choose sampler ddim (--sampler ddim) or eta 0")
+
+    def _validate_labels(self) -> None:
+        k = self.kind
+        if not self.conditional:
+            if self.guidance_scale is not None:
+                _fail(k, "guidance_scale applies to conditional models only (this one is unconditional)")
+            if self.labels_input is not None or self.null_label is not None:
+                _fail(k, "labels_input and null_label need conditional: true")
+            return
+        _name(k, "labels_input", self.labels_input)
+        if not (_is_int(self.null_label) and self.null_label > 0):
+            _fail(k, f"null_label must be a positive int (the class count), got {self.null_label!r}")
+        if not (_is_number(self.guidance_scale) and self.guidance_scale >= 0):
+            _fail(k, f"guidance_scale must be a number >= 0 (0 unconditional, 1 conditional), "
+                     f"got {self.guidance_scale!r}")
+        self._set("guidance_scale", float(self.guidance_scale))
+
+    def _omit(self, name: str, value: Any) -> bool:
+        return name == "sampler" and value == "ddim"  # files before samplers existed: the same bytes
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        out = super().sampling_defaults()
+        if not self.conditional:
+            del out["guidance_scale"]
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -255,6 +255,11 @@ def generate_cmd(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus: the likeliest tokens holding this share "
                                           "of the probability (token samplers)."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Characters before <eos> is forced (token samplers)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="Diffusion sampler: ddim | dpmpp_2m "
+                                          "(default: the model's)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Classifier-free guidance w "
+                                                   "(conditional diffusion): 0 unconditional, 1 conditional, "
+                                                   ">1 guided (default: the model's)."),
 ) -> None:
     """Batch-generate samples from a registered model with ONNX Runtime (never imports torch)."""
     from pipelines import tracking
@@ -270,7 +275,8 @@ def generate_cmd(
         result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
                           model_id=resolved.model_id, provider=provider, progress=progress,
                           sampling={"steps": steps, "eta": eta, "temperature": temperature, "top_k": top_k,
-                                    "top_p": top_p, "max_len": max_len}, overwrite=overwrite)
+                                    "top_p": top_p, "max_len": max_len, "sampler": sampler,
+                                    "guidance_scale": guidance_scale}, overwrite=overwrite)
     console.print(generation_summary(result, ref), highlight=False, soft_wrap=True)
     if as_json:
         print_json({k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))})

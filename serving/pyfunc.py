@@ -67,7 +67,7 @@ CHECKPOINT_DIR = "checkpoint"          # model.pt, config.json, train.json insid
 ENTRY = Path(__file__).with_name("pyfunc_model.py")
 DEFAULT_BATCH_SIZE = 256               # `genforge generate --batch-size` default
 REQUEST = ("n", "seed", "label", "batch_size")
-_JSON_TYPES = {"int": "long", "float": "double", "bool": "boolean"}
+_JSON_TYPES = {"int": "long", "float": "double", "bool": "boolean", "str": "string"}
 
 
 class PredictError(MlflowException, ServingError):
@@ -79,7 +79,7 @@ class PredictError(MlflowException, ServingError):
 
 def sampler_options() -> dict[str, str]:
     """{option: MLflow column type} over every sampler kind (contracts.samplers ``SAMPLING``), e.g.
-    {"steps": "long", "eta": "double", "clip": "boolean", "temperature": "double"}."""
+    {"steps": "long", "eta": "double", "clip": "boolean", "sampler": "string", "temperature": "double", ...}."""
     options: dict[str, str] = {}
     for cls in SPEC_KINDS.values():
         types = {f.name: str(f.type).split("|")[0].strip() for f in dataclasses.fields(cls)}

@@ -57,13 +57,14 @@ def test_each_family_returns_its_typed_spec_in_todays_format(name):
 
 
 def test_sampling_defaults_are_recorded_in_the_spec():
-    assert SamplerSpec.from_json(_fixture("ddpm")).sampling_defaults() == {"steps": 5, "eta": 0.5, "clip": True}
+    assert SamplerSpec.from_json(_fixture("ddpm")).sampling_defaults() == {"steps": 5, "eta": 0.5, "clip": True,
+                                                                                "sampler": "ddim"}  # no key: ddim
     assert SamplerSpec.from_json(_fixture("realnvp")).sampling_defaults() == {"temperature": 1.0}
     assert SamplerSpec.from_json(_fixture("vae")).sampling_defaults() == {}
     hot = SamplerSpec.from_json(_fixture("realnvp")).with_sampling(temperature=0.7)
     assert hot.to_json()["temperature"] == 0.7 and SamplerSpec.from_json(hot.to_json()) == hot
     ddim = SamplerSpec.from_json(_fixture("ddpm")).with_sampling(steps=3, eta=0, clip=None)
-    assert ddim.sampling_defaults() == {"steps": 3, "eta": 0.0, "clip": True}
+    assert ddim.sampling_defaults() == {"steps": 3, "eta": 0.0, "clip": True, "sampler": "ddim"}
     assert ddim.to_json()["sample_steps"] == 3
 
 
@@ -121,7 +122,8 @@ BAD = [
     (_without("ddpm", "alphas_cumprod"), "ddim sampler: spec is missing 'alphas_cumprod'"),
     (_with("ddpm", guidance=2.0), "ddim sampler: spec has unknown key(s) 'guidance' (known: graph, noise, "
                                   "timestep_input, output, conditional, prediction, timesteps, sample_steps, "
-                                  "timestep_spacing, eta, clip, schedule, alphas_cumprod)"),
+                                  "timestep_spacing, eta, clip, schedule, alphas_cumprod, sampler, labels_input, "
+                                  "null_label, guidance_scale)"),
     (_with("ddpm", sample_steps=0), "ddim sampler: sample_steps (option steps) must be an int in [1, 20], got 0"),
     (_with("ddpm", sample_steps=21), "ddim sampler: sample_steps (option steps) must be an int in [1, 20], got 21"),
     (_with("ddpm", sample_steps=2.5), "ddim sampler: sample_steps (option steps) must be an int in [1, 20], got 2.5"),
@@ -134,7 +136,16 @@ BAD = [
     (_with("ddpm", prediction="v"), "ddim sampler: prediction 'v' is not implemented (known: epsilon)"),
     (_with("ddpm", timestep_spacing="leading"), "ddim sampler: timestep_spacing 'leading' is not implemented "
                                                 "(known: trailing)"),
-    (_with("ddpm", conditional=True), "ddim sampler: conditional denoisers are not implemented"),
+    (_with("ddpm", conditional=True), "ddim sampler: labels_input must be a non-empty string, got None"),
+    (_with("ddpm", conditional=True, labels_input="labels", null_label=10, guidance_scale=-1),
+     "ddim sampler: guidance_scale must be a number >= 0 (0 unconditional, 1 conditional), got -1"),
+    (_with("ddpm", conditional=True, labels_input="labels", null_label=0, guidance_scale=1),
+     "ddim sampler: null_label must be a positive int (the class count), got 0"),
+    (_with("ddpm", guidance_scale=3), "ddim sampler: guidance_scale applies to conditional models only "
+                                      "(this one is unconditional)"),
+    (_with("ddpm", sampler="euler"), "ddim sampler: sampler 'euler' is not implemented (known: ddim, dpmpp_2m)"),
+    (_with("ddpm", sampler="dpmpp_2m"), "ddim sampler: eta=0.5 applies to sampler 'ddim' only (dpmpp_2m is "
+                                        "deterministic): choose sampler ddim (--sampler ddim) or eta 0"),
     (_with("ddpm", noise={"name": "x", "shape": [64]}), "ddim sampler: noise must be normal with shape [C, H, W], "
      "got Noise(name='x', shape=(64,), distribution='normal', low=None, high=None)"),
     # autoregressive
@@ -184,7 +195,8 @@ def test_graph_names_are_checked_against_the_model_folder(name, graphs, message)
 @pytest.mark.parametrize("name, options, message", [
     ("vae", {"steps": 20}, "the direct sampler takes no option 'steps' (its options: none)"),
     ("pixelcnn", {"eta": 0.0}, "the autoregressive sampler takes no option 'eta' (its options: none)"),
-    ("ddpm", {"temperature": 2.0}, "the ddim sampler takes no option 'temperature' (its options: steps, eta, clip)"),
+    ("ddpm", {"temperature": 2.0}, "the ddim sampler takes no option 'temperature' (its options: steps, eta, clip, sampler, "
+     "guidance_scale)"),
     ("ddpm", {"steps": 0}, "ddim sampler: sample_steps (option steps) must be an int in [1, 20], got 0"),
     ("ddpm", {"eta": -0.5}, "ddim sampler: eta must be a number >= 0, got -0.5"),
     ("realnvp", {"temperature": -1}, "flow sampler: temperature must be a number > 0, got -1"),

@@ -18,6 +18,7 @@ import torch
 from contracts.diffusion import alphas_cumprod
 from genmodels import build_model
 from genmodels.ddim import ddim_sample
+from genmodels.ddpm import DDPM
 from genmodels.pixelcnn import draw_pixels as draw_pixels_torch
 from serving.sampler_autoregressive import draw_pixels as draw_pixels_numpy
 from serving.sampler_autoregressive import sample_from_uniforms
@@ -26,7 +27,9 @@ from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-DDPM_TINY = dict(image_shape=(1, 8, 8), base_channels=8, channel_mult=(1, 2), timesteps=50, sample_steps=5)
+# DDIM's options (eta): the tests below pin sampler ddim whatever the family's default sampler is
+DDPM_TINY = dict(image_shape=(1, 8, 8), base_channels=8, channel_mult=(1, 2), timesteps=50, sample_steps=5,
+                 sampler="ddim")
 
 
 # --- loop twins --------------------------------------------------------------------------------
@@ -119,7 +122,8 @@ def _ddpm(**overrides):
 
 def test_ddpm_sample_takes_steps_and_eta_and_defaults_come_from_the_model():
     model = _ddpm()
-    assert model.sampling == {"steps": 5, "eta": 0.0, "clip": True}
+    default = "ddim"
+    assert model.sampling == {"steps": 5, "eta": 0.0, "clip": True, "sampler": default}
     assert "sample_steps" not in model.config.to_dict() and "eta" not in model.config.to_dict()
 
     def draw(**kw):
@@ -128,13 +132,13 @@ def test_ddpm_sample_takes_steps_and_eta_and_defaults_come_from_the_model():
     base = draw()
     assert torch.equal(base, draw(steps=5, eta=0.0))                      # the defaults, spelt out
     assert not torch.equal(base, draw(steps=2)) and not torch.equal(base, draw(eta=1.0))
-    assert model.sampler().sampling_defaults() == {"steps": 5, "eta": 0.0, "clip": True}
+    assert model.sampler().sampling_defaults() == {"steps": 5, "eta": 0.0, "clip": True, "sampler": default}
     with pytest.raises(ValueError, match="takes no option 'temperature'"):
         draw(temperature=2.0)
     with pytest.raises(ValueError, match=r"must be an int in \[1, 50\], got 51"):
         draw(steps=51)
-    capped = build_model("ddpm", {k: v for k, v in DDPM_TINY.items() if k != "sample_steps"} | {"timesteps": 20})
-    assert capped.sampling["steps"] == 20  # the family default, 50, capped at T
+    capped = build_model("ddpm", {k: v for k, v in DDPM_TINY.items() if k != "sample_steps"} | {"timesteps": 4})
+    assert capped.sampling["steps"] == 4 < DDPM.sampling_options["steps"]  # the family default, capped at T
 
 
 def test_old_config_json_with_sampling_keys_still_loads(tmp_path):
@@ -145,7 +149,8 @@ def test_old_config_json_with_sampling_keys_still_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"family": "ddpm", "config": old}))
     torch.save(model.state_dict(), tmp_path / "model.pt")
     loaded = load_model(tmp_path)
-    assert loaded.sampling == {"steps": 4, "eta": 0.5, "clip": False} and loaded.config == model.config
+    # eta > 0 was DDIM's: it keeps sampler ddim whatever the family's default sampler is now
+    assert loaded.sampling == {"steps": 4, "eta": 0.5, "clip": False, "sampler": "ddim"} and loaded.config == model.config
 
 
 def test_fingerprint_ignores_sampling_settings(monkeypatch, tmp_path):
@@ -157,7 +162,7 @@ def test_fingerprint_ignores_sampling_settings(monkeypatch, tmp_path):
     _, base, _, fp = train.plan_training(tiny_params(*arch), tmp_path, "ddpm")
     _, other, _, fp2 = train.plan_training(tiny_params(*arch, "model.ddpm.sample_steps=7", "model.ddpm.eta=1.0",
                                                        "model.ddpm.clip=false"), tmp_path, "ddpm")
-    assert fp == fp2 and other.sampling == {"steps": 7, "eta": 1.0, "clip": False} != base.sampling
+    assert fp == fp2 and other.sampling == {"steps": 7, "eta": 1.0, "clip": False, "sampler": "ddim"} != base.sampling
     _, _, _, fp3 = train.plan_training(tiny_params(*arch, "model.ddpm.base_channels=4"), tmp_path, "ddpm")
     assert fp3 != fp  # the architecture still counts
 
@@ -185,6 +190,11 @@ def test_generator_applies_sampling_options_and_records_them(exported, tmp_path)
     fast = generate(exported / "ddpm", 6, 0, tmp_path / "c", batch_size=4, threads=1, sampling={"steps": 2, "eta": 1.0})
     assert base["sampling"] == spelt["sampling"] == {} and fast["sampling"] == {"steps": 2, "eta": 1.0}
     assert _shards(tmp_path / "a") == _shards(tmp_path / "b") != _shards(tmp_path / "c")
+    dpm = generate(exported / "ddpm", 6, 0, tmp_path / "d", batch_size=4, threads=1,
+                   sampling={"sampler": "dpmpp_2m", "steps": 3})
+    assert dpm["sampling"] == {"sampler": "dpmpp_2m", "steps": 3} and _shards(tmp_path / "d") != _shards(tmp_path / "a")
+    with pytest.raises(GenerationError, match="eta=1 applies to sampler 'ddim' only"):
+        generate(exported / "ddpm", 6, 0, tmp_path / "e", sampling={"sampler": "dpmpp_2m", "eta": 1.0})
     with pytest.raises(GenerationError, match="another generation job .*sampling"):
         generate(exported / "ddpm", 6, 0, tmp_path / "c", batch_size=4, threads=1)
     with pytest.raises(GenerationError) as err:
@@ -215,6 +225,10 @@ def test_cli_generate_steps_and_eta(exported, project, cli):
         project, check=True)
     manifest = json.loads((out / "b" / "manifest.json").read_text())
     assert manifest["sampling"] == {"steps": 2, "eta": 1.0} and _shards(out / "a") != _shards(out / "b")
+    bad = cli(["generate", "digits-ddpm@champion", "-n", "4", "--sampler", "euler", "--out", str(out / "e")], project)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and not (out / "e").exists()
+    assert bad.stderr.strip().splitlines()[-1] == ("error: sampling options: ddim sampler: sampler 'euler' is not "
+                                                   "implemented (known: ddim, dpmpp_2m)")
     bad = cli(["generate", "digits-vae@champion", "-n", "4", "--steps", "20", "--out", str(out / "v")], project)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1] == "error: sampling options: the direct sampler takes no option 'steps' (its options: none)"
