@@ -28,6 +28,11 @@ CONTEXT_SETTINGS: dict[str, Any] = {
 }
 
 CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE = (1, 3), 8  # images the domain classifier takes (evaluation.classifier)
+# the domain classifier of each modality: a module with input_problem(shape, data name) -> str | None (what it
+# takes and what the data has, when it cannot take it),
+# load_or_train_classifier(cache_dir, data_sha256, train_x, train_y, num_classes, *, test_images, test_labels,
+# seed, epochs) -> (model, info) and extract(model, x) -> (features float64 N x d, logits float64 N x K)
+CLASSIFIERS: dict[str, str] = {"image": "evaluation.classifier", "tokens": "evaluation.text_classifier"}
 # the data curves metrics may give (EvalContext.curves) -> their columns, x first; evaluate writes each as a CSV
 CURVES: dict[str, tuple[str, str]] = {"roc": ("fpr", "tpr")}
 NEAREST_K = 5  # PRDC's k (evaluation.metrics.generation_metrics): every set it sees needs more points
@@ -159,16 +164,32 @@ class EvalContext:
         return min(int(self.settings["num_samples"]), len(self.test[0]))
 
     def check_classifier(self, metric: str) -> None:
-        """The domain classifier takes 1 or 3 channels of at least CLASSIFIER_MIN_SIZE pixels a side."""
+        """The data's modality has a domain classifier (``CLASSIFIERS``) and it takes samples of this shape
+        (images: 1 or 3 channels of at least CLASSIFIER_MIN_SIZE pixels a side)."""
         from contracts.errors import ConfigError
 
-        shape = tuple(int(v) for v in self.data.shape)
-        if len(shape) != 3 or shape[0] not in CLASSIFIER_CHANNELS or min(shape[1:]) < CLASSIFIER_MIN_SIZE:
-            raise ConfigError("evaluation.metrics", f"{metric} needs the domain classifier, which takes images of 1 "
-                                                    f"or 3 channels and at least {CLASSIFIER_MIN_SIZE}x"
-                                                    f"{CLASSIFIER_MIN_SIZE} pixels; {self.data.name}'s images are "
-                                                    f"{'x'.join(map(str, shape))}: leave {metric} out of "
-                                                    f"evaluation.metrics")
+        if self.modality not in CLASSIFIERS:
+            raise ConfigError("evaluation.metrics", f"{metric} needs a domain classifier and the {self.modality} "
+                                                    f"modality has none: leave {metric} out of evaluation.metrics")
+        problem = self.classifier_module.input_problem(tuple(int(v) for v in self.data.shape), self.data.name)
+        if problem:
+            raise ConfigError("evaluation.metrics", f"{metric} needs the domain classifier, which takes {problem}: "
+                                                    f"leave {metric} out of evaluation.metrics")
+
+    @property
+    def classifier_module(self) -> Any:
+        """The module of this modality's domain classifier (``CLASSIFIERS``)."""
+        import importlib
+
+        return importlib.import_module(CLASSIFIERS[self.modality])
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A value several metrics share (e.g. decoded samples), computed by ``compute()`` on first use and
+        cached under ``key`` for this evaluation."""
+        cache = self.__dict__.setdefault("_shared", {})
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
 
     def check_generation(self) -> None:
         """The generation metrics (FID, KID, PRDC, class coverage) compare n samples and the n first test
@@ -212,12 +233,14 @@ class EvalContext:
                       if "conditional" in model.capabilities else None)
             parts = [model.sample(min(batch_size, n - i), generator=gen,
                                   labels=None if labels is None else torch.from_numpy(labels[i:i + batch_size]).to(
-                                      model.device)).float().cpu().numpy() for i in range(0, n, batch_size)]
-        return np.concatenate(parts), labels
+                                      model.device)) for i in range(0, n, batch_size)]
+        # float samples (images) as float32; integer ones (token ids) keep their integer dtype
+        return np.concatenate([(p.float() if p.is_floating_point() else p).cpu().numpy() for p in parts]), labels
 
     @property
     def samples(self) -> np.ndarray:
-        """n generated samples (float32, the model's output range), seeded by evaluation.seed."""
+        """n generated samples as the model gives them (images: float32 in its output range; tokens: int64
+        ids N x T), seeded by evaluation.seed."""
         return self._generated[0]
 
     @property
@@ -230,10 +253,8 @@ class EvalContext:
     def classifier(self) -> tuple[Any, dict[str, Any]]:
         """(DomainClassifier, info: path, test_accuracy, cached, train_seconds, n_test), trained once per
         data version and cached under classifier_dir."""
-        from evaluation import classifier as clf_lib
-
         (train_x, train_y), (test_x, test_y) = self.train, self.test
-        return clf_lib.load_or_train_classifier(
+        return self.classifier_module.load_or_train_classifier(
             self.classifier_dir, self.data.sha256, train_x, train_y, self.num_classes, test_images=test_x,
             test_labels=test_y, seed=self.seed, epochs=int(self.settings["classifier"]["epochs"]))
 
@@ -248,15 +269,16 @@ class EvalContext:
 
     @_cached
     def features(self) -> dict[str, np.ndarray]:
-        """Classifier features (float64 N x d) of "train", "test" (first n) and "fake"; "fake_logits"."""
-        from evaluation import classifier as clf_lib
-
+        """Classifier features (float64 N x d) of "train", "test" (first n) and "fake"; "fake_logits" and
+        "test_logits" (N x num_classes)."""
+        clf_lib = self.classifier_module
         model = self.classifier[0]
         samples = self.samples
         train_feats, _ = clf_lib.extract(model, self.train[0])
-        test_feats, _ = clf_lib.extract(model, self.test[0][:self.n])
+        test_feats, test_logits = clf_lib.extract(model, self.test[0][:self.n])
         fake_feats, fake_logits = clf_lib.extract(model, samples)
-        return {"train": train_feats, "test": test_feats, "fake": fake_feats, "fake_logits": fake_logits}
+        return {"train": train_feats, "test": test_feats, "fake": fake_feats, "fake_logits": fake_logits,
+                "test_logits": test_logits}
 
     @property
     def kid_settings(self) -> dict[str, int]:
