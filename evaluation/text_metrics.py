@@ -28,7 +28,7 @@ CORRUPTIONS = ("shuffled", "random", "reversed")
 KT_ALPHA = 0.5
 
 __all__ = ["CORRUPTIONS", "KT_ALPHA", "memorization", "distinct_n", "length_histogram", "length_kl", "corrupt",
-           "sample_texts", "split_texts", "tokenizer_of"]
+           "sample_texts", "split_texts", "tokenizer_of", "reference_index", "reference_texts"]
 
 
 def memorization(samples: Sequence[str], train: Iterable[str], test: Iterable[str] = ()) -> dict[str, float]:
@@ -104,3 +104,19 @@ def sample_texts(ctx: Any) -> list[str]:
 def split_texts(ctx: Any, split: str) -> list[str]:
     """Every text of the ``train`` or ``test`` split as a string."""
     return ctx.shared(f"text:{split}", lambda: tokenizer_of(ctx).decode_batch(getattr(ctx, split)[0]))
+
+
+def reference_index(ctx: Any) -> np.ndarray:
+    """Indices (sorted) of the n test texts the real-data floors use: a seeded random subset of the test
+    split (``default_rng(evaluation.seed)``), not its first n, since a prepared split may keep its texts
+    grouped by class (female, male, surnames in turn) and the first n would then be one or two classes."""
+    def pick() -> np.ndarray:
+        order = np.random.default_rng(ctx.seed).permutation(len(ctx.test[1]))
+        return np.sort(order[:ctx.n])
+    return ctx.shared("text:reference", pick)
+
+
+def reference_texts(ctx: Any) -> list[str]:
+    """The test texts at :func:`reference_index`."""
+    texts = split_texts(ctx, "test")
+    return [texts[i] for i in reference_index(ctx)]

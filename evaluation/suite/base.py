@@ -25,7 +25,9 @@ CONTEXT_SETTINGS: dict[str, Any] = {
     "batch_size": 500,
     "seed": 0,
     "classifier": {"epochs": 8},
+    "sample_labels": "auto",      # conditional models: in_turn | proportional | auto (EvalContext.label_rule)
 }
+LABEL_RULES = ("auto", "in_turn", "proportional")
 
 CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE = (1, 3), 8  # images the domain classifier takes (evaluation.classifier)
 # the domain classifier of each modality: a module with input_problem(shape, data name) -> str | None (what it
@@ -132,6 +134,11 @@ class EvalContext:
         self.plot_dir, self.classifier_dir = Path(plot_dir), Path(classifier_dir)
         self.holdout = [int(c) for c in holdout or []]
         self.seed = int(settings["seed"])
+        if settings.get("sample_labels", "auto") not in LABEL_RULES:
+            from contracts.errors import ConfigError
+
+            raise ConfigError("evaluation.sample_labels", f"expected one of {', '.join(LABEL_RULES)}, got "
+                                                          f"{settings.get('sample_labels')!r}")
         self.num_classes = int(data.num_classes)
         self.pngs: list[Path] = []
         # data curves a metric hands to evaluate for DVC data plots: name -> rows of {column: number}
@@ -229,13 +236,40 @@ class EvalContext:
             gen = torch.Generator(device=model.device).manual_seed(self.seed)
             # conditional models get every class in turn, as the generator gives them without --label,
             # so class coverage measures the model and not the label draw
-            labels = (np.arange(n, dtype=np.int64) % model.config.num_classes
-                      if "conditional" in model.capabilities else None)
+            labels = self.sample_labels(n) if "conditional" in model.capabilities else None
             parts = [model.sample(min(batch_size, n - i), generator=gen,
                                   labels=None if labels is None else torch.from_numpy(labels[i:i + batch_size]).to(
                                       model.device)) for i in range(0, n, batch_size)]
         # float samples (images) as float32; integer ones (token ids) keep their integer dtype
         return np.concatenate([(p.float() if p.is_floating_point() else p).cpu().numpy() for p in parts]), labels
+
+    @_cached
+    def label_rule(self) -> str:
+        """How a conditional model's sample labels are drawn (``evaluation.sample_labels``): ``in_turn`` (every
+        class in turn, 0, 1, ..., K-1, 0, ...), ``proportional`` (in the train split's class proportions, so
+        metrics comparing the samples with the data compare like with like when the classes are unbalanced),
+        ``auto`` (the default): in turn when every class holds between 1/(2K) and 2/K of the train split, else
+        proportional."""
+        rule = str(self.settings.get("sample_labels", "auto"))
+        if rule != "auto":
+            return rule
+        k = int(self.model.config.num_classes)
+        shares = np.bincount(np.asarray(self.train[1], dtype=np.int64), minlength=k)[:k] / max(1, len(self.train[1]))
+        return "in_turn" if ((shares >= 0.5 / k) & (shares <= 2.0 / k)).all() else "proportional"
+
+    def sample_labels(self, n: int) -> np.ndarray:
+        """int64 n labels by ``label_rule``; proportional: counts by largest remainder of n x the train shares,
+        interleaved (class c's j-th label at position (j + 0.5) / count_c) so any prefix is near proportional."""
+        k = int(self.model.config.num_classes)
+        if self.label_rule == "in_turn":
+            return np.arange(n, dtype=np.int64) % k
+        counts = np.bincount(np.asarray(self.train[1], dtype=np.int64), minlength=k)[:k].astype(np.float64)
+        quota = counts / counts.sum() * n
+        take = np.floor(quota).astype(np.int64)
+        take[np.argsort(-(quota - take), kind="stable")[:n - int(take.sum())]] += 1
+        keys = np.concatenate([(np.arange(t) + 0.5) / t for t in take if t])
+        labels = np.concatenate([np.full(t, c, dtype=np.int64) for c, t in enumerate(take) if t])
+        return labels[np.argsort(keys, kind="stable")]
 
     @property
     def samples(self) -> np.ndarray:

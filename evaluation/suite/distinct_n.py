@@ -1,6 +1,6 @@
 """Diversity of generated texts: distinct-1/2/3 over characters (Li et al. 2016, characters as tokens), with
-the same statistic of the first n test texts as the real-data floor (distinct-n falls as a set grows, so the
-reference must have the same size)."""
+the same statistic of n test texts (a seeded random subset) as the real-data floor (distinct-n falls as a
+set grows, so the reference must have the same size)."""
 from __future__ import annotations
 
 from evaluation.suite.base import EvalContext, Metric, Result
@@ -18,11 +18,11 @@ class DistinctN(Metric):
     def compute(self, ctx: EvalContext) -> Result:
         from evaluation import text_metrics as tm
 
-        samples, test = tm.sample_texts(ctx), tm.split_texts(ctx, "test")[:ctx.n]
+        samples, test = tm.sample_texts(ctx), tm.reference_texts(ctx)
         out: Result = {}
         for n in ORDERS:
             definition = f"distinct character {n}-grams / all character {n}-grams"
             out[f"distinct_{n}"] = (tm.distinct_n(samples, n), {"definition": definition})
             out[f"distinct_{n}_real_floor"] = (tm.distinct_n(test, n), {"definition": definition,
-                                                                         "compared": "first n test texts"})
+                                                                         "compared": "n test texts (seeded random subset)"})
         return out

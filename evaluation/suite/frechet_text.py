@@ -1,11 +1,15 @@
 """Fréchet distance of generated texts vs the train split on the text domain classifier's features
-(evaluation.text_classifier), its real-vs-real floor and their ratio: the image FID protocol (fid.py) with
-the character CNN in place of the image CNN. The floor is the first n test texts vs the train split (the same
-N as the samples), so ``frechet_text_ratio`` ~ 1 for a model as close to the data as unseen real text."""
+(evaluation.text_classifier), its real-vs-real floor and their ratio: the image FID protocol (fid.py, the same
+Fréchet maths: evaluation.metrics.fid) with the character CNN in place of the image CNN. The floor is n test
+texts vs the train split (the same N as the samples; a seeded random subset of the test split,
+evaluation.text_metrics.reference_index), so ``frechet_text_ratio`` ~ 1 for a model as close to the data as
+unseen real text. Conditional models draw their labels by ``EvalContext.label_rule`` (in the train split's
+class proportions when the classes are unbalanced, so the sample mixture matches the reference's)."""
 from __future__ import annotations
 
 from evaluation.suite.base import EvalContext, Metric, Result
-from evaluation.suite.fid import FLOOR
+
+FLOOR = "n test texts (seeded random subset) vs train split"
 
 
 class FrechetText(Metric):
@@ -27,9 +31,12 @@ class FrechetText(Metric):
 
     def compute(self, ctx: EvalContext) -> Result:
         from evaluation.metrics import fid
+        from evaluation.text_metrics import reference_index
 
         f = ctx.features
-        value, floor = fid(f["train"], f["fake"]), fid(f["train"], f["test"])
+        test = ctx.shared("text:reference_features", lambda: ctx.classifier_module.extract(
+            ctx.classifier[0], ctx.test[0][reference_index(ctx)])[0])
+        value, floor = fid(f["train"], f["fake"]), fid(f["train"], test)
         return {"frechet_text": (value, {"definition": "Fréchet distance, samples vs train split"}),
                 "frechet_text_real_floor": (floor, {"compared": FLOOR}),
                 "frechet_text_ratio": (value / max(floor, 1e-12),

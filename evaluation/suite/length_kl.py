@@ -1,6 +1,6 @@
 """KL divergence of the generated texts' length distribution from the train split's (characters, smoothed
 with the Krichevsky-Trofimov pseudo-count 0.5 per length bin: evaluation.text_metrics.length_kl), and the same
-for the first n test texts as the real-data floor."""
+for n test texts (a seeded random subset) as the real-data floor."""
 from __future__ import annotations
 
 from evaluation.suite.base import EvalContext, Metric, Result
@@ -20,5 +20,5 @@ class LengthKL(Metric):
         setting = {"definition": "KL(P || train lengths) in nats, lengths in characters 0..max_len",
                    "smoothing": f"+{tm.KT_ALPHA} per bin (Krichevsky-Trofimov)", "max_len": max_len}
         return {"length_kl": (tm.length_kl(tm.sample_texts(ctx), train, max_len), setting),
-                "length_kl_real_floor": (tm.length_kl(tm.split_texts(ctx, "test")[:ctx.n], train, max_len),
-                                         {**setting, "compared": "first n test texts"})}
+                "length_kl_real_floor": (tm.length_kl(tm.reference_texts(ctx), train, max_len),
+                                         {**setting, "compared": "n test texts (seeded random subset)"})}
