@@ -33,7 +33,7 @@ def record(challenger, champion, *, pending=False, modality="image", sampler="di
     return {"name": "mnist5k-vae", "version": "4", "run_id": "r" * 32, "tags": {**challenger, "modality": modality},
             "modality": modality, "sampler": sampler, "decision": decision, "pending": pending, "gate": GATE,
             "headline": ["fid", "recall"], "champion": {"version": "3", "tags": champion} if champion else None,
-            "grid": {"run_id": "r" * 32, "artifact": "evaluation/samples.png"},
+            "grid": {"run_id": "r" * 32, "artifact": "evaluation/samples.png"} if modality == "image" else None,
             "dataset": {"name": "mnist5k", "sha256": "ab" * 32, "validation": "passed (27 checks)"},
             "training": {"epochs": 20.0, "wall_seconds": 95.25}}
 
@@ -123,6 +123,23 @@ def test_text_modality_card_has_no_image():
     md = card.render_card(record(CHALLENGER, CHAMPION, modality="tokens", sampler="token_autoregressive"))
     assert "![" not in md and "get-artifact" not in md
     assert "The tokens modality has no image grid" in md
+
+
+def test_text_card_embeds_the_sample_table_per_class():
+    from evaluation.suite.sample_table import markdown_table
+
+    recs = [{"label": i % 3, "class": ("female", "male", "surname")[i % 3], "text": t}
+            for i, t in enumerate(["Maya", "Oren", "Castillo", "Li|a", "Tobias", "Nguyen"])]
+    text = markdown_table(recs, ["female", "male", "surname"], caption="gpt v2 · seed 0")
+    rec = {**record(CHALLENGER, CHAMPION, modality="tokens", sampler="token_autoregressive"),
+           "sample_table": {"run_id": "r" * 32, "artifact": "evaluation/samples.md", "text": text}}
+    md = card.render_card(rec)
+    samples = md[md.index("## Samples"):md.index("## Metrics")]
+    assert "| female | male | surname |" in samples and "| Maya | Oren | Castillo |" in samples
+    assert "| Li\\|a | Tobias | Nguyen |" in samples  # a | in a sample does not split its cell
+    assert "*gpt v2 · seed 0*" in samples and "run artifact `evaluation/samples.md`" in samples
+    assert "![" not in md and "no image grid" not in md
+    assert len(card.render_card(rec, limit=card.DESCRIPTION_LIMIT)) <= card.DESCRIPTION_LIMIT
 
 
 def test_description_fits_the_store_limit_and_points_at_the_artifact():

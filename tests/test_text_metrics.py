@@ -296,3 +296,24 @@ def test_text_classifier_is_deterministic_and_cached(tmp_path, data):
     feats, logits = tc.extract(a, np.array([[BOS, EOS] + [PAD] * 16, [BOS, 250, 251, EOS] + [PAD] * 14]))
     assert feats.shape == (2, 64) and logits.shape == (2, 3) and np.isfinite(feats).all()  # unseen ids: one row
     assert tc.input_problem((18,)) is None and "token id sequences" in tc.input_problem((1, 8, 8), "x")
+
+
+# ---- strings where images were: the pyfunc model's output ---------------------------------------------
+def test_pyfunc_returns_records_for_a_records_modality_and_arrays_otherwise(data, monkeypatch):
+    from contracts.modalities import image, tokens
+    from serving import pyfunc
+
+    ids = tokenizer(data.vocab).encode_batch(["Maya", "Castillo", "Ünal"], data.shape[0])  # Ü: byte tokens
+    out = pyfunc.present(tokens, data.spec, ids, np.array([0, 2, -1]))
+    assert list(out.columns) == ["label", "class", "text"] and list(out["text"]) == ["Maya", "Castillo", "Ünal"]
+    assert list(out["class"]) == ["female", "surname", None] and out["label"].tolist() == [0, 2, None]
+    assert out.to_json(orient="records").startswith('[{"label":0,"class":"female","text":"Maya"}')
+    images = np.zeros((2, 1, 8, 8), np.uint8)
+    assert pyfunc.present(image, DataSpec.image((1, 8, 8)), images, np.array([-1, -1])) is images
+    # the signature says so (tokens registered by its modality module; here by hand)
+    monkeypatch.setattr(pyfunc, "get_modality", lambda name: {"tokens": tokens, "image": image}[name])
+    raw = {"modality": "tokens", "sample_shape": list(data.shape), "dtype": "int32", "num_classes": 3,
+           "class_names": list(CLASSES), "vocab": list(data.vocab)}
+    sig = pyfunc.signature(raw).outputs.to_dict()
+    assert [c["name"] for c in sig] == ["label", "class", "text"] and sig[2]["type"] == "string"
+    assert pyfunc.signature({"image_shape": [1, 8, 8], "num_classes": 0}).outputs.to_dict()[0]["type"] == "tensor"
