@@ -89,6 +89,16 @@ def corrupt(texts: Sequence[str], kind: str, rng: np.random.Generator, alphabet:
 
 
 # ---- what tokens metrics share through the EvalContext (computed once per evaluation) -----------------
+def check_samples(ctx: Any, metric: str) -> None:
+    """ConfigError naming evaluation.num_samples when it leaves no sample to generate."""
+    if ctx.n < 1:
+        from contracts.errors import ConfigError
+
+        raise ConfigError("evaluation.num_samples", f"{metric} needs at least 1 sample: "
+                                                    f"{ctx.settings['num_samples']!r} capped at the test split's "
+                                                    f"{len(ctx.test[1])} texts leaves {ctx.n}")
+
+
 def tokenizer_of(ctx: Any) -> Any:
     """The tokenizer of the data's vocabulary (``DataSpec.vocab`` the model was built for)."""
     from contracts.modalities.tokens import tokenizer

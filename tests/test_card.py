@@ -194,3 +194,16 @@ def test_review_page_shows_a_text_preview_escaped():
     text = {"kind": "text", "text": "<b>hello</b>\nworld", "n": 2, "seed": 0, "sampler": "token_autoregressive"}
     page = render_review(record(CHALLENGER, None, modality="tokens"), {"4": text}, "alone", current=None)
     assert "<pre>&lt;b&gt;hello&lt;/b&gt;\nworld</pre>" in page and "data:image" not in page
+
+
+def test_review_page_shows_text_samples_of_both_versions_side_by_side():
+    def text(names):
+        return {"kind": "text", "text": "\n".join(names), "n": 3, "seed": 0, "sampler": "token_autoregressive",
+                "modality": "tokens"}
+
+    page = render_review(record(CHALLENGER, CHAMPION, modality="tokens"), {"4": text(["Maya", "Oren"]),
+                                                                           "3": text(["Mxyq", "Qq"])},
+                         "challenger v4 against the champion v3", current="3")
+    grids = page[page.index('<div class="grids">'):page.index("<h2>Gate checks</h2>")]
+    assert re.findall(r"<pre>(.*?)</pre>", grids, re.S) == ["Maya\nOren", "Mxyq\nQq"]  # this version first
+    assert "v4 (this version)" in grids and "v3 (champion)" in grids and "data:image" not in page

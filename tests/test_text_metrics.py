@@ -250,6 +250,8 @@ def test_holdout_classes_are_an_anomaly_set(tmp_path, data):
     ({"bits_per_char": {"max_texts": 0}}, [], "evaluation.bits_per_char.max_texts: expected an integer >= 1 or null"),
     ({"num_samples": 1}, [], "evaluation.num_samples: frechet_text compares covariances"),
     ({}, [5], "train.holdout_classes: class 5 has 0 texts in the test split of names"),
+    ({"num_samples": 0}, [], "evaluation.num_samples: novelty needs at least 1 sample: 0 capped at the test split's "
+                             "180 texts leaves 0"),
 ])
 def test_settings_the_data_cannot_satisfy_fail_before_anything_runs(tmp_path, data, settings, holdout, message):
     from pipelines.evaluate import plan_metrics
@@ -263,7 +265,7 @@ def test_settings_the_data_cannot_satisfy_fail_before_anything_runs(tmp_path, da
     ctx = make_ctx(tmp_path, Refuse(data), data, **settings)
     ctx.holdout = holdout
     with pytest.raises(ConfigError) as err:
-        plan_metrics(ctx, ["bits_per_char", "frechet_text", "text_anomaly"])
+        plan_metrics(ctx, ["bits_per_char", "novelty", "frechet_text", "text_anomaly"])
     assert str(err.value).startswith(message)
     assert "classifier" not in ctx.__dict__
 
@@ -317,3 +319,27 @@ def test_pyfunc_returns_records_for_a_records_modality_and_arrays_otherwise(data
     sig = pyfunc.signature(raw).outputs.to_dict()
     assert [c["name"] for c in sig] == ["label", "class", "text"] and sig[2]["type"] == "string"
     assert pyfunc.signature({"image_shape": [1, 8, 8], "num_classes": 0}).outputs.to_dict()[0]["type"] == "tensor"
+
+
+# ---- the gate: text families through the configurable checks (no text code in pipelines/gate.py) ------
+def test_text_versions_are_gated_on_their_own_metrics():
+    from pipelines.gate import gate_decision, rejection_text
+
+    registry = {"checks": [{"metric": "bits_per_char", "max": 3.4}, {"metric": "frechet_text_ratio", "max": 20},
+                           {"metric": "novelty", "min": 0.3}, {"metric": "copy_rate", "max": 0.7},
+                           {"metric": "conditional_accuracy", "min": 0.5, "required": False}],
+                "primary_metric": "bits_per_char", "direction": "minimize"}
+
+    def tags(**metrics):
+        return {"validated": "true", "parity_max_abs_error": "1e-06", **{f"metric.{k}": str(v) for k, v in metrics.items()}}
+
+    good = dict(bits_per_char=2.9, frechet_text_ratio=4.0, novelty=0.6, copy_rate=0.4, conditional_accuracy=0.66)
+    assert gate_decision(tags(**good), None, registry)["promoted"]
+    bigram = {**good, "bits_per_char": 3.61, "frechet_text_ratio": 38.6}
+    decision = gate_decision(tags(**bigram), None, registry)
+    assert rejection_text(decision) == "bits_per_char 3.61 > 3.4; frechet_text_ratio 38.6 > 20"
+    memorizer = {**good, "novelty": 0.0, "copy_rate": 1.0}
+    assert rejection_text(gate_decision(tags(**memorizer), None, registry)) == "novelty 0 < 0.3; copy_rate 1 > 0.7"
+    better = gate_decision(tags(**{**good, "bits_per_char": 2.8}), tags(**good), registry)
+    worse = gate_decision(tags(**{**good, "bits_per_char": 3.0}), tags(**good), registry)
+    assert better["promoted"] and not worse["promoted"]  # the champion comparison on bits/char

@@ -15,6 +15,11 @@ class DistinctN(Metric):
     outputs = tuple(key for n in ORDERS for key in (f"distinct_{n}", f"distinct_{n}_real_floor"))
     summary = tuple(f"distinct_{n}" for n in ORDERS)
 
+    def check(self, ctx: EvalContext) -> None:
+        from evaluation.text_metrics import check_samples
+
+        check_samples(ctx, self.name)
+
     def compute(self, ctx: EvalContext) -> Result:
         from evaluation import text_metrics as tm
 

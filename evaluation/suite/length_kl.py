@@ -12,6 +12,11 @@ class LengthKL(Metric):
     needs = frozenset({"samples"})
     outputs = ("length_kl", "length_kl_real_floor")
 
+    def check(self, ctx: EvalContext) -> None:
+        from evaluation.text_metrics import check_samples
+
+        check_samples(ctx, self.name)
+
     def compute(self, ctx: EvalContext) -> Result:
         from evaluation import text_metrics as tm
 

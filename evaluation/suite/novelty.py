@@ -17,6 +17,11 @@ class Novelty(Metric):
     needs = frozenset({"samples"})
     outputs = ("novelty", "copy_rate", "unique_rate", "novel_real_rate")
 
+    def check(self, ctx: EvalContext) -> None:
+        from evaluation.text_metrics import check_samples
+
+        check_samples(ctx, self.name)
+
     def compute(self, ctx: EvalContext) -> Result:
         from evaluation import text_metrics as tm
 

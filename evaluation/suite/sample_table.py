@@ -38,6 +38,11 @@ class SampleTable(Metric):
     needs = frozenset({"samples"})
     plots = ("samples.md",)
 
+    def check(self, ctx: EvalContext) -> None:
+        from evaluation.text_metrics import check_samples
+
+        check_samples(ctx, self.name)
+
     def compute(self, ctx: EvalContext) -> Result:
         from contracts.modalities.tokens import to_records
 
