@@ -343,3 +343,12 @@ def test_text_versions_are_gated_on_their_own_metrics():
     better = gate_decision(tags(**{**good, "bits_per_char": 2.8}), tags(**good), registry)
     worse = gate_decision(tags(**{**good, "bits_per_char": 3.0}), tags(**good), registry)
     assert better["promoted"] and not worse["promoted"]  # the champion comparison on bits/char
+
+
+def test_sample_table_of_an_unconditional_model_has_one_column():
+    from evaluation.suite.sample_table import CELL_CHARS, markdown_table
+
+    recs = [{"label": None, "class": None, "text": t} for t in ["Ann", "", "x" * 60, "a\nb"]]
+    lines = markdown_table(recs, []).splitlines()
+    assert lines[:2] == ["| sample |", "|---|"]
+    assert lines[2:] == ["| Ann |", "| (empty) |", f"| {'x' * (CELL_CHARS - 1)}… |", "| a⏎b |"]

@@ -46,8 +46,7 @@ METRICS: dict[str, str] = {
 # the headline outputs: `registry show` columns and the values `evaluate` returns (rounded)
 SHOW_OUTPUTS = ("fid", "fid_real_floor", "fid_ratio", "coverage", "recall", "class_coverage", "mode_collapse")
 HEADLINE_OUTPUTS = (*SHOW_OUTPUTS, "anomaly_auroc", "nll_nats", "conditional_accuracy",
-                    "bits_per_char", "frechet_text", "frechet_text_real_floor", "frechet_text_ratio", "novelty",
-                    "copy_rate")
+                    "bits_per_char", "frechet_text", "frechet_text_real_floor", "frechet_text_ratio", "novelty")
 
 
 def closest(word: str, known: Any) -> str:
