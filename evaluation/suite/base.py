@@ -234,8 +234,8 @@ class EvalContext:
         model, n, batch_size = self.model, self.n, int(self.settings["batch_size"])
         with torch.no_grad():
             gen = torch.Generator(device=model.device).manual_seed(self.seed)
-            # conditional models get every class in turn, as the generator gives them without --label,
-            # so class coverage measures the model and not the label draw
+            # conditional models get every class in turn, as the generator gives them without --label, so class
+            # coverage measures the model and not the label draw; unbalanced data: the train proportions (label_rule)
             labels = self.sample_labels(n) if "conditional" in model.capabilities else None
             parts = [model.sample(min(batch_size, n - i), generator=gen,
                                   labels=None if labels is None else torch.from_numpy(labels[i:i + batch_size]).to(
