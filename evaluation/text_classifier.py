@@ -67,7 +67,8 @@ class CharCNN(nn.Module):
                  feature_dim: int = 64, dropout: float = 0.2) -> None:
         super().__init__()
         self.vocab_size, self.num_classes = int(vocab_size), int(num_classes)
-        self.embed_dim, self.width, self.feature_dim, self.dropout = int(embed_dim), int(width), int(feature_dim), float(dropout)
+        self.embed_dim, self.width = int(embed_dim), int(width)
+        self.feature_dim, self.dropout = int(feature_dim), float(dropout)
         self.embed = nn.Embedding(self.vocab_size + 1, self.embed_dim, padding_idx=PAD)
         self.conv1 = nn.Conv1d(self.embed_dim, self.width, 3, padding=1)
         self.conv2 = nn.Conv1d(self.width, self.width, 3, padding=1)
@@ -102,7 +103,8 @@ def _ids(x: Any) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def extract(model: CharCNN, ids: Any, batch_size: int = 1000, num_threads: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+def extract(model: CharCNN, ids: Any, batch_size: int = 1000,
+            num_threads: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
     """(features float64 N x feature_dim, logits float64 N x num_classes) of token ids N x T."""
     x = _ids(ids)
     model.eval()
@@ -229,7 +231,8 @@ def load_classifier(directory: str | os.PathLike) -> tuple[CharCNN, dict[str, An
 def load_or_train_classifier(cache_dir: str | os.PathLike, data_sha256: str, train_images: Any = None,
                              train_labels: Any = None, num_classes: int | None = None, *, test_images: Any = None,
                              test_labels: Any = None, seed: int = 0, epochs: int = 8,
-                             log: Callable[[str], None] | None = None, **train_kwargs: Any) -> tuple[CharCNN, dict[str, Any]]:
+                             log: Callable[[str], None] | None = None,
+                             **train_kwargs: Any) -> tuple[CharCNN, dict[str, Any]]:
     """The classifier of one data version: loaded from ``cache_dir/<data_sha256>/`` when it was trained
     there with the same settings, else trained (``train_classifier``) and saved. Returns ``(model, info)``:
     the cache's JSON plus ``cached`` and ``path``. ValueError for a ``data_sha256`` that is not a plain hash;
@@ -237,7 +240,8 @@ def load_or_train_classifier(cache_dir: str | os.PathLike, data_sha256: str, tra
     if not _SAFE_KEY.match(str(data_sha256)) or str(data_sha256) in (".", ".."):
         raise ValueError(f"data_sha256 must be a plain hash string, got {data_sha256!r}")
     directory = Path(cache_dir) / str(data_sha256)
-    wanted = {"seed": int(seed), "epochs": int(epochs), **{k: train_kwargs[k] for k in _TRAIN_KEYS if k in train_kwargs}}
+    wanted = {"seed": int(seed), "epochs": int(epochs),
+              **{k: train_kwargs[k] for k in _TRAIN_KEYS if k in train_kwargs}}
     model_keys = {k: train_kwargs[k] for k in _MODEL_KEYS if k in train_kwargs}
     if (directory / CONFIG_FILE).is_file():
         try:

@@ -331,7 +331,8 @@ def test_text_versions_are_gated_on_their_own_metrics():
                 "primary_metric": "bits_per_char", "direction": "minimize"}
 
     def tags(**metrics):
-        return {"validated": "true", "parity_max_abs_error": "1e-06", **{f"metric.{k}": str(v) for k, v in metrics.items()}}
+        return {"validated": "true", "parity_max_abs_error": "1e-06",
+                **{f"metric.{k}": str(v) for k, v in metrics.items()}}
 
     good = dict(bits_per_char=2.9, frechet_text_ratio=4.0, novelty=0.6, copy_rate=0.4, conditional_accuracy=0.66)
     assert gate_decision(tags(**good), None, registry)["promoted"]

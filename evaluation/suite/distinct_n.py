@@ -28,6 +28,6 @@ class DistinctN(Metric):
         for n in ORDERS:
             definition = f"distinct character {n}-grams / all character {n}-grams"
             out[f"distinct_{n}"] = (tm.distinct_n(samples, n), {"definition": definition})
-            out[f"distinct_{n}_real_floor"] = (tm.distinct_n(test, n), {"definition": definition,
-                                                                         "compared": "n test texts (seeded random subset)"})
+            out[f"distinct_{n}_real_floor"] = (tm.distinct_n(test, n), {
+                "definition": definition, "compared": "n test texts (seeded random subset)"})
         return out

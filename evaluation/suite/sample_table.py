@@ -14,7 +14,9 @@ CELL_CHARS = 40
 def cell(text: str) -> str:
     """A table cell: at most CELL_CHARS characters (… when cut), ``|`` escaped, line breaks as ⏎."""
     text = text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
-    return (text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "⏎").replace("\n", "⏎")) if text else "(empty)"
+    if not text:
+        return "(empty)"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "⏎").replace("\n", "⏎")
 
 
 def markdown_table(records: list[dict], class_names: list[str], rows: int = ROWS, caption: str = "") -> str:
@@ -28,7 +30,8 @@ def markdown_table(records: list[dict], class_names: list[str], rows: int = ROWS
     columns = {k: v[:rows] for k, v in columns.items() if v}
     depth = max((len(v) for v in columns.values()), default=0)
     lines = ["| " + " | ".join(cell(k) for k in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v[i]) if i < len(v) else "" for v in columns.values()) + " |" for i in range(depth)]
+    lines += ["| " + " | ".join(cell(v[i]) if i < len(v) else "" for v in columns.values()) + " |"
+              for i in range(depth)]
     return "\n".join(([f"*{caption}*", ""] if caption else []) + lines) + "\n"
 
 
