@@ -236,7 +236,8 @@ def input_example(sampler_json: Mapping[str, Any]) -> dict[str, Any]:
     example: dict[str, Any] = {"n": 4, "seed": 0}
     if spec.conditional:
         example["label"] = 0
-    example.update(spec.sampling_defaults())
+    # options whose default is "off" (None: top_k, top_p) are left out: MLflow cannot type a column of None
+    example.update({k: v for k, v in spec.sampling_defaults().items() if v is not None})
     return example
 
 
