@@ -303,16 +303,14 @@ class EvalContext:
 
     @_cached
     def features(self) -> dict[str, np.ndarray]:
-        """Classifier features (float64 N x d) of "train", "test" (first n) and "fake"; "fake_logits" and
-        "test_logits" (N x num_classes)."""
+        """Classifier features (float64 N x d) of "train", "test" (first n) and "fake"; "fake_logits"."""
         clf_lib = self.classifier_module
         model = self.classifier[0]
         samples = self.samples
         train_feats, _ = clf_lib.extract(model, self.train[0])
-        test_feats, test_logits = clf_lib.extract(model, self.test[0][:self.n])
+        test_feats, _ = clf_lib.extract(model, self.test[0][:self.n])
         fake_feats, fake_logits = clf_lib.extract(model, samples)
-        return {"train": train_feats, "test": test_feats, "fake": fake_feats, "fake_logits": fake_logits,
-                "test_logits": test_logits}
+        return {"train": train_feats, "test": test_feats, "fake": fake_feats, "fake_logits": fake_logits}
 
     @property
     def kid_settings(self) -> dict[str, int]:

@@ -6,8 +6,9 @@ averaged over the classes (labels by ``EvalContext.label_rule``: every class in 
 share of hits when n is a multiple of the class count; or in the train split's proportions, where a plain
 share would reward a model that ignores the label and draws the majority class: census names are 94%
 surnames). ``conditional_accuracy_real_floor``: the same for real data, the classifier's balanced accuracy on
-the first n test samples: what a model drawing exactly the data's classes gets, since the classifier itself
-errs (census first names are both female and male)."""
+the whole test split (not its first n: a split may keep its samples grouped by class and, within a class, by
+frequency): what a model drawing exactly the data's classes gets, since the classifier itself errs (census
+first names are both female and male)."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,16 +27,18 @@ class ConditionalAccuracy(Metric):
         f = ctx.features
         asked = np.asarray(ctx.requested_labels)
         value = per_class_mean(f["fake_logits"].argmax(1), asked)
-        test_y = np.asarray(ctx.test[1][:ctx.n])
-        floor = per_class_mean(f["test_logits"].argmax(1), test_y, classes=np.unique(asked))
+        test_x, test_y = ctx.test
+        logits = ctx.shared("classifier:test_logits",
+                            lambda: ctx.classifier_module.extract(ctx.classifier[0], test_x)[1])
+        floor = per_class_mean(logits.argmax(1), np.asarray(test_y), classes=np.unique(asked))
         labels = "every class in turn" if ctx.label_rule == "in_turn" else "in the train split's class proportions"
         return {"conditional_accuracy": (value, {
             "definition": "mean over the requested classes of the share of their samples the domain classifier "
                           "assigns to them", "labels": labels,
             "class_names": list(ctx.model.config.data.class_names)}),
             "conditional_accuracy_real_floor": (floor, {
-                "definition": "the domain classifier's balanced accuracy on the first n test samples (the "
-                              "requested classes present there)", "labels": labels})}
+                "definition": "the domain classifier's balanced accuracy on the test split (the requested "
+                              "classes present there)", "n_test": int(len(test_y)), "labels": labels})}
 
 
 def per_class_mean(predicted: np.ndarray, wanted: np.ndarray, classes: np.ndarray | None = None) -> float:
