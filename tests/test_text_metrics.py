@@ -325,7 +325,7 @@ def test_pyfunc_returns_records_for_a_records_modality_and_arrays_otherwise(data
 def test_text_versions_are_gated_on_their_own_metrics():
     from pipelines.gate import gate_decision, rejection_text
 
-    registry = {"checks": [{"metric": "bits_per_char", "max": 3.4}, {"metric": "frechet_text_ratio", "max": 20},
+    registry = {"checks": [{"metric": "bits_per_char", "max": 3.4}, {"metric": "frechet_text_ratio", "max": 10},
                            {"metric": "novelty", "min": 0.3}, {"metric": "copy_rate", "max": 0.7},
                            {"metric": "conditional_accuracy", "min": 0.5, "required": False}],
                 "primary_metric": "bits_per_char", "direction": "minimize"}
@@ -338,7 +338,7 @@ def test_text_versions_are_gated_on_their_own_metrics():
     assert gate_decision(tags(**good), None, registry)["promoted"]
     bigram = {**good, "bits_per_char": 3.61, "frechet_text_ratio": 38.6}
     decision = gate_decision(tags(**bigram), None, registry)
-    assert rejection_text(decision) == "bits_per_char 3.61 > 3.4; frechet_text_ratio 38.6 > 20"
+    assert rejection_text(decision) == "bits_per_char 3.61 > 3.4; frechet_text_ratio 38.6 > 10"
     memorizer = {**good, "novelty": 0.0, "copy_rate": 1.0}
     assert rejection_text(gate_decision(tags(**memorizer), None, registry)) == "novelty 0 < 0.3; copy_rate 1 > 0.7"
     better = gate_decision(tags(**{**good, "bits_per_char": 2.8}), tags(**good), registry)
