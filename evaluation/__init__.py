@@ -8,6 +8,8 @@ matplotlib only, never ``pipelines``, mlflow or prefect. Submodules load lazily,
   mode-collapse flag (numpy / scipy / scikit-learn)
 - ``evaluation.anomaly``: AUROC, AUPR, threshold at an FPR, corruptions, held-out-class split
 - ``evaluation.classifier``: the domain classifier (torch) and its per-data-version cache
+- ``evaluation.text_classifier``: the same for text (a character CNN over token ids)
+- ``evaluation.text_metrics``: novelty/copy rate, distinct-n, length KL, text corruptions (numpy)
 - ``evaluation.inception``: InceptionV3 pool3 features from a local weights file (torchvision)
 - ``evaluation.plots``: PNG writers (PIL, matplotlib Agg)
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = ("metrics", "anomaly", "classifier", "inception", "plots")
+_SUBMODULES = ("metrics", "anomaly", "classifier", "text_classifier", "text_metrics", "inception", "plots")
 
 # public names re-exported from the submodules, loaded on first access
 _EXPORTS = {

@@ -32,6 +32,7 @@ from evaluation.suite.base import CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE
 
 __all__ = [
     "DomainClassifier",
+    "input_problem",
     "train_classifier",
     "accuracy",
     "extract",
@@ -117,6 +118,15 @@ class DomainClassifier(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+
+def input_problem(shape: tuple[int, ...], name: str = "the data") -> str | None:
+    """Why the classifier cannot take samples of ``shape`` (C, H, W) of data set ``name``, or None: it takes
+    1 or 3 channels of at least CLASSIFIER_MIN_SIZE pixels a side (evaluation.suite.base.CLASSIFIERS)."""
+    if len(shape) == 3 and shape[0] in CLASSIFIER_CHANNELS and min(shape[1:]) >= CLASSIFIER_MIN_SIZE:
+        return None
+    return (f"images of 1 or 3 channels and at least {CLASSIFIER_MIN_SIZE}x{CLASSIFIER_MIN_SIZE} pixels; {name}'s "
+            f"images are {'x'.join(map(str, shape))}")
 
 
 def _as_float01(images: Any) -> torch.Tensor:

@@ -5,10 +5,12 @@
 
 1. the decision and EVERY gate check (observed value, limit, the champion's value, pass or fail), the
    primary metric against the champion last; before ``promote`` the checks are a preview ("pending");
-2. the sample grid: a run artifact linked as ``get-artifact?path=..&run_uuid=..``, a link relative to the
-   MLflow UI's page, the only form its Markdown sanitizer keeps that works behind any host and
-   ``--static-prefix`` (``data:`` URIs are stripped; absolute URLs would pin one server address). Only for
-   a modality with image grids (``IMAGE_MODALITIES``); elsewhere the card says how to get samples;
+2. the samples, as the evaluation logged them: a sample grid (``GRID_ARTIFACTS``, images) linked as
+   ``get-artifact?path=..&run_uuid=..``, a link relative to the MLflow UI's page, the only form its Markdown
+   sanitizer keeps that works behind any host and ``--static-prefix`` (``data:`` URIs are stripped; absolute
+   URLs would pin one server address); or a Markdown table of sample strings (``TABLE_ARTIFACTS``, written by
+   a modality's sample metric, e.g. ``sample_table`` for text: one column per class), embedded as it is;
+   with neither the card says how to get samples;
 3. the metrics against the champion: value, champion's value, delta (this minus champion; "better" /
    "worse" where the gate gives the metric a direction) and the real-data floor (``<metric>_real_floor``);
 4. the data set (name, sha256, validation result), 5. training (family, epochs, wall time, git commit,
@@ -29,6 +31,8 @@ from urllib.parse import urlencode
 DESCRIPTION_LIMIT = 5000
 IMAGE_MODALITIES = ("image",)  # modalities whose evaluation logs a sample grid image
 GRID_ARTIFACTS = ("evaluation/samples.png",)  # run artifacts tried in order for the sample grid
+TABLE_ARTIFACTS = ("evaluation/samples.md",)  # a Markdown table of samples (evaluation.suite.sample_table)
+TABLE_LIMIT = 2000  # characters of a sample table the card embeds (the description holds 5000 in all)
 VALIDATION_TAG = "data_validation"  # "passed (23 checks)", set at register from reports/<ds>/validation.json
 PASS, FAIL = "✓ pass", "✗ fail"
 
@@ -214,11 +218,14 @@ def _render(record: dict[str, Any], others: bool) -> str:
 
     # 2. samples, behind the modality
     out += ["", "## Samples", ""]
-    modality, grid = record.get("modality") or "image", record.get("grid")
-    if modality in IMAGE_MODALITIES and grid:
+    modality, grid, table = record.get("modality") or "image", record.get("grid"), record.get("sample_table")
+    if grid:
         out.append(f"![sample grid of {name} v{version} (run artifact {grid['artifact']})]"
                    f"({grid_link(grid['run_id'], grid['artifact'])})")
         out += ["", f"*Evaluation samples: run artifact `{grid['artifact']}` of run `{grid['run_id']}`.*"]
+    elif table:
+        out += table["text"].rstrip("\n").splitlines()
+        out += ["", f"*Evaluation samples: run artifact `{table['artifact']}` of run `{table['run_id']}`.*"]
     elif modality in IMAGE_MODALITIES:
         out.append("No sample grid was logged for this version's run.")
     else:
@@ -291,6 +298,21 @@ def _promotion_json(c, run_id: str | None, version: str) -> dict[str, Any] | Non
             return None
 
 
+def _artifact_text(c, run_id: str, artifact: str) -> str | None:
+    """A small text run artifact (at most TABLE_LIMIT characters, cut at a line), or None when unreadable."""
+    import tempfile
+    from pathlib import Path
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="genforge-card-") as tmp:
+        try:
+            text = Path(c.download_artifacts(run_id, artifact, tmp)).read_text(encoding="utf-8", errors="replace")
+        except (MlflowException, OSError):
+            return None
+    return text if len(text) <= TABLE_LIMIT else text[:text.rfind("\n", 0, TABLE_LIMIT) + 1]
+
+
 def card_record(c, name: str, version: str, *, decision: dict[str, Any] | None = None,
                 gate: dict[str, Any] | None = None, against: str | None = "auto",
                 headline: Iterable[str] = ()) -> dict[str, Any]:
@@ -341,12 +363,15 @@ def card_record(c, name: str, version: str, *, decision: dict[str, Any] | None =
     if decision is None:
         pending = True
         decision = gate_decision(tags, champion_tags, gate) if gate is not None else {}
-    grid = None
+    grid = table = None
     modality = tags.get("modality", "image")
-    if run is not None and modality in IMAGE_MODALITIES:
+    if run is not None:
         listed = {a.path for a in c.list_artifacts(mv.run_id, "evaluation")}
         artifact = next((a for a in GRID_ARTIFACTS if a in listed), None)
         grid = {"run_id": mv.run_id, "artifact": artifact} if artifact else None
+        artifact = next((a for a in TABLE_ARTIFACTS if a in listed), None)
+        text = _artifact_text(c, mv.run_id, artifact) if artifact and grid is None else None
+        table = {"run_id": mv.run_id, "artifact": artifact, "text": text} if text else None
     params = run.data.params if run is not None else {}
     wall = None
     if run is not None and run.info.end_time and run.info.start_time:
@@ -355,7 +380,7 @@ def card_record(c, name: str, version: str, *, decision: dict[str, Any] | None =
             "sampler": tags.get("sampler"), "decision": decision, "pending": pending, "checks_from": checks_from,
             "gate": gate or (decision or {}).get("gate") or (logged or {}).get("gate"), "headline": list(headline),
             "champion": {"version": str(champion.version), "tags": champion_tags} if champion is not None else None,
-            "grid": grid,
+            "grid": grid, "sample_table": table,
             "dataset": {"name": tags.get("dataset"), "sha256": tags.get("data_sha256"),
                         "validation": tags.get(VALIDATION_TAG)},
             "training": {"epochs": number(params.get("train.epochs")), "wall_seconds": wall,

@@ -49,12 +49,17 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
 def plan_metrics(ctx: Any, names: list[str]) -> tuple[list[tuple[str, Any]], dict[str, str]]:
     """Every metric's checks, before anything is computed (no classifier, no samples): ([(name, metric) that
     will run], {skipped metric: reason}). A bad setting raises its ConfigError here."""
+    from contracts.errors import ConfigError
     from evaluation.suite import Skip, get_metric
 
     skipped: dict[str, str] = {}
     runnable = []
     for name in names:
         metric = get_metric(name)
+        if metric.modality not in ("any", ctx.modality):
+            raise ConfigError("evaluation.metrics", f"{name} is a metric of {metric.modality} data and "
+                                                    f"{ctx.data.name} holds {ctx.modality}: leave {name} out of "
+                                                    f"evaluation.metrics (null runs the {ctx.modality} defaults)")
         lacks = metric.missing(ctx.capabilities)
         if lacks:
             skipped[name] = f"the model lacks {', '.join(lacks)} (needs {', '.join(sorted(metric.needs))})"

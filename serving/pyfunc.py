@@ -32,7 +32,9 @@ In a request of several rows every row gives the same integer columns (a missing
 the column as floats, which MLflow's schema check refuses for a long column).
 
 Output: numpy array, (sum of n) x sample shape, in the data's stored dtype and range, exactly as the generator's
-shards hold them (images: uint8 N x C x H x W, ``round(x * 255)``).
+shards hold them (images: uint8 N x C x H x W, ``round(x * 255)``). A modality whose module defines
+``to_records`` (tokens) answers with records instead: a DataFrame with one row per sample and the columns
+``label`` (int or None), ``class`` (name or None) and ``text`` (the decoded string), what its JSONL shards hold.
 
 Errors: a bad request raises ``PredictError``, an ``MlflowException`` (HTTP 400 from ``mlflow models serve``)
 and a ``ServingError``, whose message names the field and, with several rows, the row.
@@ -108,11 +110,11 @@ class OnnxSampler:
                 sampling: Mapping[str, Any] | None = None) -> np.ndarray:
         """n samples in the stored dtype (images uint8 n x C x H x W), exactly the shards `genforge generate`
         writes for the same arguments. Raises GenerationError naming the bad argument."""
-        return self._draw(*self._check(n, seed, label, batch_size, sampling))
+        return self._draw(*self._check(n, seed, label, batch_size, sampling))[0]
 
-    def predict(self, model_input: Any) -> np.ndarray:
-        """The samples of every request row, concatenated (see the module doc). Every row is checked before any
-        is drawn. Raises PredictError."""
+    def predict(self, model_input: Any) -> Any:
+        """The samples of every request row, concatenated (see the module doc): an array, or records for a
+        modality with ``to_records``. Every row is checked before any is drawn. Raises PredictError."""
         rows = _rows(model_input)
         if not rows:
             raise PredictError("predict input has no rows: give at least {'n': N}")
@@ -131,7 +133,9 @@ class OnnxSampler:
                                         _or(row.get("batch_size"), DEFAULT_BATCH_SIZE), options))
             except GenerationError as e:
                 raise PredictError(f"predict input: {where}{e}") from None
-        return np.concatenate([self._draw(*job) for job in jobs])
+        drawn = [self._draw(*job) for job in jobs]
+        return present(self.modality, self.data, np.concatenate([x for x, _ in drawn]),
+                       np.concatenate([y for _, y in drawn]))
 
     def _check(self, n, seed, label, batch_size, sampling) -> tuple:
         """The request as the generator validates it: (n, seed, label index, batch_size, spec with the options)."""
@@ -142,14 +146,31 @@ class OnnxSampler:
         spec, _ = _with_sampling(self.spec, sampling)
         return n, int(seed), _check_label(label, spec, self.data), batch_size, spec
 
-    def _draw(self, n: int, seed: int, label: int | None, batch_size: int, spec) -> np.ndarray:
-        parts = []
+    def _draw(self, n: int, seed: int, label: int | None, batch_size: int, spec) -> tuple[np.ndarray, np.ndarray]:
+        parts, labels = [], []
         for k in range(math.ceil(n / batch_size)):
             count = min(batch_size, n - k * batch_size)
-            x, _ = shard_samples(spec, self.sessions, k, count, seed=seed, batch_size=batch_size, label=label,
+            x, y = shard_samples(spec, self.sessions, k, count, seed=seed, batch_size=batch_size, label=label,
                                  num_classes=self.data.num_classes, image_shape=self.data.shape)
             parts.append(self.modality.from_model(x))
-        return np.concatenate(parts)
+            labels.append(y)
+        return np.concatenate(parts), np.concatenate(labels)
+
+
+RECORD_COLUMNS = ("label", "class", "text")  # a records modality's predict output (contracts.modalities.tokens)
+
+
+def present(modality: Any, data: Any, samples: np.ndarray, labels: np.ndarray) -> Any:
+    """What predict returns for stored ``samples`` and their int64 ``labels`` (-1: none): the array itself,
+    or, when the modality module defines ``to_records(samples, labels, vocab, class_names)``, a DataFrame of
+    its records (columns RECORD_COLUMNS)."""
+    to_records = getattr(modality, "to_records", None)
+    if to_records is None:
+        return samples
+    import pandas as pd
+
+    return pd.DataFrame(to_records(samples, labels, data.vocab, data.class_names), columns=list(RECORD_COLUMNS),
+                        dtype=object)  # None stays None (JSON null), never NaN
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -192,7 +213,7 @@ def _rows(model_input: Any) -> list[dict[str, Any]]:
 # --- the MLflow model directory ----------------------------------------------------------------
 def signature(sampler_json: Mapping[str, Any]):
     """The MLflow ModelSignature of a model whose sampler.json is ``sampler_json``: the request columns above
-    in, a tensor (-1, *sample shape) of the stored dtype out."""
+    in, a tensor (-1, *sample shape) of the stored dtype out (records: the columns label, class, text)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
@@ -200,7 +221,12 @@ def signature(sampler_json: Mapping[str, Any]):
     inputs = [ColSpec("long", "n"), ColSpec("long", "seed", required=False),
               ColSpec(AnyType(), "label", required=False), ColSpec("long", "batch_size", required=False)]
     inputs += [ColSpec(kind, option, required=False) for option, kind in sampler_options().items()]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype(data.dtype), (-1, *data.shape))]))
+    if hasattr(get_modality(data.modality), "to_records"):  # records out (see ``present``)
+        outputs = Schema([ColSpec("long", "label", required=False), ColSpec("string", "class", required=False),
+                          ColSpec("string", "text")])
+    else:
+        outputs = Schema([TensorSpec(np.dtype(data.dtype), (-1, *data.shape))])
+    return ModelSignature(inputs=Schema(inputs), outputs=outputs)
 
 
 def input_example(sampler_json: Mapping[str, Any]) -> dict[str, Any]:
@@ -210,7 +236,8 @@ def input_example(sampler_json: Mapping[str, Any]) -> dict[str, Any]:
     example: dict[str, Any] = {"n": 4, "seed": 0}
     if spec.conditional:
         example["label"] = 0
-    example.update(spec.sampling_defaults())
+    # options whose default is "off" (None: top_k, top_p) are left out: MLflow cannot type a column of None
+    example.update({k: v for k, v in spec.sampling_defaults().items() if v is not None})
     return example
 
 

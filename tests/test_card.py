@@ -33,7 +33,7 @@ def record(challenger, champion, *, pending=False, modality="image", sampler="di
     return {"name": "mnist5k-vae", "version": "4", "run_id": "r" * 32, "tags": {**challenger, "modality": modality},
             "modality": modality, "sampler": sampler, "decision": decision, "pending": pending, "gate": GATE,
             "headline": ["fid", "recall"], "champion": {"version": "3", "tags": champion} if champion else None,
-            "grid": {"run_id": "r" * 32, "artifact": "evaluation/samples.png"},
+            "grid": {"run_id": "r" * 32, "artifact": "evaluation/samples.png"} if modality == "image" else None,
             "dataset": {"name": "mnist5k", "sha256": "ab" * 32, "validation": "passed (27 checks)"},
             "training": {"epochs": 20.0, "wall_seconds": 95.25}}
 
@@ -125,6 +125,23 @@ def test_text_modality_card_has_no_image():
     assert "The tokens modality has no image grid" in md
 
 
+def test_text_card_embeds_the_sample_table_per_class():
+    from evaluation.suite.sample_table import markdown_table
+
+    recs = [{"label": i % 3, "class": ("female", "male", "surname")[i % 3], "text": t}
+            for i, t in enumerate(["Maya", "Oren", "Castillo", "Li|a", "Tobias", "Nguyen"])]
+    text = markdown_table(recs, ["female", "male", "surname"], caption="gpt v2 · seed 0")
+    rec = {**record(CHALLENGER, CHAMPION, modality="tokens", sampler="token_autoregressive"),
+           "sample_table": {"run_id": "r" * 32, "artifact": "evaluation/samples.md", "text": text}}
+    md = card.render_card(rec)
+    samples = md[md.index("## Samples"):md.index("## Metrics")]
+    assert "| female | male | surname |" in samples and "| Maya | Oren | Castillo |" in samples
+    assert "| Li\\|a | Tobias | Nguyen |" in samples  # a | in a sample does not split its cell
+    assert "*gpt v2 · seed 0*" in samples and "run artifact `evaluation/samples.md`" in samples
+    assert "![" not in md and "no image grid" not in md
+    assert len(card.render_card(rec, limit=card.DESCRIPTION_LIMIT)) <= card.DESCRIPTION_LIMIT
+
+
 def test_description_fits_the_store_limit_and_points_at_the_artifact():
     many = {**CHALLENGER, **{f"metric.extra_metric_{i:03d}": str(i / 7) for i in range(200)}}
     rec = record(many, CHAMPION)
@@ -177,3 +194,16 @@ def test_review_page_shows_a_text_preview_escaped():
     text = {"kind": "text", "text": "<b>hello</b>\nworld", "n": 2, "seed": 0, "sampler": "token_autoregressive"}
     page = render_review(record(CHALLENGER, None, modality="tokens"), {"4": text}, "alone", current=None)
     assert "<pre>&lt;b&gt;hello&lt;/b&gt;\nworld</pre>" in page and "data:image" not in page
+
+
+def test_review_page_shows_text_samples_of_both_versions_side_by_side():
+    def text(names):
+        return {"kind": "text", "text": "\n".join(names), "n": 3, "seed": 0, "sampler": "token_autoregressive",
+                "modality": "tokens"}
+
+    page = render_review(record(CHALLENGER, CHAMPION, modality="tokens"), {"4": text(["Maya", "Oren"]),
+                                                                           "3": text(["Mxyq", "Qq"])},
+                         "challenger v4 against the champion v3", current="3")
+    grids = page[page.index('<div class="grids">'):page.index("<h2>Gate checks</h2>")]
+    assert re.findall(r"<pre>(.*?)</pre>", grids, re.S) == ["Maya\nOren", "Mxyq\nQq"]  # this version first
+    assert "v4 (this version)" in grids and "v3 (champion)" in grids and "data:image" not in page

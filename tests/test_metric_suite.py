@@ -33,13 +33,24 @@ def test_every_table_entry_keeps_the_metric_contract():
         assert metric.modality in MODALITIES and set(metric.needs) <= CAPABILITIES, name
         assert metric.outputs or metric.plots, f"{name} writes nothing"
         for key in metric.outputs:
-            assert key not in seen, f"{key} written by {seen.get(key)} and {name}"
-            seen[key] = name
+            seen.setdefault(key, name)
+    # within one modality (its own metrics and the "any" ones) every key has one writer; across modalities a
+    # key may be shared (copy_rate, anomaly_auroc: one gate check for both)
+    for modality in ("image", "tokens"):
+        writers: dict[str, str] = {}
+        for name in suite.default_metrics(modality):
+            for key in suite.get_metric(name).outputs:
+                assert key not in writers, f"{modality}: {key} written by {writers.get(key)} and {name}"
+                writers[key] = name
     assert suite.metric_outputs() == seen
     assert suite.metric_outputs()["fid_ratio"] == "fid" and suite.metric_outputs()["anomaly_auroc"] == "anomaly"
+    assert suite.metric_outputs()["copy_rate"] == "copy_rate" and suite.metric_outputs()["bits_per_char"] == "bits_per_char"
     assert set(suite.SHOW_OUTPUTS) <= set(seen) and set(suite.HEADLINE_OUTPUTS) <= set(seen)
-    assert suite.default_metrics("image") == list(suite.METRICS)
-    assert suite.default_metrics("tokens") == ["nll"]
+    assert suite.default_metrics("image") == [n for n in suite.METRICS if suite.get_metric(n).modality in ("image", "any")]
+    assert suite.default_metrics("image") == list(suite.METRICS)[:list(suite.METRICS).index("fid_inception") + 1]
+    assert suite.default_metrics("tokens") == ["classifier_accuracy", "conditional_accuracy", "bits_per_char",
+                                               "frechet_text", "novelty", "distinct_n", "length_kl", "text_anomaly",
+                                               "sample_table"]
 
 
 def test_the_registry_imports_without_torch():
@@ -52,6 +63,8 @@ def test_the_registry_imports_without_torch():
 def test_default_settings_are_todays():
     ev = suite.default_settings()
     assert ev == {"metrics": None, "num_samples": 1000, "batch_size": 500, "seed": 0, "classifier": {"epochs": 8},
+                  "sample_labels": "auto", "bits_per_char": {"max_texts": None, "batch_size": 500},
+                  "text_anomaly": {"kinds": ["shuffled", "random", "reversed"], "fpr": 0.05, "max_texts": 1000},
                   "kid": {"subsets": 20, "subset_size": 500},
                   "mode_collapse": {"coverage_threshold": 0.7, "kl_threshold": 0.5, "recall_threshold": 0.2,
                                     "min_share": None},

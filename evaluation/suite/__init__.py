@@ -33,11 +33,20 @@ METRICS: dict[str, str] = {
     "latent_traversal": "evaluation.suite.latent_traversal:LatentTraversal",
     "anomaly": "evaluation.suite.anomaly:Anomaly",
     "fid_inception": "evaluation.suite.fid_inception:FIDInception",
+    # the tokens modality (text)
+    "bits_per_char": "evaluation.suite.bits_per_char:BitsPerChar",
+    "frechet_text": "evaluation.suite.frechet_text:FrechetText",
+    "novelty": "evaluation.suite.novelty:Novelty",
+    "distinct_n": "evaluation.suite.distinct_n:DistinctN",
+    "length_kl": "evaluation.suite.length_kl:LengthKL",
+    "text_anomaly": "evaluation.suite.text_anomaly:TextAnomaly",
+    "sample_table": "evaluation.suite.sample_table:SampleTable",
 }
 
 # the headline outputs: `registry show` columns and the values `evaluate` returns (rounded)
 SHOW_OUTPUTS = ("fid", "fid_real_floor", "fid_ratio", "coverage", "recall", "class_coverage", "mode_collapse")
-HEADLINE_OUTPUTS = (*SHOW_OUTPUTS, "anomaly_auroc", "nll_nats", "conditional_accuracy")
+HEADLINE_OUTPUTS = (*SHOW_OUTPUTS, "anomaly_auroc", "nll_nats", "conditional_accuracy",
+                    "bits_per_char", "frechet_text", "frechet_text_real_floor", "frechet_text_ratio", "novelty")
 
 
 def closest(word: str, known: Any) -> str:
@@ -62,8 +71,14 @@ def default_metrics(modality: str) -> list[str]:
 
 
 def metric_outputs() -> dict[str, str]:
-    """Every metrics.json key a registered metric may write -> the metric that writes it."""
-    return {key: name for name in METRICS for key in get_metric(name).outputs}
+    """Every metrics.json key a registered metric may write -> the (first, in table order) metric that writes
+    it. Metrics of different modalities may share a key (``copy_rate``, ``anomaly_auroc``): one gate check
+    then applies to both."""
+    out: dict[str, str] = {}
+    for name in METRICS:
+        for key in get_metric(name).outputs:
+            out.setdefault(key, name)
+    return out
 
 
 def summary_outputs() -> dict[str, str]:
@@ -74,7 +89,7 @@ def summary_outputs() -> dict[str, str]:
     for name in METRICS:
         metric = get_metric(name)
         for key in metric.outputs if metric.summary is None else metric.summary:
-            out[key] = name
+            out.setdefault(key, name)
     return out
 
 

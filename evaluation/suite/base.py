@@ -25,9 +25,16 @@ CONTEXT_SETTINGS: dict[str, Any] = {
     "batch_size": 500,
     "seed": 0,
     "classifier": {"epochs": 8},
+    "sample_labels": "auto",      # conditional models: in_turn | proportional | auto (EvalContext.label_rule)
 }
+LABEL_RULES = ("auto", "in_turn", "proportional")
 
 CLASSIFIER_CHANNELS, CLASSIFIER_MIN_SIZE = (1, 3), 8  # images the domain classifier takes (evaluation.classifier)
+# the domain classifier of each modality: a module with input_problem(shape, data name) -> str | None (what it
+# takes and what the data has, when it cannot take it),
+# load_or_train_classifier(cache_dir, data_sha256, train_x, train_y, num_classes, *, test_images, test_labels,
+# seed, epochs) -> (model, info) and extract(model, x) -> (features float64 N x d, logits float64 N x K)
+CLASSIFIERS: dict[str, str] = {"image": "evaluation.classifier", "tokens": "evaluation.text_classifier"}
 # the data curves metrics may give (EvalContext.curves) -> their columns, x first; evaluate writes each as a CSV
 CURVES: dict[str, tuple[str, str]] = {"roc": ("fpr", "tpr")}
 NEAREST_K = 5  # PRDC's k (evaluation.metrics.generation_metrics): every set it sees needs more points
@@ -127,6 +134,11 @@ class EvalContext:
         self.plot_dir, self.classifier_dir = Path(plot_dir), Path(classifier_dir)
         self.holdout = [int(c) for c in holdout or []]
         self.seed = int(settings["seed"])
+        if settings.get("sample_labels", "auto") not in LABEL_RULES:
+            from contracts.errors import ConfigError
+
+            raise ConfigError("evaluation.sample_labels", f"expected one of {', '.join(LABEL_RULES)}, got "
+                                                          f"{settings.get('sample_labels')!r}")
         self.num_classes = int(data.num_classes)
         self.pngs: list[Path] = []
         # data curves a metric hands to evaluate for DVC data plots: name -> rows of {column: number}
@@ -159,16 +171,32 @@ class EvalContext:
         return min(int(self.settings["num_samples"]), len(self.test[0]))
 
     def check_classifier(self, metric: str) -> None:
-        """The domain classifier takes 1 or 3 channels of at least CLASSIFIER_MIN_SIZE pixels a side."""
+        """The data's modality has a domain classifier (``CLASSIFIERS``) and it takes samples of this shape
+        (images: 1 or 3 channels of at least CLASSIFIER_MIN_SIZE pixels a side)."""
         from contracts.errors import ConfigError
 
-        shape = tuple(int(v) for v in self.data.shape)
-        if len(shape) != 3 or shape[0] not in CLASSIFIER_CHANNELS or min(shape[1:]) < CLASSIFIER_MIN_SIZE:
-            raise ConfigError("evaluation.metrics", f"{metric} needs the domain classifier, which takes images of 1 "
-                                                    f"or 3 channels and at least {CLASSIFIER_MIN_SIZE}x"
-                                                    f"{CLASSIFIER_MIN_SIZE} pixels; {self.data.name}'s images are "
-                                                    f"{'x'.join(map(str, shape))}: leave {metric} out of "
-                                                    f"evaluation.metrics")
+        if self.modality not in CLASSIFIERS:
+            raise ConfigError("evaluation.metrics", f"{metric} needs a domain classifier and the {self.modality} "
+                                                    f"modality has none: leave {metric} out of evaluation.metrics")
+        problem = self.classifier_module.input_problem(tuple(int(v) for v in self.data.shape), self.data.name)
+        if problem:
+            raise ConfigError("evaluation.metrics", f"{metric} needs the domain classifier, which takes {problem}: "
+                                                    f"leave {metric} out of evaluation.metrics")
+
+    @property
+    def classifier_module(self) -> Any:
+        """The module of this modality's domain classifier (``CLASSIFIERS``)."""
+        import importlib
+
+        return importlib.import_module(CLASSIFIERS[self.modality])
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A value several metrics share (e.g. decoded samples), computed by ``compute()`` on first use and
+        cached under ``key`` for this evaluation."""
+        cache = self.__dict__.setdefault("_shared", {})
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
 
     def check_generation(self) -> None:
         """The generation metrics (FID, KID, PRDC, class coverage) compare n samples and the n first test
@@ -206,18 +234,47 @@ class EvalContext:
         model, n, batch_size = self.model, self.n, int(self.settings["batch_size"])
         with torch.no_grad():
             gen = torch.Generator(device=model.device).manual_seed(self.seed)
-            # conditional models get every class in turn, as the generator gives them without --label,
-            # so class coverage measures the model and not the label draw
-            labels = (np.arange(n, dtype=np.int64) % model.config.num_classes
-                      if "conditional" in model.capabilities else None)
+            # conditional models get every class in turn, as the generator gives them without --label, so class
+            # coverage measures the model and not the label draw; unbalanced data: the train proportions (label_rule)
+            labels = self.sample_labels(n) if "conditional" in model.capabilities else None
             parts = [model.sample(min(batch_size, n - i), generator=gen,
                                   labels=None if labels is None else torch.from_numpy(labels[i:i + batch_size]).to(
-                                      model.device)).float().cpu().numpy() for i in range(0, n, batch_size)]
-        return np.concatenate(parts), labels
+                                      model.device)) for i in range(0, n, batch_size)]
+        # float samples (images) as float32; integer ones (token ids) keep their integer dtype
+        return np.concatenate([(p.float() if p.is_floating_point() else p).cpu().numpy() for p in parts]), labels
+
+    @_cached
+    def label_rule(self) -> str:
+        """How a conditional model's sample labels are drawn (``evaluation.sample_labels``): ``in_turn`` (every
+        class in turn, 0, 1, ..., K-1, 0, ...), ``proportional`` (in the train split's class proportions, so
+        metrics comparing the samples with the data compare like with like when the classes are unbalanced),
+        ``auto`` (the default): in turn when every class holds between 1/(2K) and 2/K of the train split, else
+        proportional."""
+        rule = str(self.settings.get("sample_labels", "auto"))
+        if rule != "auto":
+            return rule
+        k = int(self.model.config.num_classes)
+        shares = np.bincount(np.asarray(self.train[1], dtype=np.int64), minlength=k)[:k] / max(1, len(self.train[1]))
+        return "in_turn" if ((shares >= 0.5 / k) & (shares <= 2.0 / k)).all() else "proportional"
+
+    def sample_labels(self, n: int) -> np.ndarray:
+        """int64 n labels by ``label_rule``; proportional: counts by largest remainder of n x the train shares,
+        interleaved (class c's j-th label at position (j + 0.5) / count_c) so any prefix is near proportional."""
+        k = int(self.model.config.num_classes)
+        if self.label_rule == "in_turn":
+            return np.arange(n, dtype=np.int64) % k
+        counts = np.bincount(np.asarray(self.train[1], dtype=np.int64), minlength=k)[:k].astype(np.float64)
+        quota = counts / counts.sum() * n
+        take = np.floor(quota).astype(np.int64)
+        take[np.argsort(-(quota - take), kind="stable")[:n - int(take.sum())]] += 1
+        keys = np.concatenate([(np.arange(t) + 0.5) / t for t in take if t])
+        labels = np.concatenate([np.full(t, c, dtype=np.int64) for c, t in enumerate(take) if t])
+        return labels[np.argsort(keys, kind="stable")]
 
     @property
     def samples(self) -> np.ndarray:
-        """n generated samples (float32, the model's output range), seeded by evaluation.seed."""
+        """n generated samples as the model gives them (images: float32 in its output range; tokens: int64
+        ids N x T), seeded by evaluation.seed."""
         return self._generated[0]
 
     @property
@@ -230,10 +287,8 @@ class EvalContext:
     def classifier(self) -> tuple[Any, dict[str, Any]]:
         """(DomainClassifier, info: path, test_accuracy, cached, train_seconds, n_test), trained once per
         data version and cached under classifier_dir."""
-        from evaluation import classifier as clf_lib
-
         (train_x, train_y), (test_x, test_y) = self.train, self.test
-        return clf_lib.load_or_train_classifier(
+        return self.classifier_module.load_or_train_classifier(
             self.classifier_dir, self.data.sha256, train_x, train_y, self.num_classes, test_images=test_x,
             test_labels=test_y, seed=self.seed, epochs=int(self.settings["classifier"]["epochs"]))
 
@@ -249,8 +304,7 @@ class EvalContext:
     @_cached
     def features(self) -> dict[str, np.ndarray]:
         """Classifier features (float64 N x d) of "train", "test" (first n) and "fake"; "fake_logits"."""
-        from evaluation import classifier as clf_lib
-
+        clf_lib = self.classifier_module
         model = self.classifier[0]
         samples = self.samples
         train_feats, _ = clf_lib.extract(model, self.train[0])

@@ -7,7 +7,7 @@ from evaluation.suite.base import EvalContext, Metric, Result
 class ClassifierAccuracy(Metric):
     uses_classifier = True
     name = "classifier_accuracy"
-    modality = "image"
+    modality = "any"
     outputs = ("classifier_test_accuracy",)
     summary = ()  # the classifier's quality, not the model's: it moves only with the data
 

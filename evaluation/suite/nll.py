@@ -10,7 +10,7 @@ from evaluation.suite.base import EvalContext, Metric, Result, to_model_input
 
 class NLL(Metric):
     name = "nll"
-    modality = "any"
+    modality = "image"  # per image and per dimension; texts: bits_per_char
     needs = frozenset({"nll"})
     outputs = ("nll_nats", "bits_per_dim")
     settings = {"nll_max_images": 500}
