@@ -48,6 +48,16 @@ def _dataset_name(value: str | None) -> str | None:
             f"and may not leave that folder")
 
 
+TEXT_ANOMALY_KINDS = ("shuffled", "random", "reversed", "holdout_classes")  # evaluation/suite/text_anomaly.py
+SAMPLE_LABEL_RULES = ("auto", "in_turn", "proportional")  # evaluation/suite/base.py LABEL_RULES
+
+
+def _one_of(known: tuple[str, ...], what: str):
+    def check(value: str) -> str | None:
+        return None if value in known else f"unknown {what} {value!r}{did_you_mean(value, known)}"
+    return check
+
+
 def _anomaly_kind(value: str) -> str | None:
     if value in ANOMALY_KINDS:
         return None
@@ -178,6 +188,20 @@ class CopyRateSettings:
 
 
 @dataclass(frozen=True)
+class BitsPerCharSettings:
+    max_texts: Optional[int] = setting(None, ge=1)   # null: every test text
+    batch_size: int = setting(500, ge=1)
+
+
+@dataclass(frozen=True)
+class TextAnomalySettings:
+    kinds: tuple[str, ...] = setting(("shuffled", "random", "reversed"),
+                                     check=_one_of(TEXT_ANOMALY_KINDS, "text corruption"))
+    fpr: float = setting(0.05, gt=0, lt=1)
+    max_texts: int = setting(1000, ge=2)
+
+
+@dataclass(frozen=True)
 class KidSettings:
     subsets: int = setting(20, ge=1)
     subset_size: int = setting(500, ge=2)
@@ -197,6 +221,9 @@ class EvaluationSettings:
     nll_max_images: int = setting(500, ge=1)
     kid: KidSettings = field(default_factory=KidSettings)
     copy_rate: CopyRateSettings = field(default_factory=CopyRateSettings)
+    bits_per_char: BitsPerCharSettings = field(default_factory=BitsPerCharSettings)
+    text_anomaly: TextAnomalySettings = field(default_factory=TextAnomalySettings)
+    sample_labels: str = setting("auto", check=_one_of(SAMPLE_LABEL_RULES, "sample label rule"))
     inception_weights: Optional[str] = None
     metrics: Optional[tuple[str, ...]] = setting(None, check=_metric_name("metric", known_metric_names))
 
