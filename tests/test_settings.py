@@ -47,6 +47,7 @@ def test_defaults_match_what_the_stages_apply():
     assert asdict(ValidationSettings()) == validate.DEFAULTS
     ev = asdict(EvaluationSettings())
     ev["anomaly"]["kinds"] = list(ev["anomaly"]["kinds"])
+    ev["text_anomaly"]["kinds"] = list(ev["text_anomaly"]["kinds"])
     assert ev == evaluate.DEFAULTS
     defaults = RegistrySettings()
     limits = {c["metric"]: c.get("max", c.get("min")) for c in gate.DEFAULT_CHECKS}
@@ -159,7 +160,7 @@ def test_data_checks_read_meta_json_under_root(base, tmp_path):
 
 def test_model_families_are_checked_against_the_registry(base):
     assert _error(base, "model.families=[vae,dcgn]").startswith(
-        "model.families: unknown model family 'dcgn'; did you mean 'dcgan'? (known: cvae, dcgan, ddpm")
+        "model.families: unknown model family 'dcgn'; did you mean 'dcgan'? (known: bigram, cvae, dcgan, ddpm")
     assert "listed more than once" in _error(base, "model.families=[vae,vae]")
     assert _error(base, "model.families=[]").startswith("model.families: expected a non-empty list")
     assert _error(base, "registry.families.vea.margin=1").startswith(
