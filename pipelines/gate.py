@@ -3,7 +3,8 @@
 `params.yaml: registry.checks` is a list of `{metric: <metrics.json key>, min: x | max: x, required: bool}`.
 Resolution, in order (each step replaces the entry of the same metric; new metrics add):
 
-1. the global list: `registry.checks` when given, else `DEFAULT_CHECKS` (today's thresholds);
+1. the global list: `registry.checks` when given, else the defaults of the data's modality
+   (`evaluation/suite/gates.py`; images: `DEFAULT_CHECKS`), which also give the primary metric's default;
 2. the legacy shorthands at `registry.*` (`max_fid_ratio`, `min_coverage`, `min_class_coverage`,
    `forbid_mode_collapse`, `min_conditional_accuracy`, `max_copy_rate`, `max_parity_error`) set the limit of their check
    (`forbid_mode_collapse: false` drops the mode_collapse check);
@@ -20,27 +21,18 @@ import copy
 import math
 from typing import Any
 
+from evaluation.suite.gates import IMAGE_GATE
 from pipelines.errors import ConfigError
 
 # metrics the registry itself records on a version (tags outside metric.*), valid in checks
 REGISTRY_METRICS = ("parity_max_abs_error",)
-DEFAULT_CHECKS: list[dict[str, Any]] = [
-    {"metric": "fid_ratio", "max": 500.0},       # fid / real-vs-real floor on the domain classifier's features
-    {"metric": "coverage", "min": 0.03},         # PRDC coverage
-    {"metric": "class_coverage", "min": 0.7},
-    {"metric": "mode_collapse", "max": 0},
-    # memorization: share of samples nearer a train image than 1% of test images are. Every image model's evaluate
-    # reports it; required: false keeps versions registered before it existed promotable (skipped, with the reason)
-    {"metric": "copy_rate", "max": 0.1, "required": False},
-    {"metric": "conditional_accuracy", "min": 0.5, "required": False},  # only conditional models report it
-    {"metric": "parity_max_abs_error", "max": 1e-4},
-]
+DEFAULT_CHECKS: list[dict[str, Any]] = IMAGE_GATE["checks"]  # the image defaults (evaluation/suite/gates.py)
 # legacy key -> (metric, op); forbid_mode_collapse is a flag
 SHORTHANDS = {"max_fid_ratio": ("fid_ratio", "max"), "min_coverage": ("coverage", "min"),
               "min_class_coverage": ("class_coverage", "min"), "forbid_mode_collapse": ("mode_collapse", "max"),
               "min_conditional_accuracy": ("conditional_accuracy", "min"), "max_copy_rate": ("copy_rate", "max"),
               "max_parity_error": ("parity_max_abs_error", "max")}
-DECISION_DEFAULTS = {"primary_metric": "fid_ratio", "direction": "minimize", "margin": 0.0}
+DECISION_DEFAULTS = {k: IMAGE_GATE[k] for k in ("primary_metric", "direction", "margin")}
 CHECK_KEYS = ("metric", "min", "max", "required")
 DIRECTIONS = ("minimize", "maximize")
 APPROVAL_KEYS = ("approval", "approval_timeout")  # who decides after a passing gate: pipelines/approval.py
@@ -135,18 +127,21 @@ def _apply_level(checks: dict[str, dict[str, Any]], level: dict[str, Any], where
     return checks
 
 
-def resolve_gate(registry: dict[str, Any], family: str | None = None) -> dict[str, Any]:
+def resolve_gate(registry: dict[str, Any], family: str | None = None,
+                 defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """``params.yaml: registry`` (new or legacy form) -> the resolved gate for ``family``:
     {"checks": [{"metric", "min" | "max", "required"}], "primary_metric", "direction", "margin"}, the
     checks in the config form again, so resolving a resolved gate gives the same gate.
-    Raises ConfigError for any typo (see the module docstring)."""
+    `defaults`: {"checks", "primary_metric", "direction", "margin"} of the data's modality (None: images',
+    DEFAULT_CHECKS and DECISION_DEFAULTS). Raises ConfigError for any typo (see the module docstring)."""
     registry = copy.deepcopy(registry or {})
+    defaults = defaults or {"checks": DEFAULT_CHECKS, **DECISION_DEFAULTS}
     families = registry.get("families") or {}
     if not isinstance(families, dict):
         raise ConfigError("registry.families", f"expected a mapping of family -> overrides, got {families!r}")
-    base = {c["metric"]: c for c in (parse_check(e, "registry.checks") for e in DEFAULT_CHECKS)}
+    base = {c["metric"]: c for c in (parse_check(e, "registry.checks") for e in defaults["checks"])}
     checks = _apply_level(base, registry, "registry", replace=True)
-    decision = {k: registry.get(k, v) for k, v in DECISION_DEFAULTS.items()}
+    decision = {k: registry.get(k, defaults.get(k, v)) for k, v in DECISION_DEFAULTS.items()}
     source = {k: f"registry.{k}" for k in DECISION_DEFAULTS}  # the key each value came from, for errors
     if family is not None and families.get(family):
         level = families[family]

@@ -27,8 +27,21 @@ def model_name(dataset: str, family: str) -> str:
 
 
 def gate_settings(params: dict[str, Any], family: str) -> dict[str, Any]:
-    """The resolved gate of ``family`` (see pipelines.gate): checks, primary metric, direction, margin."""
-    return resolve_gate(params.get("registry") or {}, family)
+    """The resolved gate of ``family`` (see pipelines.gate): checks, primary metric, direction, margin.
+    The defaults under ``registry`` are those of the data's modality (evaluation.suite.gates), and a gate
+    written for another modality applies where its metrics do: a check whose metric no evaluation of this
+    data's modality writes (an image `max_fid_ratio` on text) is left out, and such a primary metric gives
+    way to the modality's default (with its direction)."""
+    from evaluation.suite.gates import applies, default_gate
+    from pipelines.sources import source_modality
+
+    modality = source_modality((params.get("data") or {}).get("source", "mnist5k"))
+    defaults = default_gate(modality)
+    gate = resolve_gate(params.get("registry") or {}, family, defaults=defaults)
+    gate["checks"] = [c for c in gate["checks"] if applies(c["metric"], modality)]
+    if not applies(gate["primary_metric"], modality):
+        gate.update({k: defaults[k] for k in ("primary_metric", "direction")})
+    return gate
 
 
 def _git_commit(root: Path) -> str:

@@ -44,6 +44,13 @@ def default_name(source: str) -> str:
     return f"{kind}-{Path(arg.rstrip('/')).name}".lower() if kind in ("idx", "folder", "text") else arg.lower()
 
 
+def source_modality(source: str) -> str:
+    """The modality `source` prepares into (contracts.modalities), known before it is read: text sources
+    give tokens, every other source images."""
+    kind, _, arg = str(source).partition(":")
+    return "tokens" if kind in ("names", "text") else "image"
+
+
 def load_source(source: str, raw_root: Path, options: ImageOptions | None = None,
                 data: dict | None = None) -> RawDataset:
     """The data of `source`; `options` decode folder: images, `data` (params' data section) holds the text

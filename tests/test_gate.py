@@ -159,3 +159,24 @@ def test_anomaly_and_registry_side_metrics_are_valid_check_names():
                                     {"metric": "parity_max_abs_error", "max": 1e-3}, {"metric": "nll_nats", "max": 90}]})
     assert [c["metric"] for c in gate["checks"]] == ["anomaly_auroc", "anomaly_noise_auroc", "parity_max_abs_error",
                                                       "nll_nats"]
+
+
+def test_the_gate_s_defaults_follow_the_data_s_modality_and_other_modalities_checks_drop_out():
+    """Text data with no registry section gets the text gate (bits/char primary); params.yaml's image gate on
+    text keeps only the checks whose metrics text evaluation writes (copy_rate, conditional accuracy, parity),
+    and its image primary metric gives way to bits/char; images are unchanged."""
+    from evaluation.suite.gates import TOKENS_GATE
+    from pipelines.config import load_params
+    from pipelines.registry import gate_settings
+
+    text = gate_settings({"data": {"source": "names"}}, "gpt")
+    assert text["primary_metric"] == "bits_per_char" and text["direction"] == "minimize"
+    assert [c["metric"] for c in text["checks"]] == [c["metric"] for c in TOKENS_GATE["checks"]]
+    mixed = gate_settings(load_params(REPO / "params.yaml", ["data.source=text:corpus.txt"]), "lstm")
+    kept = {c["metric"]: c for c in mixed["checks"]}
+    assert not {"fid_ratio", "coverage", "class_coverage", "mode_collapse"} & set(kept)
+    assert kept["copy_rate"]["max"] == 0.1 and kept["bits_per_char"]["max"] == 3.4  # the shorthand, the default
+    assert mixed["primary_metric"] == "bits_per_char"
+    image = gate_settings(load_params(REPO / "params.yaml"), "vae")
+    assert image["primary_metric"] == "fid_ratio" and "fid_ratio" in {c["metric"] for c in image["checks"]}
+    assert gate_settings(load_params(REPO / "params.yaml"), "pixelcnn")["primary_metric"] == "bits_per_dim"
