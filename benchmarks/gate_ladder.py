@@ -179,6 +179,8 @@ def run_family(variant: str, seed: int, sets: list[str], base: Path, ds: Any, ev
     fixed = FixedSamples(blurred, int(ds.num_classes), ds.spec.modality)
     metrics = _evaluate_model(fixed, ds, ev, root / "ladder" / "blurred_model", classifier_dir)
     rows.insert(2, _row("blurred_model", metrics, _decide(metrics, params, family), time.perf_counter() - start))
+    print(f"[{variant} seed {seed}] blurred_model: {rows[2]['fid_ratio']}x {rows[2]['decision']} "
+          f"({rows[2]['failed checks']})", flush=True)
     for rung, metrics in synthetic.items():
         rows.append(_row(f"{rung} (data)", metrics, _decide(metrics, params, family), 0.0))
     for row in rows:
@@ -247,7 +249,9 @@ def main() -> None:
             mine = [r for r in rows if r["family"] == variant and r["rung"] == rung]
             decisions = {r["decision"] for r in mine}
             ratios = [float(r["fid_ratio"]) for r in mine if r["fid_ratio"] != "-"]
-            line[variant] = (f"{statistics.median(ratios):.3g}x " if ratios else "") + "/".join(sorted(decisions))
+            median = statistics.median(ratios) if ratios else None
+            line[variant] = ("" if median is None else f"{median:.0f}x " if median >= 100 else f"{median:.3g}x ") \
+                + "/".join(sorted(decisions))
         summary.append(line)
     print("\nsummary: median fid_ratio over seeds and the gate's decisions (every bad rung must be rejected, "
           "good and default promoted)")
