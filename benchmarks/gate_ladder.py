@@ -225,10 +225,20 @@ def main() -> None:
     n = min(int(ev["num_samples"]), len(ds.load("test")[0]))
 
     started = time.perf_counter()
-    synthetic = {}
-    for rung, images in build_rungs(ds.load("train"), ds.load("test"), n, seed=0).items():
-        synthetic[rung] = evaluate_samples(images, ds, ev, base / "ladder" / rung, base / "classifier")[0]
-    print(f"synthetic rungs evaluated in {time.perf_counter() - started:.0f} s (N = {n})", flush=True)
+    # the synthetic rungs depend on the data and the evaluation settings only: evaluated once, kept as JSON
+    from contracts.io import atomic_write_text
+    from pipelines.config import params_hash
+
+    cached = base / f"synthetic-{params_hash({'data': ds.sha256, 'n': n, 'evaluation': ev})[:16]}.json"
+    if cached.exists():
+        synthetic = json.loads(cached.read_text())
+    else:
+        synthetic = {}
+        for rung, images in build_rungs(ds.load("train"), ds.load("test"), n, seed=0).items():
+            synthetic[rung] = evaluate_samples(images, ds, ev, base / "ladder" / rung, base / "classifier")[0]
+        plain = json.dumps(synthetic, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        atomic_write_text(cached, plain + "\n")
+    print(f"synthetic rungs: {time.perf_counter() - started:.0f} s (N = {n}, {cached.name})", flush=True)
 
     rows = []
     for variant in variants:
