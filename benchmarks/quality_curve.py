@@ -4,7 +4,7 @@ coverage, recall, class coverage; N = evaluation.num_samples) on mnist5k. For a 
 (dcgan, wgan_gp: ``ema_decay``) each point is evaluated twice, with the average and with the trained weights.
 Sample grids of each point go to ``.genforge/quality_curve/<label>/``.
 
-Usage: python benchmarks/quality_curve.py --family dcgan --eval-at 5,10,25 [--set model.dcgan.lr_g=1e-4 ...]
+Usage: python benchmarks/quality_curve.py [--family dcgan] [--eval-at 5,10,25] [--set model.dcgan.lr_g=1e-4 ...]
        [--seed 0] [--label NAME] [--threads N]
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ SHOWN = ("fid_ratio", "coverage", "recall", "precision", "class_coverage", "cond
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", required=True)
-    ap.add_argument("--eval-at", required=True, help="epochs to evaluate after, e.g. 2,5,10")
+    ap.add_argument("--family", default="dcgan")
+    ap.add_argument("--eval-at", default="5,10,25", help="epochs to evaluate after, e.g. 2,5,10")
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--label", default=None)
