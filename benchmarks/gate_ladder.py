@@ -14,7 +14,8 @@ and ``good`` (held-out test images, which a family's gate must accept too).
 
 Trained models are cached under ``.genforge/gate_ladder/<dataset>/<variant>-s<seed>/`` (gitignored): the real
 trainer (``pipelines.train.train``, MLflow in ``.genforge/gate_ladder/mlflow.db``), retrained only when the
-training fingerprint changes, so a rerun after a threshold change only evaluates.
+training fingerprint changes, so a rerun after a threshold change only evaluates (after a change to a family's
+code, which the fingerprint does not cover, pass --retrain).
 
 The metrics are the ones the gate reads (fid, prdc, class coverage and KL, mode collapse, copy_rate,
 conditional accuracy; nll for likelihood families, whose primary metric is bits/dim) plus the sample grid;
