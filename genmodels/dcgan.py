@@ -5,11 +5,14 @@ tanh output, strided-conv discriminator with leaky ReLU, N(0, 0.02) init, Adam(0
 the non-saturating generator loss. Optional spectral norm on the discriminator (then without
 batch norm, which it replaces). With `conditional: true` it is a class-conditional GAN: the
 generator sees [z, one-hot(y)] and the discriminator is a projection discriminator (Miyato &
-Koyama 2018: logit = head(h) + <embed(y), h> over its features h), sampled by label. Images
+Koyama 2018: logit = head(h) + <embed(y), h> over its features h), sampled by label. Samples and the
+exported graph use an exponential moving average of the generator's weights (``ema_decay``; Yazici et al.
+2019, "The Unusual Effectiveness of Averaging in GAN Training"; 0 samples the trained weights). Images
 crossing the interface are N x C x H x W in [0, 1]; inside, the networks work in [-1, 1].
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,6 +38,9 @@ class DCGANConfig(ModelConfig):
     lr_g: float = training(2e-4)
     lr_d: float = training(2e-4)
     betas: tuple[float, float] = training((0.5, 0.999))
+    # EMA of the generator's weights (and batch-norm statistics), warmed up as min(decay, (1+k)/(10+k)) over
+    # generator steps k; what sample() and the exported graph use. 0: no average, the trained weights
+    ema_decay: float = training(0.999)
     batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(25)
 
@@ -43,6 +49,8 @@ class DCGANConfig(ModelConfig):
         self.betas = tuple(float(b) for b in self.betas)  # JSON gives a list back
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two floats, got {self.betas}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if min(self.latent_dim, self.ngf, self.ndf) < 1:
             raise ValueError("latent_dim, ngf and ndf must be >= 1")
         if self.conditional and self.num_classes < 1:
@@ -162,6 +170,10 @@ class DCGAN(GenerativeModel):
             torch.manual_seed(config.seed)
             self.generator = Generator(config)
             self.discriminator = Discriminator(config, self.discriminator_norm(), dcgan_init=self.dcgan_init_critic)
+        self.generator_ema: Generator | None = None  # in state_dict as "generator_ema.*" when ema_decay > 0
+        if config.ema_decay > 0:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))  # generator steps averaged
         if config.conditional:
             self.register_buffer("eye", torch.eye(config.num_classes), persistent=False)
         fused = {"fused": True}  # one kernel per step instead of one per tensor: measurable on CPU
@@ -191,9 +203,40 @@ class DCGAN(GenerativeModel):
             return None
         return self.requested_labels(labels, n)
 
-    def _generate(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """N x C x H x W in [-1, 1]."""
-        return self.generator(z, None if labels is None else self.eye[labels])
+    def _generate(self, z: torch.Tensor, labels: torch.Tensor | None, averaged: bool = False) -> torch.Tensor:
+        """N x C x H x W in [-1, 1], from the trained generator or (``averaged``) the sampling one."""
+        net = self.sampling_generator() if averaged else self.generator
+        return net(z, None if labels is None else self.eye[labels])
+
+    # --- the weight average ------------------------------------------------------------------
+    def sampling_generator(self) -> Generator:
+        """The generator samples come from: the EMA copy when ``ema_decay > 0``, else the trained one."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """After each generator step: EMA <- decay * EMA + (1 - decay) * weights (float buffers too: the batch-norm
+        running statistics); integer buffers are copied."""
+        if self.generator_ema is None:
+            return
+        k = int(self.ema_steps)
+        decay = min(self.config.ema_decay, (1 + k) / (10 + k))
+        torch._foreach_lerp_(list(self.generator_ema.parameters()), list(self.generator.parameters()), 1.0 - decay)
+        for averaged, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            if averaged.is_floating_point():
+                averaged.lerp_(live, 1.0 - decay)
+            else:
+                averaged.copy_(live)
+        self.ema_steps += 1
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """A state dict saved before the EMA existed (no ``generator_ema.*``) loads with the average set to the
+        trained weights, so such a model samples as it did."""
+        if self.generator_ema is not None and not any(k.startswith("generator_ema.") for k in state_dict):
+            state_dict = {**state_dict, "ema_steps": torch.zeros((), dtype=torch.long),
+                          **{"generator_ema." + k[len("generator."):]: v for k, v in state_dict.items()
+                             if k.startswith("generator.")}}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- training --------------------------------------------------------------------------
     def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
@@ -220,6 +263,7 @@ class DCGAN(GenerativeModel):
         loss_g.backward()
         self._opt_g.step()
         self.discriminator.requires_grad_(True)
+        self.update_ema()
 
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
                 "d_real": torch.sigmoid(logit_real).mean().item(),
@@ -242,10 +286,10 @@ class DCGAN(GenerativeModel):
     def from_noise(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """What the exported graph computes: N x latent (+ N labels) -> N x C x H x W in [0, 1]."""
         self.eval()
-        return (self._generate(z.to(self.device), labels) + 1) * 0.5
+        return (self._generate(z.to(self.device), labels, averaged=True) + 1) * 0.5
 
     def onnx_graphs(self) -> list[OnnxGraph]:
-        module = _GenerateImages(self.generator, self.eye if self.config.conditional else None).eval()
+        module = _GenerateImages(self.sampling_generator(), self.eye if self.config.conditional else None).eval()
         z = torch.zeros(2, self.config.latent_dim, device=self.device)  # batch 2: dynamo must not specialise on 1
         inputs, names, axes = (z,), ["z"], {"z": {0: "batch"}, "images": {0: "batch"}}
         if self.config.conditional:

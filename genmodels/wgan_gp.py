@@ -96,6 +96,7 @@ class WGANGP(DCGAN):
             loss_g.backward()
             self._opt_g.step()
             self.discriminator.requires_grad_(True)
+            self.update_ema()
             self.last_loss_g.fill_(loss_g.detach())
 
         return {"loss_d": loss_d.item(), "loss_g": self.last_loss_g.item(), "gp": gp.item(),

@@ -42,8 +42,8 @@ def test_every_check_is_recorded_with_observed_limit_and_champion_value():
     by_metric = {c["metric"]: c for c in decision["checks"]}
     assert list(by_metric) == ["fid_ratio", "coverage", "class_coverage", "mode_collapse", "copy_rate",
                                "conditional_accuracy", "parity_max_abs_error", "validated"]
-    assert by_metric["fid_ratio"] == {"check": "fid_ratio <= 500", "metric": "fid_ratio", "op": "max",
-                                      "limit": 500.0, "observed": 2.0, "champion": 3.0, "required": True,
+    assert by_metric["fid_ratio"] == {"check": "fid_ratio <= 300", "metric": "fid_ratio", "op": "max",
+                                      "limit": 300.0, "observed": 2.0, "champion": 3.0, "required": True,
                                       "status": "passed", "passed": True}
     assert by_metric["parity_max_abs_error"]["observed"] == 1e-6 and by_metric["coverage"]["champion"] == 0.7
     assert decision["promoted"] and decision["champion_value"] == 3.0
@@ -58,7 +58,7 @@ def test_a_missing_required_metric_fails_and_an_optional_one_is_skipped_with_the
     assert _statuses(decision)["conditional_accuracy"] == "skipped"
     decision = gate_decision(GOOD, None, {})
     assert decision["promoted"]
-    assert "skipped: conditional_accuracy >= 0.5 (conditional_accuracy missing (required: false))" in decision["reasons"]
+    assert "skipped: conditional_accuracy >= 0.7 (conditional_accuracy missing (required: false))" in decision["reasons"]
     # a conditional model answers for it
     assert not gate_decision({**GOOD, "metric.conditional_accuracy": "0.3"}, None, {})["promoted"]
     parity_missing = {k: v for k, v in GOOD.items() if k != "parity_max_abs_error"}

@@ -61,10 +61,12 @@ def test_test_images_pass_as_a_good_model(ladder):
 @pytest.mark.parametrize("rung", [
     *CAUGHT_BY,
     pytest.param("blurred", marks=pytest.mark.xfail(strict=True, reason=(
-        "measured on the 8x8 digits: blur sigma 1.5 px at 28 px is 0.43 px at 8 px and leaves fid_ratio ~3.9 "
-        "(max 500), coverage ~0.43, class_coverage 0.9, copy_rate ~0.015; on mnist5k the same rung is rejected "
-        "(fid_ratio ~598 > 500, coverage 0.015, class_coverage 0.6, mode collapse): max_fid_ratio 500 is far "
-        "above what blur costs on small images"))),
+        "measured on the 8x8 digits: blur sigma 1.5 px at 28 px is 0.43 px at 8 px and leaves fid_ratio ~3.6 "
+        "(max 300), coverage ~0.40, recall 0.89, precision 0.98, class_coverage 1, copy_rate ~0.015: a better "
+        "sample set than the families' default-trained 8x8 models (dcgan 10x, cvae 8.6x, vae 36x; only the "
+        "conditional dcgan, 3.0x, is below it: benchmarks/gate_ladder.py --quick), so no limit on these metrics "
+        "rejects it and accepts those models. On mnist5k the rung is rejected (fid_ratio ~598 > 300, coverage "
+        "0.015, class_coverage 0.6, mode collapse)"))),
 ])
 def test_every_bad_rung_is_rejected(ladder, rung):
     from pipelines.gate import rejection_text

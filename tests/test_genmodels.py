@@ -158,6 +158,31 @@ def test_dcgan_fit_step(digits, spectral_norm):
     assert gap() < gap_before - 0.01
 
 
+def test_dcgan_samples_and_exports_the_weight_average(digits):
+    model = _tiny("dcgan", ema_decay=0.9)
+    _train(model, digits, 6)
+    assert int(model.ema_steps) == 6  # one average step per generator step
+    live, averaged = dict(model.generator.named_parameters()), dict(model.generator_ema.named_parameters())
+    assert not torch.equal(live["project.0.weight"], averaged["project.0.weight"])
+    z = torch.randn(4, model.config.latent_dim, generator=torch.Generator().manual_seed(1))
+    model.eval()
+    with torch.no_grad():
+        from_average = (model.generator_ema(z) + 1) * 0.5
+    assert torch.equal(model.from_noise(z), from_average)  # samples come from the average ...
+    graph = model.onnx_graphs()[0]
+    assert graph.module.generator is model.generator_ema  # ... and so does the exported graph
+    # a state dict saved before the average existed loads with the average = the trained weights
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("generator_ema.") and k != "ema_steps"}
+    fresh = _tiny("dcgan", ema_decay=0.9)
+    fresh.load_state_dict(old)
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh.from_noise(z), (model.generator(z) + 1) * 0.5)
+    assert _tiny("dcgan", ema_decay=0.0).generator_ema is None
+    with pytest.raises(ValueError, match="ema_decay"):
+        _tiny("dcgan", ema_decay=1.0)
+
+
 # --- VAE likelihood and scores ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_vae(digits):

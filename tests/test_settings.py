@@ -30,7 +30,8 @@ def _error(base: dict, *sets: str, **kwargs) -> str:
 def test_the_shipped_params_and_the_tiny_test_params_are_valid(base):
     settings = validate_settings(base)
     assert settings.model.families == ("vae", "dcgan")
-    assert settings.model.configs["vae"] == {"latent_dim": 16, "beta": 1.0, "likelihood": "bernoulli"}
+    assert settings.model.configs["vae"] == {"latent_dim": 16, "beta": 1.0, "likelihood": "bernoulli", "width": 16,
+                                             "epochs": 20}
     assert settings.registry.for_family("pixelcnn").primary_metric == "bits_per_dim"
     assert settings.registry.for_family("vae").primary_metric == "fid_ratio"
     assert settings.evaluation.classifier.epochs == 8 and settings.evaluation.metrics is None

@@ -262,11 +262,11 @@ class RegistrySettings:
     the gate passes, `manual` leaves a passing version awaiting a reviewer (pipelines/approval.py), for whom
     the retrain flow waits `approval_timeout` seconds (0: it does not wait)."""
 
-    max_fid_ratio: float = setting(500.0, gt=0)
+    max_fid_ratio: float = setting(300.0, gt=0)
     min_coverage: float = setting(0.03, ge=0, le=1)
     min_class_coverage: float = setting(0.7, ge=0, le=1)
     forbid_mode_collapse: bool = True
-    min_conditional_accuracy: float = setting(0.5, ge=0, le=1)
+    min_conditional_accuracy: float = setting(0.7, ge=0, le=1)
     max_copy_rate: float = setting(0.1, ge=0, le=1)
     max_parity_error: float = setting(1e-4, gt=0)
     primary_metric: str = setting("fid_ratio", check=_metric_name("primary metric"))
