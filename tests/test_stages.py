@@ -48,6 +48,33 @@ def test_every_params_file_s_pipeline_is_committed_as_the_table_renders_it():
             f"{target.relative_to(REPO)} is stale: run `genforge dvc-yaml --params {params_file.name} --write`")
 
 
+def test_every_params_key_a_pipeline_lists_is_in_its_params_file():
+    """DVC refuses to lock a stage whose params key is missing from the file (`dvc commit` after `genforge run
+    --params` would fail), so each params-*.yaml holds every key its pipeline lists, for each of its families."""
+    for params_file in [REPO / "params.yaml", *sorted(REPO.glob("params-*.yaml"))]:
+        params = yaml.safe_load(params_file.read_text())
+        doc = yaml.safe_load(render(None if params_file.name == "params.yaml" else params_file.name))
+        missing = set()
+        for raw in doc["stages"].values():
+            for entry in (raw.get("do", raw)).get("params", []):
+                for key in (next(iter(entry.values())) if isinstance(entry, dict) else [entry]):
+                    for family in params["model"]["families"] if FAMILY in key else [None]:
+                        node = params
+                        for part in key.replace(FAMILY, family or "").split("."):
+                            node = node.get(part) if isinstance(node, dict) else None
+                        if node is None and not _declared_null(params, key.replace(FAMILY, family or "")):
+                            missing.add(key.replace(FAMILY, family or ""))
+        assert not missing, f"{params_file.name} lacks {sorted(missing)}, which its DVC pipeline lists"
+
+
+def _declared_null(params: dict, key: str) -> bool:
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return isinstance(node, dict) and last in node
+
+
 def test_another_params_file_s_pipeline_reads_that_file_from_the_project_root():
     from pipelines.dvcfile import pipeline_file
 
