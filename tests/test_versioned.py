@@ -39,7 +39,7 @@ def test_every_metric_s_summary_is_among_its_outputs_and_holds_what_the_gate_dec
 def _sample_report() -> dict:
     """A metrics.json `metrics` section with a value for every registered output, of every kind evaluate may
     meet: floats, ints, booleans, numpy scalars, lists, strings, NaN and infinities, each with a setting."""
-    kinds = [0.25, 3, True, np.float32(1.5), [1, 2], "text", float("nan"), np.bool_(False), float("inf"),
+    kinds = [0.25, 3, True, np.float32(1.5), [1, 2], "a-string-value", float("nan"), np.bool_(False), float("inf"),
              np.int64(7), {"nested": 1}, None]
     return {key: {"value": kinds[i % len(kinds)], "setting": {"path": "reports/x.png", "n": 5}}
             for i, key in enumerate(suite.metric_outputs())}
@@ -63,7 +63,7 @@ def test_the_summary_is_flat_and_numeric_for_a_sample_of_every_registered_output
     assert summary["train_epochs"] == 4 and summary["train_seconds"] == 12.3457  # 6 significant digits
     text = versioned.json_text(summary)  # allow_nan=False: raises on anything JSON cannot hold
     assert json.loads(text) == summary
-    assert "text" not in text and "reports/" not in text and "NaN" not in text and "Infinity" not in text
+    assert "a-string-value" not in text and "reports/" not in text and "NaN" not in text and "Infinity" not in text
 
 
 def test_the_summary_of_plain_values_and_of_an_empty_evaluation():
