@@ -104,6 +104,7 @@ def _runs(project: Path) -> dict[str, str]:
     return {r.info.run_id: r.info.status for r in c.search_runs([exp.experiment_id], max_results=1000)}
 
 
+@pytest.mark.slow  # ~17 s of killed processes (the in-process commit recovery and the resume after a kill stay in the default run): `make test-all`
 def test_kill_9_during_the_commit_leaves_the_old_or_the_new_unit(project):
     _prepared(project)
     out = project / "models" / "digits" / "vae"

@@ -42,6 +42,7 @@ def _status(work: Path, env: dict) -> dict:
     return json.loads(_sh([str(BIN / "dvc"), "status", "--json"], work, env).strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # ~20 s of real DVC runs (the render of every pipeline is checked in the default run, tests/test_stages.py): `make test-all`
 def test_the_pipeline_of_another_params_file_replays_with_its_own_lock(tmp_path):
     """`genforge dvc-yaml --params params-tiny.yaml --write` + `dvc repro stages/tiny/dvc.yaml:validate` (real
     DVC): the stages run from the project root with that file's values and lock into stages/tiny/dvc.lock;

@@ -220,6 +220,7 @@ def test_generate_bad_references(registry_env, cli, tmp_path, ref, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # ~16 s of CLI processes (the generator refusals stay in the default run, tests/test_concurrency.py): `make test-all`
 def test_generate_refuses_another_jobs_folder_and_bad_n(registry_env, cli, tmp_path):
     root, out = registry_env["root"], tmp_path / "o"
     assert cli(["generate", "digits-vae/1", "-n", "300", "--seed", "1", "--out", str(out)], root).returncode == 0
