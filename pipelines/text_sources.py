@@ -217,7 +217,8 @@ def _lines(path: Path, text: str) -> list[tuple[str, int]]:
     raw = text.split("\n")
     out = [(line.removesuffix("\r"), n) for n, line in enumerate(raw, start=1) if line.strip()]
     if not out:
-        raise DataError(f"{path}:1", f"lines 1-{len(raw)} are all empty: no text")
+        count = len(text.splitlines()) or 1  # lines as `wc -l` / an editor count them (no phantom after the last \n)
+        raise DataError(f"{path}:1", f"lines 1-{count} are all empty: no text")
     return out
 
 

@@ -279,3 +279,17 @@ def test_a_family_typo_fails_the_main_job_before_anything_runs(cli, project):
     assert elapsed < 30, elapsed  # ~3 s: loading the family registry, no Prefect, no data
     for folder in ("data", "models", "reports", "outputs", ".prefect"):
         assert not (project / folder).exists(), folder
+
+
+def test_every_shipped_params_file_passes_the_settings_check():
+    """params.yaml and each params-*.yaml load and pass the schema and the gate's resolution as shipped (a
+    shorthand and a check of the same metric side by side once made params-names.yaml unusable)."""
+    from pipelines.config import load_params
+    from pipelines.registry import gate_settings
+    from pipelines.settings import validate_settings
+
+    for path in [REPO / "params.yaml", *sorted(REPO.glob("params-*.yaml"))]:
+        params = load_params(path)
+        validate_settings(params, None)
+        for family in params["model"]["families"]:
+            assert gate_settings(params, family)["checks"], (path.name, family)

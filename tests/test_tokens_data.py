@@ -188,7 +188,7 @@ BAD = [
     ("binary.txt", b"abc\ndef\x00\x01\x02", "binary.txt:2: NUL byte: a binary file? text sources read UTF-8 text"),
     ("latin1.txt", "ok\nZ\xfcrich\n".encode("latin-1"),
      "latin1.txt:2: not valid UTF-8 (byte 0xfc at column 2); save the file as UTF-8"),
-    ("empty-lines.txt", b"\n  \n\r\n\n", "empty-lines.txt:1: lines 1-5 are all empty: no text"),
+    ("empty-lines.txt", b"\n  \n\r\n\n", "empty-lines.txt:1: lines 1-4 are all empty: no text"),
     ("long.txt", b"short\n" + b"x" * 300 + b"\n",
      "long.txt:2: a line of 300 characters, over 256 (the limit when data.text.max_len is null; set "
      "data.text.max_len, or use data.text.window for running text)"),

@@ -107,9 +107,13 @@ class Tokenizer:
         return [self.decode(row) for row in np.asarray(ids)]
 
 
+def tokenizer(vocab: Sequence[str]) -> Tokenizer:
+    """A cached ``Tokenizer`` for a vocabulary (``DataSpec.vocab``, or the list in ``meta.json``)."""
+    return _cached_tokenizer(tuple(vocab))
+
+
 @lru_cache(maxsize=8)
-def tokenizer(vocab: tuple[str, ...]) -> Tokenizer:
-    """A cached ``Tokenizer`` for a vocabulary tuple (``DataSpec.vocab``)."""
+def _cached_tokenizer(vocab: tuple[str, ...]) -> Tokenizer:
     return Tokenizer(vocab)
 
 
