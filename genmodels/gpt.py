@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genmodels.base import ModelConfig, training
-from genmodels.textbase import TokenModel, token_nll
+from genmodels.textbase import GradientTokenModel
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x)), k, v
 
 
-class GPT(TokenModel):
+class GPT(GradientTokenModel):
     family: ClassVar[str] = "gpt"
     config_class: ClassVar[type[ModelConfig]] = GPTConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({"nll", "score", "conditional"})
@@ -166,31 +166,6 @@ class GPT(TokenModel):
     # --- training -----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adamw": self._opt}
-
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "scheduler": self._sched.state_dict()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        super().load_training_state(state)
-        self._sched.load_state_dict(state["scheduler"])
-
-    def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        self.train()
-        x = x.to(self.device).long()
-        labels = y.to(self.device).long() if self.conditional and y is not None else None
-        if self.conditional and labels is None:
-            raise ValueError("gpt: a conditional model trains on labelled batches")
-        self.count_classes(labels)
-        nll = token_nll(self.run(x[:, :-1], labels), x)
-        tokens = (x[:, 1:] != 0).sum().clamp_min(1)
-        loss = nll.sum() / tokens                                   # nats per predicted token
-        self._opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
-        self._opt.step()
-        self._sched.step()
-        return {"loss": loss.item(), "bits_per_char": loss.item() / math.log(2)}
 
     # --- serving ------------------------------------------------------------------------------
     def cache_shape(self) -> tuple[int, ...]:

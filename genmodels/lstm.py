@@ -10,15 +10,14 @@ logits N x V, h_next, c_next). Adam, gradient clipping, exponential learning-rat
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from genmodels.base import ModelConfig, training
-from genmodels.textbase import TokenModel, token_nll
+from genmodels.textbase import GradientTokenModel
 
 
 @dataclass
@@ -41,7 +40,7 @@ class LSTMConfig(ModelConfig):
             raise ValueError(f"lstm: dropout must be in [0, 1), got {self.dropout}")
 
 
-class LSTM(TokenModel):
+class LSTM(GradientTokenModel):
     family: ClassVar[str] = "lstm"
     config_class: ClassVar[type[ModelConfig]] = LSTMConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({"nll", "score", "conditional"})
@@ -83,30 +82,6 @@ class LSTM(TokenModel):
     # --- training -----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": self._opt}
-
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "scheduler": self._sched.state_dict()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        super().load_training_state(state)
-        self._sched.load_state_dict(state["scheduler"])
-
-    def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        self.train()
-        x = x.to(self.device).long()
-        labels = y.to(self.device).long() if self.conditional and y is not None else None
-        if self.conditional and labels is None:
-            raise ValueError("lstm: a conditional model trains on labelled batches")
-        self.count_classes(labels)
-        nll = token_nll(self.logits(x[:, :-1], labels), x)
-        loss = nll.sum() / (x[:, 1:] != 0).sum().clamp_min(1)
-        self._opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
-        self._opt.step()
-        self._sched.step()
-        return {"loss": loss.item(), "bits_per_char": loss.item() / math.log(2)}
 
     # --- serving ------------------------------------------------------------------------------
     def cache_shape(self) -> tuple[int, ...]:

@@ -226,3 +226,37 @@ class TokenModel(GenerativeModel):
             graph="decode", prefill="prefill", state=self.state_pairs, cache=self.cache, cache_shape=self.cache_shape(),
             vocab_size=self.vocab_size, length=self.length, bos=BOS, eos=EOS, pad=PAD, conditional=self.conditional,
             **{k: v for k, v in getattr(self, "sampling", self.sampling_options).items()})
+
+
+class GradientTokenModel(TokenModel):
+    """A token family trained by gradient descent on its own NLL (gpt, lstm): the optimizer in `self._opt`
+    (named by `optimizers()`), a learning-rate schedule in `self._sched` stepped once per batch, gradients
+    clipped at `config.grad_clip` (0: no clipping). One step: mean NLL in nats per predicted token of
+    int64 N x T batches (`logits` on the tokens before the last), labels required when conditional."""
+
+    _opt: torch.optim.Optimizer
+    _sched: torch.optim.lr_scheduler.LRScheduler
+
+    def training_state(self) -> dict[str, Any]:
+        return {**super().training_state(), "scheduler": self._sched.state_dict()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        super().load_training_state(state)
+        self._sched.load_state_dict(state["scheduler"])
+
+    def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
+        self.train()
+        x = x.to(self.device).long()
+        labels = y.to(self.device).long() if self.conditional and y is not None else None
+        if self.conditional and labels is None:
+            raise ValueError(f"{self.family}: a conditional model trains on labelled batches")
+        self.count_classes(labels)
+        nll = token_nll(self.logits(x[:, :-1], labels), x)
+        loss = nll.sum() / (x[:, 1:] != 0).sum().clamp_min(1)          # nats per predicted token
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
+        self._opt.step()
+        self._sched.step()
+        return {"loss": loss.item(), "bits_per_char": loss.item() / math.log(2)}
