@@ -283,19 +283,12 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
         return next(self.parameters()).device
 
 
-class LikelihoodModel(GenerativeModel):
-    """A family trained by minimising its own negative log-likelihood (pixelcnn, realnvp): Adam in
-    `self._opt` with a learning-rate schedule in `self._sched`, stepped once per batch, gradients clipped
-    at `config.grad_clip` (0: no clipping). The family supplies `training_nll(x)`: N nats, differentiable."""
+class ScheduledTraining:
+    """Mixin for a family with one optimizer in `self._opt` and a learning-rate schedule in `self._sched`:
+    the schedule's state goes into the checkpoint beside the optimizers' (key "scheduler")."""
 
     _opt: torch.optim.Optimizer
     _sched: torch.optim.lr_scheduler.LRScheduler
-
-    def training_nll(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"adam": self._opt}
 
     def training_state(self) -> dict[str, Any]:
         return {**super().training_state(), "scheduler": self._sched.state_dict()}
@@ -303,6 +296,18 @@ class LikelihoodModel(GenerativeModel):
     def load_training_state(self, state: dict[str, Any]) -> None:
         super().load_training_state(state)
         self._sched.load_state_dict(state["scheduler"])
+
+
+class LikelihoodModel(ScheduledTraining, GenerativeModel):
+    """A family trained by minimising its own negative log-likelihood (pixelcnn, realnvp): Adam in
+    `self._opt` with a learning-rate schedule in `self._sched`, stepped once per batch, gradients clipped
+    at `config.grad_clip` (0: no clipping). The family supplies `training_nll(x)`: N nats, differentiable."""
+
+    def training_nll(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": self._opt}
 
     def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         self.train()

@@ -27,7 +27,7 @@ from torch import nn
 
 from contracts.samplers import TokenAutoregressiveSpec
 from contracts.token_sampling import BOS, EOS, PAD, draw_tokens
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, ScheduledTraining
 
 
 def require_tokens(family: str, config: ModelConfig) -> tuple[int, int]:
@@ -228,21 +228,11 @@ class TokenModel(GenerativeModel):
             **{k: v for k, v in getattr(self, "sampling", self.sampling_options).items()})
 
 
-class GradientTokenModel(TokenModel):
+class GradientTokenModel(ScheduledTraining, TokenModel):
     """A token family trained by gradient descent on its own NLL (gpt, lstm): the optimizer in `self._opt`
     (named by `optimizers()`), a learning-rate schedule in `self._sched` stepped once per batch, gradients
     clipped at `config.grad_clip` (0: no clipping). One step: mean NLL in nats per predicted token of
     int64 N x T batches (`logits` on the tokens before the last), labels required when conditional."""
-
-    _opt: torch.optim.Optimizer
-    _sched: torch.optim.lr_scheduler.LRScheduler
-
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "scheduler": self._sched.state_dict()}
-
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        super().load_training_state(state)
-        self._sched.load_state_dict(state["scheduler"])
 
     def fit_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         self.train()
