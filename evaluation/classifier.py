@@ -428,6 +428,32 @@ def load_classifier(directory: str | os.PathLike) -> tuple[DomainClassifier, dic
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
+def cached_classifier(directory: Path, load: Callable[[Path], tuple[Any, dict[str, Any]]], wanted: dict[str, Any],
+                      model_keys: dict[str, Any], num_classes: int | None, log: Callable[[str], None] | None = None,
+                      what: str = "classifier", config_file: str = CONFIG_FILE) -> tuple[Any, dict[str, Any]] | None:
+    """``(model, meta + cached/path)`` from a classifier cache folder when ``load`` reads it and it was trained
+    with the ``wanted`` train settings, the ``model_keys`` config values and ``num_classes`` (None: any); None
+    otherwise (a folder ``load`` cannot read, or one trained otherwise, is logged as retrained). Shared by the
+    image and the text domain classifier (each with its own ``config_file``, the file that marks a cache)."""
+    if not (directory / config_file).is_file():
+        return None
+    try:
+        model, meta = load(directory)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        if log is not None:
+            log(f"cached {what} in {directory} unusable ({err}); retraining")
+        return None
+    stored = meta.get("train_settings", {})
+    same = (all(stored.get(k) == v for k, v in wanted.items())
+            and all(meta["config"].get(k) == v for k, v in model_keys.items())
+            and (num_classes is None or meta["config"]["num_classes"] == num_classes))
+    if same:
+        return model, {**meta, "cached": True, "path": str(directory)}
+    if log is not None:
+        log(f"cached {what} in {directory} was trained with other settings; retraining")
+    return None
+
+
 def load_or_train_classifier(
     cache_dir: str | os.PathLike,
     data_sha256: str,
@@ -458,25 +484,9 @@ def load_or_train_classifier(
         **{k: train_kwargs[k] for k in ("batch_size", "lr", "weight_decay", "max_shift") if k in train_kwargs},
     }
     model_keys = {k: train_kwargs[k] for k in ("width", "feature_dim", "dropout") if k in train_kwargs}
-    if (directory / CONFIG_FILE).is_file():
-        try:
-            model, meta = load_classifier(directory)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-            if log is not None:
-                log(f"cached classifier in {directory} unusable ({err}); retraining")
-        else:
-            stored = meta.get("train_settings", {})
-            same = all(stored.get(k) == v for k, v in wanted.items()) and all(
-                meta["config"].get(k) == v for k, v in model_keys.items()
-            )
-            if num_classes is not None and meta["config"]["num_classes"] != num_classes:
-                same = False
-            if same:
-                meta["cached"] = True
-                meta["path"] = str(directory)
-                return model, meta
-            if log is not None:
-                log(f"cached classifier in {directory} was trained with other settings; retraining")
+    hit = cached_classifier(directory, load_classifier, wanted, model_keys, num_classes, log)
+    if hit is not None:
+        return hit
     if train_images is None or train_labels is None or num_classes is None:
         raise FileNotFoundError(
             f"no usable cached classifier in {directory} and no training data given to train one"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contracts.io import sha256_file
-from evaluation.classifier import _atomic_write, _torch_threads, _warmup_cosine
+from evaluation.classifier import _atomic_write, _torch_threads, _warmup_cosine, cached_classifier
 
 WEIGHTS_FILE = "text_classifier.pt"
 CONFIG_FILE = "text_classifier.json"
@@ -243,19 +242,10 @@ def load_or_train_classifier(cache_dir: str | os.PathLike, data_sha256: str, tra
     wanted = {"seed": int(seed), "epochs": int(epochs),
               **{k: train_kwargs[k] for k in _TRAIN_KEYS if k in train_kwargs}}
     model_keys = {k: train_kwargs[k] for k in _MODEL_KEYS if k in train_kwargs}
-    if (directory / CONFIG_FILE).is_file():
-        try:
-            model, meta = load_classifier(directory)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-            if log is not None:
-                log(f"cached text classifier in {directory} unusable ({err}); retraining")
-        else:
-            stored = meta.get("train_settings", {})
-            same = (all(stored.get(k) == v for k, v in wanted.items())
-                    and all(meta["config"].get(k) == v for k, v in model_keys.items())
-                    and (num_classes is None or meta["config"]["num_classes"] == num_classes))
-            if same:
-                return model, {**meta, "cached": True, "path": str(directory)}
+    hit = cached_classifier(directory, load_classifier, wanted, model_keys, num_classes, log, what="text classifier",
+                            config_file=CONFIG_FILE)
+    if hit is not None:
+        return hit
     if train_images is None or train_labels is None or num_classes is None:
         raise FileNotFoundError(f"no usable cached text classifier in {directory} and no data given to train one")
     model, info = train_classifier(train_images, train_labels, num_classes, seed=seed, epochs=epochs,
