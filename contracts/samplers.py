@@ -482,8 +482,13 @@ class TokenAutoregressiveSpec(SamplerSpec):
     each state input with the output that replaces it after a step (``[["past_key_0", "present_key_0"],
     ["past_value_0", "present_value_0"], ...]`` for a transformer's KV cache, one key and one value per layer,
     N x heads x P x head_dim, ``cache_shape`` [layers, heads, head_dim]; ``[["h", "h_next"], ["c", "c_next"]]``
-    for an LSTM, N x layers x hidden; ``[]`` for a bigram table). ``cache`` names the layout ("kv", "rnn",
-    "none"); ``layers``, ``heads``, ``head_dim``/``hidden`` are recorded for readers.
+    for an LSTM, N x layers x hidden; ``[]`` for a bigram table). ``cache`` names the layout: "kv" (the caches
+    grow by one position per step: N x heads x P x head_dim in, P + 1 out), "kv_static" (preallocated to the
+    stored length: N x heads x T x head_dim in and out, prefill's zero after the prefix; the decode graph also
+    takes ``position_input``, the int64 scalar position P of the new token, writes its key and value there and
+    attends to 0..P; the loop binds each output to its input's buffer, so a graph whose attention writes in
+    place (ONNX Runtime's GroupQueryAttention) copies nothing per token), "rnn", "none"; ``cache_shape`` is
+    recorded for readers.
 
     Sequences: ``length`` T stored positions, ``<bos>`` (``bos``) first, ``<eos>`` (``eos``) then ``<pad>``
     (``pad``); ``vocab_size`` V. Sampling options (defaults here, overridable per run): ``temperature`` > 0,
@@ -500,6 +505,7 @@ class TokenAutoregressiveSpec(SamplerSpec):
     tokens_input: str = "tokens"
     token_input: str = "token"
     labels_input: str = "labels"
+    position_input: str = "position"       # cache "kv_static" only
     output: str = "logits"
     state: tuple[tuple[str, str], ...] = ()
     cache: str = "none"
@@ -517,9 +523,9 @@ class TokenAutoregressiveSpec(SamplerSpec):
 
     def _validate(self) -> None:
         k = self.kind
-        for key in ("prefill", "tokens_input", "token_input", "labels_input", "output"):
+        for key in ("prefill", "tokens_input", "token_input", "labels_input", "position_input", "output"):
             _name(k, key, getattr(self, key))
-        _choice(k, "cache", self.cache, ("kv", "rnn", "none"))
+        _choice(k, "cache", self.cache, ("kv", "kv_static", "rnn", "none"))
         state = self.state
         if not isinstance(state, (list, tuple)) or not all(
                 isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) and s for s in p) for p in state):

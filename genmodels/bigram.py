@@ -84,7 +84,7 @@ class Bigram(TokenModel):
     def prefill_module(self) -> nn.Module:
         return _Lookup(self.table(), self.conditional, step=False)
 
-    def decode_module(self) -> nn.Module:
+    def decode_module(self, export: bool = False) -> nn.Module:
         return _Lookup(self.table(), self.conditional, step=True)
 
     def example_state(self, n: int, past: int) -> tuple[torch.Tensor, ...]:

@@ -9,12 +9,17 @@ linear warm-up then cosine decay of the learning rate, gradient clipping.
 Class-conditional through a class token: with classes in the data, position 0 (the ``<bos>`` slot) holds the
 class's embedding instead of ``<bos>``'s, so every later position attends to the class.
 
-Serving runs two graphs with a KV cache (``contracts.samplers.TokenAutoregressiveSpec``, cache "kv"):
-``prefill`` (tokens N x L [+ labels N] -> logits N x L x V, present_key_i/present_value_i per layer i,
-N x heads x L x head_dim) and ``decode`` (one token N x 1, past_key_i/past_value_i N x heads x P x head_dim
--> logits N x V,
-the caches with P + 1 positions; the position of the new token is P). The prefill graph alone, rerun on the
-whole prefix each step, is the no-cache baseline of benchmarks/text_generate.py. Batches: see textbase.
+Serving runs two graphs with a KV cache preallocated to the stored length T (``contracts.samplers.
+TokenAutoregressiveSpec``, cache "kv_static"): ``prefill`` (tokens N x L [+ labels N] -> logits N x L x V,
+present_key_i/present_value_i per layer i, N x heads x T x head_dim, positions L.. zero) and ``decode`` (one
+token N x 1, its ``position`` P (int64 scalar, 0 < P < T), past_key_i/past_value_i N x heads x T x head_dim ->
+logits N x V, the caches with the new token's key and value written at P). Decode attends to positions 0..P.
+Its attention is exported as ONNX Runtime's ``com.microsoft`` ``GroupQueryAttention`` (num_heads =
+kv_num_heads: plain multi-head attention), which writes the new key/value into the cache buffer itself when the
+caller binds each ``present`` output to its ``past`` input (serving/sampler_tokens.py): no copy of the cache per
+token, where a growing cache (torch.cat / ONNX Concat) copies all of it at every step. PyTorch eager runs the
+same step in place (``cached_attention``). The prefill graph alone, rerun on the whole prefix each step, is the
+no-cache baseline of benchmarks/text_generate.py. Batches: see textbase.
 """
 from __future__ import annotations
 
@@ -59,6 +64,39 @@ class GPTConfig(ModelConfig):
             raise ValueError(f"gpt: dropout must be in [0, 1), got {self.dropout}")
 
 
+def cached_attention(q, k, v, cache_k, cache_v, position, heads: int):
+    """One decode step of multi-head attention over a preallocated KV cache, writing the cache in place.
+
+    q, k, v: N x 1 x C (heads x head_dim, the projections of the new token); cache_k, cache_v: N x H x T x D;
+    position: int64 scalar P. Writes k, v at P, attends from q to positions 0..P (scaled by 1/sqrt(D)),
+    returns (N x 1 x C, cache_k, cache_v), the caches the same tensors, modified.
+    """
+    n, _, c = q.shape
+    d, p = c // heads, int(position)
+    cache_k[:, :, p] = k.view(n, heads, d)
+    cache_v[:, :, p] = v.view(n, heads, d)
+    att = torch.softmax((q.view(n, heads, 1, d) @ cache_k[:, :, :p + 1].transpose(-2, -1)) * (1.0 / math.sqrt(d)), dim=-1)
+    return (att @ cache_v[:, :, :p + 1]).view(n, 1, c), cache_k, cache_v            # N x H x 1 x D -> N x 1 x C
+
+
+class _GroupQueryAttention(torch.autograd.Function):
+    """``cached_attention`` for the ONNX exporter (on copies of the caches): exported as ONNX Runtime's
+    ``GroupQueryAttention`` (com.microsoft, opset 1; num_heads = kv_num_heads; seqlens_k = P per row,
+    total_sequence_length = P + 1; the caches in its shared-buffer layout N x H x max_length x D)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cache_k, cache_v, position, heads: int):
+        return cached_attention(q, k, v, cache_k.clone(), cache_v.clone(), position, heads)
+
+    @staticmethod
+    def symbolic(g, q, k, v, cache_k, cache_v, position, heads: int):
+        pos = g.op("Cast", position, to_i=6)                                              # int32
+        total = g.op("Add", pos, g.op("Constant", value_t=torch.tensor(1, dtype=torch.int32)))
+        seqlens = g.op("Expand", pos, g.op("Shape", q, start_i=0, end_i=1))             # int32 N
+        return g.op("com.microsoft::GroupQueryAttention", q, k, v, cache_k, cache_v, seqlens, total,
+                    num_heads_i=heads, kv_num_heads_i=heads, outputs=3)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -67,17 +105,18 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.embed, cfg.embed, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, past_k: torch.Tensor | None = None, past_v: torch.Tensor | None = None):
-        """x N x L x C -> (N x L x C, keys and values N x H x (P+L) x D). With a past, L = 1 (one decode step)."""
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                position: torch.Tensor | None = None):
+        """x N x L x C -> (N x L x C, keys and values N x H x L x D). With a cache (N x H x T x D each) and the
+        new token's position: L = 1, one decode step that writes the cache in place and returns it."""
         n, length, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
+        if cache is not None:
+            step = _GroupQueryAttention.apply if torch.jit.is_tracing() else cached_attention
+            y, k, v = step(q, k, v, cache[0], cache[1], position, self.heads)
+            return self.resid_drop(self.proj(y)), k, v
         q, k, v = (t.view(n, length, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
-        if past_k is None:  # training and prefill: the fused causal kernel
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        else:  # one decode step: the new query against the cache; scaling the 1 x P scores, not the keys
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-            att = torch.softmax((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])), dim=-1)
-            y = att @ v
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         y = y.transpose(1, 2).reshape(n, length, c)
         return self.resid_drop(self.proj(y)), k, v
 
@@ -91,8 +130,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.embed, cfg.mlp_ratio * cfg.embed, bias=cfg.bias), nn.GELU(),
                                  nn.Linear(cfg.mlp_ratio * cfg.embed, cfg.embed, bias=cfg.bias), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, past_k=None, past_v=None):
-        a, k, v = self.attn(self.ln1(x), past_k, past_v)
+    def forward(self, x, cache=None, position=None):
+        a, k, v = self.attn(self.ln1(x), cache, position)
         x = x + a
         return x + self.mlp(self.ln2(x)), k, v
 
@@ -101,7 +140,7 @@ class GPT(GradientTokenModel):
     family: ClassVar[str] = "gpt"
     config_class: ClassVar[type[ModelConfig]] = GPTConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({"nll", "score", "conditional"})
-    cache: ClassVar[str] = "kv"
+    cache: ClassVar[str] = "kv_static"
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)
@@ -139,22 +178,23 @@ class GPT(GradientTokenModel):
         return (cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * t)) * (cfg.lr - cfg.min_lr)) / cfg.lr
 
     # --- the network --------------------------------------------------------------------------
-    def run(self, idx: torch.Tensor, labels: torch.Tensor | None = None, past: tuple[torch.Tensor, ...] | None = None,
-            keep: bool = False):
-        """Logits N x L x V for ids N x L (positions P.. P+L-1, P = past length); ``past``: key_0, value_0, key_1,
-        ... (N x H x P x D each); with ``keep`` returns (logits, those caches with P+L positions). ``labels``
-        (prefill only) puts the class token at position 0."""
-        p0 = 0 if past is None else past[0].shape[2]
-        pos = torch.arange(p0, p0 + idx.shape[1], device=idx.device)
+    def run(self, idx: torch.Tensor, labels: torch.Tensor | None = None, cache: tuple[torch.Tensor, ...] | None = None,
+            position: torch.Tensor | None = None, keep: bool = False):
+        """Logits N x L x V for ids N x L at positions 0..L-1; ``labels`` puts the class token at position 0.
+        With ``keep`` returns (logits, key_0, value_0, key_1, ... N x H x T x D each: the prefix's keys and
+        values, zero after L). With ``cache`` (those T-long tensors) and ``position`` P (int64 scalar): one decode
+        step, ids N x 1 at position P, the caches written in place and returned."""
+        p0 = 0 if position is None else position
         x = self.wte(idx)
         if labels is not None:
             x = torch.cat([self.cls(labels).unsqueeze(1), x[:, 1:]], dim=1)
-        x = self.drop(x + self.wpe(pos))
+        x = self.drop(x + self.wpe(torch.arange(idx.shape[1], device=idx.device) + p0))
         caches: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, k, v = block(x, None if past is None else past[2 * i], None if past is None else past[2 * i + 1])
-            if keep:
-                caches += [k, v]
+            x, k, v = block(x, None if cache is None else cache[2 * i:2 * i + 2], position)
+            if keep and cache is None:  # prefill: pad the prefix's keys/values to the full length T
+                k, v = (F.pad(t, (0, 0, 0, self.length - t.shape[2])) for t in (k, v))
+            caches += [k, v]
         logits = self.head(self.ln_f(x)) + self.mask
         if not keep:
             return logits
@@ -173,14 +213,17 @@ class GPT(GradientTokenModel):
         return (cfg.layers, cfg.heads, cfg.embed // cfg.heads)
 
     def example_state(self, n: int, past: int) -> tuple[torch.Tensor, ...]:
+        """Caches N x H x T x D holding ``past`` positions (random there, zero after)."""
         layers, heads, d = self.cache_shape()
-        return tuple(torch.zeros(n, heads, past, d, device=self.device) for _ in range(2 * layers))
+        g = torch.Generator().manual_seed(past)
+        return tuple(F.pad(torch.randn(n, heads, past, d, generator=g), (0, 0, 0, self.length - past)).to(self.device)
+                     for _ in range(2 * layers))
 
     def prefill_module(self) -> nn.Module:
         return _Prefill(self)
 
-    def decode_module(self) -> nn.Module:
-        return _Decode(self)
+    def decode_module(self, export: bool = False) -> nn.Module:
+        return _Decode(self, copy=export)
 
 
 class _Prefill(nn.Module):
@@ -194,10 +237,20 @@ class _Prefill(nn.Module):
 
 
 class _Decode(nn.Module):
-    def __init__(self, model: GPT):
-        super().__init__()
-        self.model = model
+    """One decode step. ``copy=False`` (the PyTorch sampling loop): the caches are written in place and returned.
+    ``copy=True`` (the exported graph's semantics, what its parity is checked against): new caches, zero after
+    P, which ONNX Runtime's GroupQueryAttention returns when its outputs are not bound to its inputs."""
 
-    def forward(self, token: torch.Tensor, *past: torch.Tensor):
-        logits, caches = self.model.run(token, None, past, keep=True)
+    def __init__(self, model: GPT, copy: bool = False):
+        super().__init__()
+        self.model, self.copy = model, copy
+
+    def forward(self, token: torch.Tensor, position: torch.Tensor, *cache: torch.Tensor):
+        copy = self.copy and not torch.jit.is_tracing()
+        if copy:
+            cache = tuple(c.clone() for c in cache)
+        logits, caches = self.model.run(token, None, cache, position, keep=True)
+        if copy:
+            for c in caches:
+                c[:, :, int(position) + 1:] = 0
         return (logits[:, -1], *caches)

@@ -94,7 +94,7 @@ class LSTM(GradientTokenModel):
     def prefill_module(self) -> nn.Module:
         return _Prefill(self)
 
-    def decode_module(self) -> nn.Module:
+    def decode_module(self, export: bool = False) -> nn.Module:
         return _Decode(self)
 
 

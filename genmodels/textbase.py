@@ -100,7 +100,9 @@ class TokenModel(GenerativeModel):
     def prefill_module(self) -> nn.Module:
         raise NotImplementedError
 
-    def decode_module(self) -> nn.Module:
+    def decode_module(self, export: bool = False) -> nn.Module:
+        """The one-token step; ``export``: the module the decode graph is exported from and checked against
+        (a family whose sampling loop updates its state in place returns copies there)."""
         raise NotImplementedError
 
     def cache_shape(self) -> tuple[int, ...]:
@@ -185,7 +187,11 @@ class TokenModel(GenerativeModel):
             if done.all() or t == self.length - 1:
                 break
             step = torch.from_numpy(tok).to(self.device).view(n, 1)
-            res = _as_tuple(decode(step, *state, lab) if self.takes_labels_in_decode else decode(step, *state))
+            if self.cache == "kv_static":  # the new token's position, then the T-long caches it writes in place
+                step = (step, torch.tensor(t, device=self.device))
+            else:
+                step = (step,)
+            res = _as_tuple(decode(*step, *state, lab) if self.takes_labels_in_decode else decode(*step, *state))
             logits, state = res[0], tuple(res[1:])
         return torch.from_numpy(out).to(self.device)
 
@@ -211,13 +217,14 @@ class TokenModel(GenerativeModel):
         dec_lab = self.conditional and self.takes_labels_in_decode
         decode_axes = {"token": batch, "logits": batch, **{i: state_axes for i in ins}, **{o: grow_axes for o in outs},
                        **({"labels": batch} if dec_lab else {})}
+        pos_in, pos_ex = (["position"], (torch.tensor(3, device=dev),)) if self.cache == "kv_static" else ([], ())
         return [
             OnnxGraph(name="prefill", module=self.prefill_module().eval(), example_inputs=(ids, *lab_ex),
                       input_names=["tokens", *lab_in], output_names=["logits", *outs], dynamic_axes=prefill_axes),
-            OnnxGraph(name="decode", module=self.decode_module().eval(),
-                      example_inputs=(torch.tensor([[3], [v - 1]], device=dev), *self.example_state(2, 3),
+            OnnxGraph(name="decode", module=self.decode_module(export=True).eval(),
+                      example_inputs=(torch.tensor([[3], [v - 1]], device=dev), *pos_ex, *self.example_state(2, 3),
                                       *(lab_ex if dec_lab else ())),
-                      input_names=["token", *ins, *(lab_in if dec_lab else [])], output_names=["logits", *outs],
+                      input_names=["token", *pos_in, *ins, *(lab_in if dec_lab else [])], output_names=["logits", *outs],
                       dynamic_axes=decode_axes),
         ]
 

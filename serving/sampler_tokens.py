@@ -12,7 +12,10 @@ genmodels/textbase.py). The loop, for N sequences of T stored positions:
    otherwise one ``decode`` step on token t with the state (+ labels) -> logits, the next state.
 
 So a sequence costs one decode call per token, whatever its length (the KV cache of the transformer, the (h, c)
-of the LSTM). With ``cached=False`` the loop reruns ``prefill`` on the whole prefix at every step instead (the
+of the LSTM). With cache "kv_static" the decode step also takes the token's position t, and runs over an
+``io_binding``: each state output bound to its input's ``OrtValue`` (ONNX Runtime's GroupQueryAttention then
+writes the new key/value into that buffer: nothing is copied per token), the token, position and logits bound
+once to numpy buffers that the loop refills. With ``cached=False`` the loop reruns ``prefill`` on the whole prefix at every step instead (the
 no-cache baseline; same tokens). The family's PyTorch ``sample`` runs the same loop on the same modules with
 the same rule, so the same uniforms give the same tokens (tests/test_text_models.py).
 
@@ -65,6 +68,7 @@ def sample_from_uniforms(spec: TokenAutoregressiveSpec | Mapping[str, Any], sess
     res = prefill.run_with_ort_values(outs, {spec.tokens_input: ov(seq[:, :1]), **{k: ov(v) for k, v in pre_lab.items()}})
     logits, state = res[0].numpy()[:, -1], res[1:]
     dec_lab = {k: ov(v) for k, v in dec_lab.items()}
+    step = _InPlaceStep(spec, decode, state, dec_lab, n) if cached and spec.cache == "kv_static" else None
     done = np.zeros(n, dtype=bool)
     for t in range(1, length):
         tok = draw_tokens(logits, u[:, t - 1], spec.temperature, spec.top_k, spec.top_p, done=done,
@@ -73,7 +77,9 @@ def sample_from_uniforms(spec: TokenAutoregressiveSpec | Mapping[str, Any], sess
         done |= tok == spec.eos
         if done.all() or t == length - 1:
             break
-        if cached:
+        if step is not None:
+            logits = step(tok, t)
+        elif cached:
             res = decode.run_with_ort_values(outs, {spec.token_input: ov(np.ascontiguousarray(seq[:, t:t + 1])),
                                                     **dict(zip(ins, state)), **dec_lab})
             logits, state = res[0].numpy(), res[1:]
@@ -82,11 +88,42 @@ def sample_from_uniforms(spec: TokenAutoregressiveSpec | Mapping[str, Any], sess
     return seq
 
 
+class _InPlaceStep:
+    """The decode step of a "kv_static" cache over one io_binding: the state OrtValues are bound as input and
+    as output (updated in place by the graph), the token (int64 N x 1), position (int64 scalar) and logits
+    (float32 N x V) are numpy buffers shared with their OrtValues. ``step(tokens N, t)`` -> logits N x V (the
+    same buffer each call: read it before the next)."""
+
+    def __init__(self, spec: TokenAutoregressiveSpec, decode, state, labels: Mapping[str, Any], n: int):
+        self.token = np.zeros((n, 1), dtype=np.int64)
+        self.position = np.zeros((), dtype=np.int64)
+        self.logits = np.zeros((n, spec.vocab_size), dtype=np.float32)
+        self._keep = [ort_value(a) for a in (self.token, self.position, self.logits)]  # share the numpy memory
+        self.decode, self.binding = decode, decode.io_binding()
+        self.binding.bind_ortvalue_input(spec.token_input, self._keep[0])
+        self.binding.bind_ortvalue_input(spec.position_input, self._keep[1])
+        for k, v in labels.items():
+            self.binding.bind_ortvalue_input(k, v)
+        for (i, o), buf in zip(spec.state, state):
+            self.binding.bind_ortvalue_input(i, buf)
+            self.binding.bind_ortvalue_output(o, buf)
+        self.binding.bind_ortvalue_output(spec.output, self._keep[2])
+        self._state = state
+
+    def __call__(self, tokens: np.ndarray, t: int) -> np.ndarray:
+        self.token[:, 0] = tokens
+        self.position[...] = t
+        self.decode.run_with_iobinding(self.binding)
+        return self.logits
+
+
 def _check_sessions(spec: TokenAutoregressiveSpec, sessions: Mapping[str, Any]) -> None:
     """The prefill and decode graphs take the inputs the loop feeds (int64 ids, the state, labels when
     conditional) and return logits over the spec's vocabulary."""
     state_in = {i for i, _ in spec.state}
     state_out = [o for _, o in spec.state]
+    if spec.cache == "kv_static":
+        state_in = state_in | {spec.position_input}
     for name, ids, extra in ((spec.prefill, spec.tokens_input, set()), (spec.graph, spec.token_input, state_in)):
         sess = sessions[name]
         have = {i.name: i for i in sess.get_inputs()}

@@ -32,13 +32,22 @@ def _trained(family: str, steps: int = 3):
 # --- the transformer ------------------------------------------------------------------------------
 def test_gpt_kv_cache_decode_equals_full_recompute():
     model, x, y = _trained("gpt")
+    T = model.length
     full = model.run(x[:5, :8], y[:5])                                   # 5 x 8 x V
     logits, *cache = model.prefill_module()(x[:5, :3], y[:5])            # prefill 3 positions
     assert torch.allclose(logits, full[:, :3], atol=1e-5) and len(cache) == 2 * 2   # a key and a value per layer
-    for t in range(3, 8):                                                # then one token at a time
-        step, *cache = model.decode_module()(x[:5, t:t + 1], *cache)
-        assert all(c.shape == (5, 2, t + 1, 8) for c in cache)           # N x heads x P x head_dim
+    assert all(c.shape == (5, 2, T, 8) and not c[:, :, 3:].any() for c in cache)     # N x heads x T x head_dim
+    buffers = [c.data_ptr() for c in cache]
+    for t in range(3, 8):                                                # then one token at a time, in place
+        step, *cache = model.decode_module()(x[:5, t:t + 1], torch.tensor(t), *cache)
+        assert [c.data_ptr() for c in cache] == buffers                   # the same buffers, written at t
+        assert all(c[:, :, t].any() and not c[:, :, t + 1:].any() for c in cache)
         assert torch.allclose(step, full[:, t], atol=1e-5), t
+    # the exported graph's semantics: new caches, zero after the position (ORT's GroupQueryAttention unbound)
+    junk = [torch.randn_like(c) for c in cache]
+    step, *copied = model.decode_module(export=True)(x[:5, 7:8], torch.tensor(7), *junk)
+    assert all(c.data_ptr() not in buffers and not c[:, :, 8:].any() for c in copied)
+    assert all(torch.equal(c[:, :, :7], j[:, :, :7]) for c, j in zip(copied, junk))
 
 
 def test_gpt_is_causal_and_sees_its_class_token():
@@ -194,6 +203,33 @@ def test_run_sampler_is_deterministic_for_a_seed_and_checks_the_graphs(exported)
         check_sessions(spec, {"prefill": sessions["prefill"], "decode": exported["lstm"][1]["decode"]})
 
 
+def test_gpt_decode_graph_writes_its_kv_cache_in_place(exported):
+    """The decode graph's attention is ORT's GroupQueryAttention; bound output = input, it writes position t of
+    the same buffer (no copy per token) and gives the logits of the unbound run."""
+    import onnx
+
+    from serving.sampler_tokens import _InPlaceStep, ort_value
+
+    model, sessions = exported["gpt"]
+    spec = model.sampler()
+    path = sessions["decode"]._model_path
+    assert "GroupQueryAttention" in {n.op_type for n in onnx.load(path).graph.node}
+    assert spec.cache == "kv_static" and spec.to_json()["position_input"] == "position"
+    n, t = 3, 4
+    caches = [np.asarray(c, dtype=np.float32) for c in model.example_state(n, t)]          # positions 0..t-1 set
+    state = [ort_value(c.copy()) for c in caches]
+    step = _InPlaceStep(spec, sessions["decode"], state, {}, n)
+    tokens = np.array([5, 6, 7])
+    logits = step(tokens, t).copy()
+    plain = sessions["decode"].run(None, {"token": tokens[:, None], "position": np.array(t),
+                                          **{i: c for (i, _), c in zip(spec.state, caches)}})
+    assert np.allclose(logits, plain[0], atol=1e-5)
+    for buf, before, after in zip(state, caches, plain[1:]):
+        now = buf.numpy()
+        assert np.array_equal(now[:, :, :t], before[:, :, :t]) and np.allclose(now[:, :, t], after[:, :, t], atol=1e-6)
+        assert not now[:, :, t + 1:].any()
+
+
 # --- the spec -------------------------------------------------------------------------------------
 def _token_spec(**change) -> dict:
     model, _, _ = _trained("lstm", 0)
@@ -204,7 +240,7 @@ def _token_spec(**change) -> dict:
     (dict(max_len=11), r"max_len must be an int in \[1, 10\] \(the stored length 12 minus <bos> and <eos>\), got 11"),
     (dict(state=[["h"]]), r"state must be a list of \[input, output\] name pairs"),
     (dict(cache="none"), r"cache 'none' with state \[\('h', 'h_next'\), \('c', 'c_next'\)\]: a cache needs state"),
-    (dict(cache="paged"), r"cache 'paged' is not implemented \(known: kv, rnn, none\)"),
+    (dict(cache="paged"), r"cache 'paged' is not implemented \(known: kv, kv_static, rnn, none\)"),
     (dict(eos=1), "bos, eos and pad must be three different ids"),
     (dict(top_p=0), r"top_p must be a number in \(0, 1\] or null, got 0"),
     (dict(vocab_size=None), "vocab_size must be a positive int"),
