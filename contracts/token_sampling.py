@@ -38,12 +38,15 @@ def check_options(temperature: float, top_k: int | None, top_p: float | None, vo
 def filtered_weights(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None) -> np.ndarray:
     """Unnormalised float64 sampling weights N x V after temperature, top-k and top-p (steps 1-3 above)."""
-    lg = np.asarray(logits, dtype=np.float64) / float(temperature)
+    lg = np.array(logits, dtype=np.float64)                     # a fresh float64 copy, then in place
+    if temperature != 1:
+        lg /= float(temperature)
     n, v = lg.shape
     if top_k is not None and top_k < v:
         kth = np.partition(lg, v - top_k, axis=1)[:, v - top_k][:, None]
-        lg = np.where(lg >= kth, lg, -np.inf)
-    w = np.exp(lg - lg.max(axis=1, keepdims=True))
+        lg[lg < kth] = -np.inf
+    lg -= lg.max(axis=1, keepdims=True)
+    w = np.exp(lg, out=lg)
     if top_p is not None and top_p < 1.0:
         order = np.lexsort((np.broadcast_to(np.arange(v), w.shape), -w), axis=1)   # by weight desc, then id
         sorted_w = np.take_along_axis(w, order, axis=1)
@@ -60,9 +63,9 @@ def draw_tokens(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top
                 force_eos: np.ndarray | bool = False) -> np.ndarray:
     """int64 N tokens from logits N x V and uniforms N (see the module docstring)."""
     w = filtered_weights(logits, temperature, top_k, top_p)
-    cdf = np.cumsum(w, axis=1)
+    cdf = np.cumsum(w, axis=1, out=w)
     target = np.asarray(u, dtype=np.float64) * cdf[:, -1]
-    tok = (cdf[:, :-1] <= target[:, None]).sum(axis=1).astype(np.int64)
+    tok = np.count_nonzero(cdf[:, :-1] <= target[:, None], axis=1).astype(np.int64)
     tok = np.where(force_eos, EOS, tok)
     if done is not None:
         tok = np.where(done, PAD, tok)

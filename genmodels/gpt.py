@@ -75,8 +75,8 @@ def cached_attention(q, k, v, cache_k, cache_v, position, heads: int):
     d, p = c // heads, int(position)
     cache_k[:, :, p] = k.view(n, heads, d)
     cache_v[:, :, p] = v.view(n, heads, d)
-    att = torch.softmax((q.view(n, heads, 1, d) @ cache_k[:, :, :p + 1].transpose(-2, -1)) * (1.0 / math.sqrt(d)), dim=-1)
-    return (att @ cache_v[:, :, :p + 1]).view(n, 1, c), cache_k, cache_v            # N x H x 1 x D -> N x 1 x C
+    y = F.scaled_dot_product_attention(q.view(n, heads, 1, d), cache_k[:, :, :p + 1], cache_v[:, :, :p + 1])
+    return y.view(n, 1, c), cache_k, cache_v                                          # N x H x 1 x D -> N x 1 x C
 
 
 class _GroupQueryAttention(torch.autograd.Function):
@@ -116,7 +116,13 @@ class SelfAttention(nn.Module):
             y, k, v = step(q, k, v, cache[0], cache[1], position, self.heads)
             return self.resid_drop(self.proj(y)), k, v
         q, k, v = (t.view(n, length, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        if torch.jit.is_tracing():  # the exported prefill: the exporter's SDPA scales q and k^T apart, and ONNX
+            # Runtime multiplies k^T (last axis 1) element by element (a third of a prefill of <bos>); one scale on q
+            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+            att = ((q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)).masked_fill(causal, float("-inf"))
+            y = torch.softmax(att, dim=-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         y = y.transpose(1, 2).reshape(n, length, c)
         return self.resid_drop(self.proj(y)), k, v
 
