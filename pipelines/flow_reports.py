@@ -179,7 +179,8 @@ def family_info(params: dict[str, Any], root: Path, family: str, results: dict[s
         checks = record.get("checks") or []
     other = before is not None and (current is None or str(before.version) != str(current.version))
     tags, champ_tags = (dict(current.tags) if current else {}), (dict(before.tags) if other else None)
-    info["metrics"] = [(m, observed(tags, m), observed(champ_tags, m)) for m in dict.fromkeys([primary, *SHOW_OUTPUTS])]
+    info["metrics"] = [(m, observed(tags, m), observed(champ_tags, m)) for m in dict.fromkeys([primary, *SHOW_OUTPUTS])
+                       if m == primary or observed(tags, m) is not None or observed(champ_tags, m) is not None]
     info["checks"] = checks
     if current is not None:
         info["version_link"] = mlflow_link(f"{name} v{current.version}", f"#/models/{name}/versions/{current.version}")

@@ -327,7 +327,8 @@ def _reasons(tags: dict[str, str]) -> str:
 def records(name: str) -> list[dict[str, Any]]:
     """`registry show --json`: one typed record per version, oldest first: version (int), aliases (list),
     created (ISO 8601, UTC), git_commit and data_sha256 (full), metrics ({output: float or None}, the main
-    ones, evaluation.suite.SHOW_OUTPUTS; mode_collapse as a bool), primary_metric and primary_value, decision,
+    ones, evaluation.suite.SHOW_OUTPUTS that some version of this model has; mode_collapse as a bool),
+    primary_metric and primary_value, decision,
     reasons (a list), approval ({decision, by, at, reason, via} or None). Raises GenforgeError for an
     unknown model."""
     from evaluation.suite import SHOW_OUTPUTS
@@ -335,9 +336,11 @@ def records(name: str) -> list[dict[str, Any]]:
     c = tracking.client()
     model = registry_state.require_model(c, name)
     out = []
-    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
+    versions = sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version))
+    shown = [k for k in SHOW_OUTPUTS if any(observed(dict(mv.tags), k) is not None for mv in versions)]
+    for mv in versions:
         tags, version = dict(mv.tags), int(mv.version)
-        metrics: dict[str, Any] = {key: observed(tags, key) for key in SHOW_OUTPUTS}
+        metrics: dict[str, Any] = {key: observed(tags, key) for key in shown}
         if metrics.get("mode_collapse") is not None:
             metrics["mode_collapse"] = bool(metrics["mode_collapse"])
         primary = tags.get("promotion.primary_metric")
@@ -358,7 +361,8 @@ def records(name: str) -> list[dict[str, Any]]:
 
 def show(name: str) -> list[dict[str, Any]]:
     """One row per version, oldest first: version, aliases, created (UTC), git (short commit), data (sha256
-    prefix), the main metrics (evaluation.suite.SHOW_OUTPUTS), primary (the gate's primary metric and value),
+    prefix), the main metrics (those of evaluation.suite.SHOW_OUTPUTS some version has), primary (the gate's
+    primary metric and value),
     decision and reasons (a rejected version's failed checks, a manual decision's reason). Raises
     GenforgeError for an unknown model."""
     from evaluation.suite import SHOW_OUTPUTS
@@ -369,13 +373,15 @@ def show(name: str) -> list[dict[str, Any]]:
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
     rows = []
-    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
+    versions = sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version))
+    shown = [k for k in SHOW_OUTPUTS if any(observed(dict(mv.tags), k) is not None for mv in versions)]
+    for mv in versions:
         tags = dict(mv.tags)
         created = dt.datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, dt.timezone.utc)
         row = {"version": int(mv.version), "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
                "created": created.strftime("%Y-%m-%d %H:%M UTC"), "git": tags.get("git_commit", "")[:8] or "-",
                "data": tags.get("data_sha256", "")[:12]}
-        for key in SHOW_OUTPUTS:
+        for key in shown:  # the metrics some version of this model has (another modality's: none)
             v = observed(tags, key)
             row[key] = "-" if v is None else (("yes" if v else "no") if key == "mode_collapse" else round(v, 4))
         primary = tags.get("promotion.primary_metric")

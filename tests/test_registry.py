@@ -137,6 +137,23 @@ def test_registry_show_lists_versions_side_by_side(registry_env, cli):
     assert proc.returncode == 1 and "no registered model 'digits-nope'" in proc.stderr
 
 
+def test_registry_show_has_the_columns_of_the_models_own_metrics():
+    """A text model's versions show bits/char, the Fréchet text ratio and novelty, and no FID columns; an image
+    model's the FID family and no text ones: a column appears when a version of that model has the metric."""
+    from pipelines.registry import records
+
+    c = tracking.client()
+    for name, tags in (("names-gpt", {"metric.bits_per_char": "3.07", "metric.frechet_text_ratio": "4.2",
+                                      "metric.novelty": "0.83"}),
+                       ("digits-dcgan", {"metric.fid": "1.5", "metric.fid_ratio": "12.0", "metric.novelty": "nan?"})):
+        c.create_registered_model(name)
+        c.create_model_version(name, source="file:///nowhere", tags=tags)
+    text, image = show("names-gpt")[0], show("digits-dcgan")[0]
+    assert {"bits_per_char", "frechet_text_ratio", "novelty"} <= set(text) and not {"fid", "fid_ratio", "coverage"} & set(text)
+    assert {"fid", "fid_ratio"} <= set(image) and not {"bits_per_char", "novelty", "recall"} & set(image)
+    assert records("names-gpt")[0]["metrics"] == {"bits_per_char": 3.07, "frechet_text_ratio": 4.2, "novelty": 0.83}
+
+
 def test_gate_hard_thresholds_each_block_promotion():
     good = {"metric.fid_ratio": "2.0", "metric.coverage": "0.8", "metric.class_coverage": "1.0",
             "metric.copy_rate": "0.0", "metric.mode_collapse": "0", "parity_max_abs_error": "1e-6", "validated": "true"}

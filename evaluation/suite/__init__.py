@@ -44,9 +44,13 @@ METRICS: dict[str, str] = {
 }
 
 # the headline outputs: `registry show` columns and the values `evaluate` returns (rounded)
-SHOW_OUTPUTS = ("fid", "fid_real_floor", "fid_ratio", "coverage", "recall", "class_coverage", "mode_collapse")
-HEADLINE_OUTPUTS = (*SHOW_OUTPUTS, "anomaly_auroc", "nll_nats", "conditional_accuracy",
-                    "bits_per_char", "frechet_text", "frechet_text_real_floor", "frechet_text_ratio", "novelty")
+# the main metrics of `genforge registry show`, the flow's summary and the review: a column appears when a
+# version has the metric (images: the FID family; tokens: bits/char, the Fréchet text ratio, novelty)
+SHOW_OUTPUTS = ("fid", "fid_real_floor", "fid_ratio", "coverage", "recall", "class_coverage", "mode_collapse",
+                "bits_per_char", "frechet_text_ratio", "novelty", "conditional_accuracy")
+HEADLINE_OUTPUTS = tuple(dict.fromkeys((*SHOW_OUTPUTS, "anomaly_auroc", "nll_nats", "conditional_accuracy",
+                                        "bits_per_char", "frechet_text", "frechet_text_real_floor",
+                                        "frechet_text_ratio", "novelty")))
 
 
 def closest(word: str, known: Any) -> str:
