@@ -5,6 +5,7 @@ it passes or not: later stages refuse a dataset whose latest report failed or is
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,12 +18,11 @@ from contracts.modalities import get_modality
 from pipelines import catalog
 from pipelines.dataset import SPLITS, PreparedDataset, open_prepared, sha256_file
 from pipelines.errors import GenforgeError, ValidationFailed
+from pipelines.settings.sections import ValidationSettings
 
-DEFAULTS = {"min_train_samples": 1000, "min_test_samples": 100, "min_class_share": 0.05,
-            "max_leaked_images": 0, "pixel_min": 0, "pixel_max": 255,
-            # laid over the top level for tokens data (the modality's validation_thresholds)
-            "tokens": {"min_length": 1, "max_length": None, "max_duplicate_rate": 0.05, "min_vocab_coverage": 0.99,
-                       "max_length_shift": 0.25, "min_class_share": 0.01}}
+# `validation.*` defaults, written once in the settings schema (a modality's nested section, e.g.
+# `validation.tokens`, is laid over the top level by that modality's validation_thresholds)
+DEFAULTS: dict[str, Any] = dataclasses.asdict(ValidationSettings())
 
 
 def report_path(root: Path, dataset: str) -> Path:

@@ -252,7 +252,8 @@ def expectations(thresholds: dict[str, Any], reference: dict[str, Any] | None = 
                  ) -> list[tuple[str, dict[str, Any]]]:
     """The tokens expectations, as (Great Expectations class name, kwargs) on the summary table of one split.
 
-    ``thresholds`` (``validation`` with ``validation.tokens`` laid over it): ``min_length``/``max_length``
+    ``thresholds`` (``validation`` with ``validation.tokens`` laid over it, every key present: the stage merges
+    the schema's defaults, pipelines/settings/sections.py): ``min_length``/``max_length``
     (characters; max null: what the layout holds), ``max_duplicate_rate`` (share of rows whose text repeats an
     earlier row of the split), ``min_vocab_coverage`` (share of rows whose every character is in the
     vocabulary), ``max_length_shift`` (the 5/50/95 % length quantiles within this relative distance of the
@@ -263,16 +264,16 @@ def expectations(thresholds: dict[str, Any], reference: dict[str, Any] | None = 
         ("ExpectColumnValuesToBeBetween", {"column": "well_formed", "min_value": 1, "max_value": 1}),
         ("ExpectColumnValuesToBeBetween", {"column": "valid_utf8", "min_value": 1, "max_value": 1}),
         ("ExpectColumnValuesToBeBetween", {"column": "bad_control", "min_value": 0, "max_value": 0}),
-        ("ExpectColumnValuesToBeBetween", {"column": "length", "min_value": int(t.get("min_length", 1)),
-                                           "max_value": t.get("max_length")}),
+        ("ExpectColumnValuesToBeBetween", {"column": "length", "min_value": int(t["min_length"]),
+                                           "max_value": t["max_length"]}),
         ("ExpectColumnProportionOfUniqueValuesToBeBetween",
-         {"column": "hash", "min_value": max(0.0, 1.0 - float(t.get("max_duplicate_rate", 0.05))), "max_value": 1.0}),
-        ("ExpectColumnMeanToBeBetween", {"column": "covered", "min_value": float(t.get("min_vocab_coverage", 0.99)),
+         {"column": "hash", "min_value": max(0.0, 1.0 - float(t["max_duplicate_rate"])), "max_value": 1.0}),
+        ("ExpectColumnMeanToBeBetween", {"column": "covered", "min_value": float(t["min_vocab_coverage"]),
                                          "max_value": 1.0}),
     ]
     lengths = None if reference is None else np.asarray(reference.get("length", []), dtype=np.float64)
     if lengths is not None and lengths.size:
-        shift = float(t.get("max_length_shift", 0.25))
+        shift = float(t["max_length_shift"])
         qs = (0.05, 0.5, 0.95)
         ranges = [[float(np.floor(q * (1 - shift))) - 1, float(np.ceil(q * (1 + shift))) + 1]
                   for q in np.quantile(lengths, qs)]
