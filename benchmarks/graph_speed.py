@@ -63,14 +63,15 @@ ORT_METHODS = ("ort", "ort_spin", "ort_int8")
 TORCH_METHODS = ("eager", "eager_cl", "eager_bf16", "compile")
 
 
-def _rate(fn, batch: int, seconds: float) -> float:
-    """Samples/s of ``fn`` (one batch per call) over about ``seconds`` (at least 2 calls)."""
-    reps, elapsed, start = 0, 0.0, time.perf_counter()
+def _rate(fn, batch: int, seconds: float) -> tuple[float, float]:
+    """(samples per wall second, samples per CPU second of this process) of ``fn`` (one batch per call)
+    over about ``seconds`` of wall time, at least 2 calls."""
+    reps, elapsed, start, cpu0 = 0, 0.0, time.perf_counter(), time.process_time()
     while elapsed < seconds or reps < 2:
         fn()
         reps += 1
         elapsed = time.perf_counter() - start
-    return reps * batch / elapsed
+    return reps * batch / elapsed, reps * batch / max(time.process_time() - cpu0, 1e-9)
 
 
 def _entries(spec: str):
@@ -128,14 +129,14 @@ def _int8_model(path: Path, feeds_list: list[dict], out: Path) -> Path:
     return out
 
 
-def sgemm_gflops(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
+def sgemm_gflops(threads: int, clock: str = "wall", n: int = 1024, seconds: float = 1.0) -> float:
     """Measured fp32 matmul GFLOP/s (torch.mm n x n) at ``threads``: the attainable peak beside the assumed one."""
     import torch
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    return 2 * n ** 3 * _rate(lambda: torch.mm(a, b), 1, seconds) / 1e9
+    return 2 * n ** 3 * _rate(lambda: torch.mm(a, b), 1, seconds)[0 if clock == "wall" else 1] / 1e9
 
 
 def _session(path: Path, threads: int, spin: bool = False, profile: str | None = None):
@@ -201,8 +202,11 @@ def _torch_fns(module, tensors, methods, threads: int, compile_times: dict):
 
 
 def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, methods, rounds: int,
-                  seconds: float, int8_path: Path | None = None) -> tuple[dict[str, float], dict]:
-    """Median samples/s per method for graph ``g`` (exported at ``path``) at ``batch`` and ``threads``."""
+                  seconds: float, int8_path: Path | None = None, clock: str = "wall") -> tuple[dict[str, float], dict]:
+    """Median samples/s per method for graph ``g`` (exported at ``path``) at ``batch`` and ``threads``:
+    per wall second (``clock="wall"``) or per CPU second of this process (``"cpu"``: robust to other
+    processes' load at 1 thread, where every method computes in the calling thread; at 2 threads it is
+    work efficiency, not latency). Also returns {threads: compile seconds or failure}."""
     import torch
 
     torch.set_num_threads(threads)
@@ -227,7 +231,7 @@ def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, 
             fn(), fn()
         for _ in range(rounds):
             for name, fn in fns.items():
-                rates[name].append(_rate(fn, batch, seconds))
+                rates[name].append(_rate(fn, batch, seconds)[0 if clock == "wall" else 1])
     return {k: statistics.median(v) for k, v in rates.items()}, compile_times
 
 
@@ -254,6 +258,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print ORT's per-op share of kernel time")
     ap.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS, help="fp32 peak of one core")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s, 1 thread, batch 64, no compile")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="samples per wall second, or per CPU second of this process (robust on a loaded machine "
+                         "at 1 thread)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     if args.quick:
@@ -274,8 +281,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.2f}; fp32 peak assumed {args.peak_gflops:.0f} GFLOP/s per core; untrained seeded "
           "weights", flush=True)
-    sgemm = {t: sgemm_gflops(t) for t in threads_list}
-    print("measured fp32 sgemm (torch.mm 1024^2): " + ", ".join(
+    sgemm = {t: sgemm_gflops(t, args.clock) for t in threads_list}
+    print(f"measured fp32 sgemm (torch.mm 1024^2, per {args.clock} second): " + ", ".join(
         f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in sgemm.items()), flush=True)
     rows, compile_rows, profiles = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,7 +310,7 @@ def main() -> None:
                         profiles[f"{entry}/{g.name}"] = ort_profile(path, feeds)
                     for threads in threads_list:
                         r, ct = measure_graph(g, path, batch, threads, ncls, methods=methods, rounds=args.rounds,
-                                              seconds=args.seconds, int8_path=int8)
+                                              seconds=args.seconds, int8_path=int8, clock=args.clock)
                         best_eager = max(r.get("eager", 0), r.get("eager_cl", 0)) or None
                         row = {"graph": f"{entry}/{g.name}", "inputs": shape, "batch": batch, "threads": threads,
                                **{m: _fmt(r.get(m)) for m in methods},
@@ -320,7 +327,7 @@ def main() -> None:
                             compile_rows.append({"graph": row["graph"], "batch": batch, "threads": threads,
                                                  "compile s (first call)": _fmt(ct[threads], ".1f")
                                                  if isinstance(ct[threads], float) else ct[threads]})
-    print(f"\nsamples/s per method, median of {args.rounds} interleaved rounds (targets: ORT/best eager >= 1.5, "
+    print(f"\nsamples per {args.clock} second per method, median of {args.rounds} interleaved rounds (targets: ORT/best eager >= 1.5, "
           "ORT/compile >= 1.0, ORT/bf16 >= 1.0; heavy graphs >= 50% of the fp32 peak):")
     print_table(rows, list(rows[0]))
     if compile_rows:
