@@ -105,8 +105,9 @@ def _flops_per_sample(module, tensors, batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def _int8_model(path: Path, feeds_list: list[dict], out: Path) -> Path:
-    """A static QDQ int8 copy of ``path`` calibrated on ``feeds_list`` (MinMax), written to ``out``."""
+def _int8_model(path: Path, feeds_list: list[dict], out: Path, exclude: list[str] | None = None) -> Path:
+    """A static QDQ int8 copy of ``path`` calibrated on ``feeds_list`` (MinMax), written to ``out``; the nodes
+    named in ``exclude`` stay fp32."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
 
@@ -123,7 +124,8 @@ def _int8_model(path: Path, feeds_list: list[dict], out: Path) -> Path:
     try:
         quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=list(exclude or []))
     finally:
         root.setLevel(level)
     return out
