@@ -23,7 +23,7 @@ the example's 5 prompt tokens / 3 cached positions). Each method is timed in int
 method once per round, ~``--seconds`` each) and the median round is reported, so load from other processes
 hits all methods alike. FLOPs are counted once per graph and sample with ``torch.utils.flop_counter.
 FlopCounterMode`` on the eager module (matmul/conv/bmm FLOPs, 2 per multiply-add; elementwise ops not
-counted; LSTM cells are not counted), and ORT's GFLOP/s is printed as a share of ``--peak-gflops`` x threads
+counted; nn.LSTM's gate matmuls added by hand), and ORT's GFLOP/s is printed as a share of ``--peak-gflops`` x threads
 and of a measured fp32 sgemm (torch.mm 1024 x 1024, the attainable peak) at the same thread count. ``--profile`` adds ORT's
 profiler: the share of kernel time per op type, per graph, at 1 thread.
 
@@ -97,12 +97,28 @@ def _inputs(g, batch: int, num_classes: int, seed: int = 0):
 
 
 def _flops_per_sample(module, tensors, batch: int) -> float:
+    """Matmul/conv FLOPs per sample of one forward (FlopCounterMode: 2 per multiply-add), plus nn.LSTM's gate
+    matmuls, which FlopCounterMode does not see (2 x 4H x (input + H) per layer, position and sample)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(*tensors)
-    return counter.get_total_flops() / batch
+    lstm_flops = []
+
+    def on_lstm(mod, inputs, _out):
+        x = inputs[0]
+        steps = x.shape[0] * (x.shape[1] if x.dim() == 3 else 1)  # samples x positions (batch_first or not)
+        h = mod.hidden_size
+        sizes = [mod.input_size] + [h * (2 if mod.bidirectional else 1)] * (mod.num_layers - 1)
+        lstm_flops.append(sum(2 * 4 * h * (i + h) for i in sizes) * steps * (2 if mod.bidirectional else 1))
+
+    hooks = [m.register_forward_hook(on_lstm) for m in module.modules() if isinstance(m, torch.nn.LSTM)]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(*tensors)
+    finally:
+        for h in hooks:
+            h.remove()
+    return (counter.get_total_flops() + sum(lstm_flops)) / batch
 
 
 def _int8_model(path: Path, feeds_list: list[dict], out: Path, exclude: list[str] | None = None) -> Path:

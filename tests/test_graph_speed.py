@@ -68,3 +68,9 @@ def test_int8_variant_is_a_qdq_graph_close_to_fp32(tmp_path):
         ref = g.module(*tensors).numpy()
     err = np.abs(got - ref).max()
     assert 0 < err < 0.05 * np.abs(ref).max()  # quantized (not bit-equal), yet within a few % of the range
+
+
+def test_lstm_gate_flops_are_counted():
+    lstm = nn.LSTM(3, 5, num_layers=2, batch_first=True)
+    # per sample and position: layer 1 2 x 4*5 x (3 + 5), layer 2 2 x 4*5 x (5 + 5)
+    assert _flops_per_sample(lstm, [torch.zeros(2, 7, 3)], 2) == 7 * (2 * 20 * 8 + 2 * 20 * 10)
