@@ -37,10 +37,10 @@ def calibration_feeds(scorer, spec, batches: int, batch: int = 64, seed: int = 0
     import numpy as np
 
     from contracts.diffusion import ddim_timesteps
+    from contracts.modalities.image import to_model
 
     rng = np.random.default_rng(seed)
-    train = scorer.ds.load("train")[0]
-    x0_all = np.asarray(train, dtype=np.float32) * 2 - 1
+    x0_all = to_model(np.asarray(scorer.ds.load("train")[0])) * 2 - 1  # stored uint8 -> [0, 1] -> [-1, 1]
     acp = np.asarray(spec.alphas_cumprod, dtype=np.float64)
     steps = np.asarray(ddim_timesteps(len(acp), spec.sample_steps), dtype=np.int64)
     feeds = []
