@@ -258,6 +258,21 @@ def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, 
     return {k: statistics.median(v) for k, v in rates.items()}, compile_times
 
 
+def _misses(graph: str, batch: int, threads: int, r: dict, best_eager, flops: float, peak: float) -> list[str]:
+    """One line per missed target of a row, with the share of the fp32 peak ORT runs at and would need."""
+    ort_gf = flops * r["ort"] / 1e9
+    at = f"{graph} batch {batch}, {threads} thread(s): ORT runs at {100 * ort_gf / peak:.0f}% of the fp32 peak"
+    out = []
+    for name, other, target in (("1.5x best fp32 eager", best_eager, 1.5), ("torch.compile", r.get("compile"), 1.0),
+                                ("bf16 autocast", r.get("eager_bf16"), 1.0)):
+        if other and r["ort"] < target * other:
+            need = 100 * target * other * flops / 1e9 / peak
+            int8 = f"; ORT int8 (speed only) {r['ort_int8'] / other:.2f}x" if r.get("ort_int8") and name != \
+                "torch.compile" else ""
+            out.append(f"{at}; {name} needs {target * other:,.0f} samples/s = {need:.0f}% of the peak{int8}")
+    return out
+
+
 def _fmt(x, spec=",.0f"):
     return "-" if x is None else format(x, spec)
 
@@ -307,7 +322,7 @@ def main() -> None:
     sgemm = {t: sgemm_gflops(t, args.clock) for t in threads_list}
     print(f"measured fp32 sgemm (torch.mm 1024^2, per {args.clock} second): " + ", ".join(
         f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in sgemm.items()), flush=True)
-    rows, compile_rows, profiles = [], [], {}
+    rows, compile_rows, profiles, misses = [], [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for family, values, entry in _entries(args.families):
             cls = get_family(family)
@@ -346,6 +361,8 @@ def main() -> None:
                                "% of sgemm": f"{100 * flops * r['ort'] / 1e9 / sgemm[threads]:.0f}%"}
                         rows.append(row)
                         print(f"  {json.dumps(row)}", flush=True)
+                        misses.extend(_misses(row["graph"], batch, threads, r, best_eager, flops,
+                                              args.peak_gflops * threads))
                         if ct:
                             compile_rows.append({"graph": row["graph"], "batch": batch, "threads": threads,
                                                  "compile s (first call)": _fmt(ct[threads], ".1f")
@@ -359,6 +376,10 @@ def main() -> None:
     for name, shares in profiles.items():
         top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:6])
         print(f"ORT profile {name} (1 thread, share of kernel time): {top}")
+    if misses:
+        print("\nTargets missed, with what they would take (the profile above says where ORT's time goes):")
+        for line in misses:
+            print(f"  {line}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (a shared machine: "
           "compare the methods of one row, not rows of different runs)")
     if args.json:

@@ -74,3 +74,15 @@ def test_lstm_gate_flops_are_counted():
     lstm = nn.LSTM(3, 5, num_layers=2, batch_first=True)
     # per sample and position: layer 1 2 x 4*5 x (3 + 5), layer 2 2 x 4*5 x (5 + 5)
     assert _flops_per_sample(lstm, [torch.zeros(2, 7, 3)], 2) == 7 * (2 * 20 * 8 + 2 * 20 * 10)
+
+
+def test_missed_targets_say_what_they_would_take():
+    from benchmarks.graph_speed import _misses
+
+    # ORT 100 samples/s at 1 GFLOP/sample on a 200 GFLOP/s peak: 50%; bf16 at 150 needs 75%; eager 80 -> 1.5x needs 120
+    lines = _misses("g/x", 8, 1, {"ort": 100, "eager_bf16": 150, "ort_int8": 180, "compile": 90}, 80, 1e9, 200)
+    assert lines == ["g/x batch 8, 1 thread(s): ORT runs at 50% of the fp32 peak; 1.5x best fp32 eager needs 120 "
+                     "samples/s = 60% of the peak; ORT int8 (speed only) 2.25x",
+                     "g/x batch 8, 1 thread(s): ORT runs at 50% of the fp32 peak; bf16 autocast needs 150 samples/s "
+                     "= 75% of the peak; ORT int8 (speed only) 1.20x"]
+    assert _misses("g/x", 8, 1, {"ort": 100}, 50, 1e9, 200) == []
