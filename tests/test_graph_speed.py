@@ -14,7 +14,6 @@ from torch import nn
 from benchmarks.graph_speed import _flops_per_sample, _inputs, _int8_model, measure_graph, ort_profile
 from genmodels.base import OnnxGraph
 from serving.export import export_model
-from tests.test_serving import TINY_VAE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,7 +28,7 @@ def _conv_graph() -> OnnxGraph:
 def test_every_method_is_timed_on_the_exported_graph(tmp_path):
     from genmodels.vae import VAE, VAEConfig
 
-    model = VAE(VAEConfig(**TINY_VAE)).eval()
+    model = VAE(VAEConfig(image_shape=(1, 8, 8), latent_dim=4, width=4, hidden=16, seed=0)).eval()
     export_model(model, tmp_path / "vae")
     g = model.onnx_graphs()[0]
     methods = ("ort", "ort_spin", "eager", "eager_cl", "eager_bf16")
