@@ -267,8 +267,8 @@ def _misses(graph: str, batch: int, threads: int, r: dict, best_eager, flops: fl
                                 ("bf16 autocast", r.get("eager_bf16"), 1.0)):
         if other and r["ort"] < target * other:
             need = 100 * target * other * flops / 1e9 / peak
-            int8 = f"; ORT int8 (speed only) {r['ort_int8'] / other:.2f}x" if r.get("ort_int8") and name != \
-                "torch.compile" else ""
+            int8 = (f"; ORT int8 (speed only) runs {r['ort_int8'] / other:.2f}x {name.removeprefix('1.5x ')}"
+                    if r.get("ort_int8") and name != "torch.compile" else "")
             out.append(f"{at}; {name} needs {target * other:,.0f} samples/s = {need:.0f}% of the peak{int8}")
     return out
 

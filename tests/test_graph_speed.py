@@ -81,7 +81,7 @@ def test_missed_targets_say_what_they_would_take():
     # ORT 100 samples/s at 1 GFLOP/sample on a 200 GFLOP/s peak: 50%; bf16 at 150 needs 75%; eager 80 -> 1.5x needs 120
     lines = _misses("g/x", 8, 1, {"ort": 100, "eager_bf16": 150, "ort_int8": 180, "compile": 90}, 80, 1e9, 200)
     assert lines == ["g/x batch 8, 1 thread(s): ORT runs at 50% of the fp32 peak; 1.5x best fp32 eager needs 120 "
-                     "samples/s = 60% of the peak; ORT int8 (speed only) 2.25x",
+                     "samples/s = 60% of the peak; ORT int8 (speed only) runs 2.25x best fp32 eager",
                      "g/x batch 8, 1 thread(s): ORT runs at 50% of the fp32 peak; bf16 autocast needs 150 samples/s "
-                     "= 75% of the peak; ORT int8 (speed only) 1.20x"]
+                     "= 75% of the peak; ORT int8 (speed only) runs 1.20x bf16 autocast"]
     assert _misses("g/x", 8, 1, {"ort": 100}, 50, 1e9, 200) == []
