@@ -16,6 +16,7 @@ N = 1,000): w 0/1/2/3/5/7/10 -> FID ratio 244/175/115/102/105/123/167, condition
 0.11/0.64/0.83/0.89/0.92/0.94/0.94: accuracy saturates near 0.94 on the 20-epoch model, below the target.
 
     python -m benchmarks.ddpm_guidance [--scales 0,1,2,3,5] [--sampler S] [--steps K] [--threads 2] [--label 7]
+                                       [--set model.ddpm.epochs=40 ...]   # a variant, trained and cached once
 """
 from __future__ import annotations
 
@@ -43,20 +44,24 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--label", type=int, default=7, help="then 100 samples of this class (-1: skip)")
     ap.add_argument("--label-scale", type=float, default=3.0)
+    ap.add_argument("--set", action="append", default=[], help="a params override (repeatable): score a variant "
+                    "of the default conditional ddpm (trained once, cached in its own folder)")
     args = ap.parse_args()
+    sets = tuple(args.set)
     scales = [float(w) for w in args.scales.split(",")]
 
     from benchmarks._common import print_table
 
-    folder = cache.trained(True)
-    info = json.loads((cache.project(True) / "bench.json").read_text())
-    print(f"conditional ddpm: {folder} (trained once in {info['train_seconds']:.0f} s, {info['torch_threads']} torch "
-          f"thread(s)); load {os.getloadavg()[0]:.1f}")
-    scorer = cache.Scorer(True)
+    folder = cache.trained(True, sets=sets)
+    info = json.loads((cache.project(True, sets) / "bench.json").read_text())
+    print(f"conditional ddpm{' ' + ' '.join(sets) if sets else ''}: {folder} (trained once in "
+          f"{info['train_seconds']:.0f} s, {info['torch_threads']} torch thread(s), {info.get('epochs')} epochs); "
+          f"load {os.getloadavg()[0]:.1f}")
+    scorer = cache.Scorer(True, sets)
     print(f"N = {scorer.n}, real-vs-real FID floor {scorer.floor:.4f}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        _, exported = cache.onnx_model(True, Path(tmp))
+        _, exported = cache.onnx_model(True, Path(tmp), sets)
         base, sess = cache.sessions(exported, args.threads)
         base = base.with_sampling(sampler=args.sampler, steps=args.steps)
         print(f"sampler {base.sampler}, {base.sample_steps} steps")
