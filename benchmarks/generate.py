@@ -24,8 +24,9 @@ the variable is unset; glibc reads it at start-up), which is printed.
     python benchmarks/generate.py --cli 'generate mnist5k-ddpm@champion -n 10000 --out outputs/x'   # in a project
 
 ``--cli ARGS`` measures the command line itself instead: `genforge ARGS` in a fresh subprocess in the
-current directory (the project: its registry, its generator cache), its peak RSS (VmHWM, read at exit) and
-wall seconds (start-up, registry resolution and writes included), and prints the command's own summary.
+current directory (the project: its registry, its generator cache), its peak RSS (VmHWM, read at exit),
+wall seconds (start-up, registry resolution and writes included) and CPU seconds (user + system, the
+measure that holds on a shared machine), and prints the command's own summary.
 
 ``--tune`` adds the session options and batch sizes tried before settling (spinning on/off,
 sequential/parallel execution, batch 64/256/1024).
@@ -67,12 +68,13 @@ print(json.dumps({{"peak_rss_mib": hwm / 1024, "ru_maxrss_mib": resource.getrusa
 
 
 CLI_CASE = r"""
-import atexit, json, runpy, sys, time
+import atexit, json, os, runpy, sys, time
 t0 = time.perf_counter()
 def _report():
     hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     with open({report!r}, "w") as f:
         json.dump({{"peak_rss_mib": hwm / 1024, "seconds": time.perf_counter() - t0,
+                   "cpu_seconds": os.times().user + os.times().system,
                    "torch_loaded": "torch" in sys.modules}}, f)
 atexit.register(_report)
 sys.path.insert(0, {root!r})
@@ -95,7 +97,8 @@ def _cli_run(args: str) -> None:
             raise SystemExit(f"error: genforge {args} exited {proc.returncode}")
         r = json.loads(report.read_text())
     print(f"peak RSS (VmHWM) {r['peak_rss_mib']:.0f} MiB (target <= {RSS_TARGET_MIB}), wall {r['seconds']:.1f} s "
-          f"end to end, torch imported: {r['torch_loaded']}")
+          f"end to end, CPU {r['cpu_seconds']:.1f} s (user + system: what a stopped or starved process does not "
+          f"count), torch imported: {r['torch_loaded']}")
 
 
 def _ensure_tunables() -> None:
