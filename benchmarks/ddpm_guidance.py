@@ -17,10 +17,16 @@ N = 1,000): w 0/1/2/3/5/7/10 -> FID ratio 244/175/115/102/105/123/167, condition
 
     python -m benchmarks.ddpm_guidance [--scales 0,1,2,3,5] [--sampler S] [--steps K] [--threads 2] [--label 7]
                                        [--set model.ddpm.epochs=40 ...]   # a variant, trained and cached once
+                                       [--interval 200,800]   # also: guidance only for t in [200, 800]
+
+``--interval LO,HI`` (a measurement, not a sampler option): each w again with guidance applied only at
+steps whose timestep t is in [LO, HI] and the plain conditional prediction (w = 1) elsewhere (the
+guidance interval of Kynkäänniemi et al. 2024); the pick is made among the plain rows only.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -44,10 +50,12 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--label", type=int, default=7, help="then 100 samples of this class (-1: skip)")
     ap.add_argument("--label-scale", type=float, default=3.0)
+    ap.add_argument("--interval", default=None, help="LO,HI: also each w guided only for t in [LO, HI]")
     ap.add_argument("--set", action="append", default=[], help="a params override (repeatable): score a variant "
                     "of the default conditional ddpm (trained once, cached in its own folder)")
     args = ap.parse_args()
     sets = tuple(args.set)
+    interval = tuple(int(v) for v in args.interval.split(",")) if args.interval else None
     scales = [float(w) for w in args.scales.split(",")]
 
     from benchmarks._common import print_table
@@ -59,19 +67,23 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f}")
     scorer = cache.Scorer(True, sets)
     print(f"N = {scorer.n}, real-vs-real FID floor {scorer.floor:.4f}")
-    rows = []
+    rows, extra = [], []
     with tempfile.TemporaryDirectory() as tmp:
         _, exported = cache.onnx_model(True, Path(tmp), sets)
         base, sess = cache.sessions(exported, args.threads)
         base = base.with_sampling(sampler=args.sampler, steps=args.steps)
         print(f"sampler {base.sampler}, {base.sample_steps} steps")
-        for w in scales:
+        for w, within in [(w, None) for w in scales] + ([(w, interval) for w in scales if w > 1] if interval else []):
             spec = base.with_sampling(guidance_scale=w)
-            images, labels, seconds = cache.generate(spec, sess, scorer.n, num_classes=int(scorer.ds.num_classes))
+            with _guidance_interval(within):
+                images, labels, seconds = cache.generate(spec, sess, scorer.n, num_classes=int(scorer.ds.num_classes))
             row = {"guidance_scale": w, **scorer.score(images, labels), "samples_per_s": scorer.n / seconds}
-            rows.append(row)
-            print(f"  w={w:g}: fid ratio {row['fid_ratio']:.3f}, conditional accuracy "
-                  f"{row['conditional_accuracy']:.3f}, {row['samples_per_s']:.1f} samples/s", flush=True)
+            if within:
+                row["interval"] = list(within)
+            (extra if within else rows).append(row)
+            print(f"  w={w:g}{f' for t in {list(within)}' if within else ''}: fid ratio {row['fid_ratio']:.3f}, "
+                  f"conditional accuracy {row['conditional_accuracy']:.3f}, {row['samples_per_s']:.1f} samples/s",
+                  flush=True)
         if args.label >= 0:  # the issue's check: `generate -n 100 --label 7 --guidance-scale 3`
             spec = base.with_sampling(guidance_scale=args.label_scale)
             images, labels, _ = cache.generate(spec, sess, 100, label=args.label, num_classes=int(scorer.ds.num_classes))
@@ -85,13 +97,40 @@ def main() -> None:
     print_table([dict(zip(cols, [f"{r['guidance_scale']:g}", f"{r['fid_ratio']:.3f}",
                                  f"{r['conditional_accuracy']:.3f}", f"{r['samples_per_s']:.1f}",
                                  "<- pick" if r is pick else ""])) for r in rows], cols)
+    if extra:
+        print(f"guidance only for t in {list(interval)} (w = 1 elsewhere):")
+        print_table([dict(zip(cols, [f"{r['guidance_scale']:g}", f"{r['fid_ratio']:.3f}",
+                                     f"{r['conditional_accuracy']:.3f}", f"{r['samples_per_s']:.1f}", ""]))
+                     for r in extra], cols)
     reached = "reaches" if pick["conditional_accuracy"] >= args.min_accuracy else "misses"
     print(f"pick: w = {pick['guidance_scale']:g}, the most accurate within {args.fid_within:.0%} of the best FID ratio "
           f"({best:.3f}); its conditional accuracy {pick['conditional_accuracy']:.3f} {reached} the target "
           f"{args.min_accuracy}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "pick": pick, "train": info,
+        Path(args.json).write_text(json.dumps({"rows": rows, "interval_rows": extra, "pick": pick, "train": info,
                                                "sampler": base.sampler, "steps": base.sample_steps}, indent=1))
+
+
+@contextlib.contextmanager
+def _guidance_interval(within):
+    """Inside: serving's guided eps guides only at timesteps in ``within`` = (lo, hi), w = 1 elsewhere."""
+    if within is None:
+        yield
+        return
+    from serving import sampler_ddim
+
+    plain = sampler_ddim.guided_eps_fn
+    lo, hi = within
+
+    def interval_fn(run, n, labels, scale, null_label):
+        inside, outside = plain(run, n, labels, scale, null_label), plain(run, n, labels, 1.0, null_label)
+        return lambda x, t: inside(x, t) if lo <= t <= hi else outside(x, t)
+
+    sampler_ddim.guided_eps_fn = interval_fn
+    try:
+        yield
+    finally:
+        sampler_ddim.guided_eps_fn = plain
 
 
 if __name__ == "__main__":
