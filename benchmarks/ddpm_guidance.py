@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--label", type=int, default=7, help="then 100 samples of this class (-1: skip)")
     ap.add_argument("--label-scale", type=float, default=3.0)
     ap.add_argument("--interval", default=None, help="LO,HI: also each w guided only for t in [LO, HI]")
+    ap.add_argument("--interval-only", action="store_true", help="with --interval: skip the plain rows")
     ap.add_argument("--set", action="append", default=[], help="a params override (repeatable): score a variant "
                     "of the default conditional ddpm (trained once, cached in its own folder)")
     args = ap.parse_args()
@@ -73,7 +74,8 @@ def main() -> None:
         base, sess = cache.sessions(exported, args.threads)
         base = base.with_sampling(sampler=args.sampler, steps=args.steps)
         print(f"sampler {base.sampler}, {base.sample_steps} steps")
-        for w, within in [(w, None) for w in scales] + ([(w, interval) for w in scales if w > 1] if interval else []):
+        plain = [] if args.interval_only and interval else [(w, None) for w in scales]
+        for w, within in plain + ([(w, interval) for w in scales if w > 1] if interval else []):
             spec = base.with_sampling(guidance_scale=w)
             with _guidance_interval(within):
                 images, labels, seconds = cache.generate(spec, sess, scorer.n, num_classes=int(scorer.ds.num_classes))
@@ -90,6 +92,8 @@ def main() -> None:
             share = scorer.accuracy(images, labels)
             print(f"label {args.label}, w={args.label_scale:g}, n=100: the classifier's share of class {args.label}: "
                   f"{share:.2f}")
+    if not rows:
+        return _print_interval(extra, interval)
     best = min(r["fid_ratio"] for r in rows)
     near = [r for r in rows if r["fid_ratio"] <= best * (1 + args.fid_within)]
     pick = max(near, key=lambda r: (r["conditional_accuracy"], -r["fid_ratio"]))
@@ -97,11 +101,7 @@ def main() -> None:
     print_table([dict(zip(cols, [f"{r['guidance_scale']:g}", f"{r['fid_ratio']:.3f}",
                                  f"{r['conditional_accuracy']:.3f}", f"{r['samples_per_s']:.1f}",
                                  "<- pick" if r is pick else ""])) for r in rows], cols)
-    if extra:
-        print(f"guidance only for t in {list(interval)} (w = 1 elsewhere):")
-        print_table([dict(zip(cols, [f"{r['guidance_scale']:g}", f"{r['fid_ratio']:.3f}",
-                                     f"{r['conditional_accuracy']:.3f}", f"{r['samples_per_s']:.1f}", ""]))
-                     for r in extra], cols)
+    _print_interval(extra, interval)
     reached = "reaches" if pick["conditional_accuracy"] >= args.min_accuracy else "misses"
     print(f"pick: w = {pick['guidance_scale']:g}, the most accurate within {args.fid_within:.0%} of the best FID ratio "
           f"({best:.3f}); its conditional accuracy {pick['conditional_accuracy']:.3f} {reached} the target "
@@ -109,6 +109,17 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "interval_rows": extra, "pick": pick, "train": info,
                                                "sampler": base.sampler, "steps": base.sample_steps}, indent=1))
+
+
+def _print_interval(extra, interval) -> None:
+    from benchmarks._common import print_table
+
+    if extra:
+        cols = ["w", "FID ratio", "conditional accuracy", "samples/s"]
+        print(f"guidance only for t in {list(interval)} (w = 1 elsewhere):")
+        print_table([dict(zip(cols, [f"{r['guidance_scale']:g}", f"{r['fid_ratio']:.3f}",
+                                     f"{r['conditional_accuracy']:.3f}", f"{r['samples_per_s']:.1f}"]))
+                     for r in extra], cols)
 
 
 @contextlib.contextmanager
