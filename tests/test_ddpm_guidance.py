@@ -53,8 +53,13 @@ def test_conditional_ddpm_contract_and_label_dropout():
     spec = model.sampler()
     assert spec.conditional and spec.labels_input == "labels" and spec.null_label == 10
     assert spec.to_json()["guidance_scale"] == model.DEFAULT_GUIDANCE
+    assert spec.to_json()["guidance_min_t"] == int(model.DEFAULT_GUIDANCE_MIN_T * 50) == 10
     assert build_model("ddpm", {k: v for k, v in TINY.items() if k != "conditional"}).sampler().to_json().keys() \
-        .isdisjoint({"labels_input", "null_label", "guidance_scale"})
+        .isdisjoint({"labels_input", "null_label", "guidance_scale", "guidance_min_t"})
+    # a conditional version saved before the guidance interval (no guidance_min_t) guides every step, as it did
+    old = DDPM.from_config({k: v for k, v in TINY.items() if k != "sample_steps"},
+                           {"steps": 4, "eta": 0.0, "clip": True, "sampler": "dpmpp_2m", "guidance_scale": 5.0})
+    assert old.sampling["guidance_min_t"] == 0 and old.sampler().guidance_min_t == 0
     torch.manual_seed(0)
     y = torch.arange(4000) % 10
     dropped = model._train_labels(y, 4000)
