@@ -1,7 +1,8 @@
 """Classifier-free guidance: FID ratio and conditional accuracy of the conditional ddpm against w.
 
-On the default ddpm with ``model.ddpm.conditional: true`` (params.yaml's defaults on mnist5k, trained once
-by the project's train stage and cached under .genforge/bench/ddpm-conditional, benchmarks/_ddpm_cache.py),
+On the default ddpm with ``model.ddpm.conditional: true`` and --epochs (40, the README's command; params.yaml's
+defaults otherwise, on mnist5k), trained once by the project's train stage and cached under
+.genforge/bench/ddpm-conditional[-<hash>] (benchmarks/_ddpm_cache.py; --epochs 20 is params.yaml's default),
 exported to ONNX: for each guidance scale w in --scales and each guidance_min_t in --min-t, N samples
 (evaluation.num_samples capped at the test split: 1,000), every class in turn as the evaluate stage and
 `genforge generate` without --label ask for them, drawn through serving.generator.shard_samples (one ORT
@@ -15,13 +16,14 @@ The pick (the trade-off): the most accurate (w, guidance_min_t) among those whos
 DDPM.DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_MIN_T). Its conditional accuracy is reported against the target
 --min-accuracy (0.95). Measured: see the README's guidance curve.
 
-    python -m benchmarks.ddpm_guidance [--scales 0,1,2,3,5,7,9] [--min-t 0,200] [--sampler S] [--steps K]
+    python -m benchmarks.ddpm_guidance [--epochs 40] [--scales 0,1,2,3,5,7,9] [--min-t 0,200] [--sampler S] [--steps K]
                                        [--threads 2] [--label 7] [--label-scale 3]
                                        [--set model.ddpm.epochs=40 ...]   # a variant, trained and cached once
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,6 +38,7 @@ from benchmarks import _ddpm_cache as cache  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=40, help="training epochs of the conditional ddpm")
     ap.add_argument("--scales", default="0,1,2,3,5,7,9")
     ap.add_argument("--min-t", default="0,200", help="guidance_min_t values (0: every step guided)")
     ap.add_argument("--sampler", default=None)
@@ -49,7 +52,10 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="a params override (repeatable): score a variant "
                     "of the default conditional ddpm (trained once, cached in its own folder)")
     args = ap.parse_args()
-    sets = tuple(args.set)
+    from genmodels.ddpm import DDPMConfig
+
+    default_epochs = next(f.default for f in dataclasses.fields(DDPMConfig) if f.name == "epochs")
+    sets = tuple(([f"model.ddpm.epochs={args.epochs}"] if args.epochs != default_epochs else []) + args.set)
     scales = [float(w) for w in args.scales.split(",")]
     min_ts = [int(v) for v in args.min_t.split(",")]
 
