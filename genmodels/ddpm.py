@@ -14,7 +14,8 @@ a learned label embedding (num_classes + 1 rows; the last is the "null" class) i
 embedding; training replaces each label by the null class with probability ``label_dropout`` (0.1),
 so one network learns eps(x, t, y) and eps(x, t, null). Sampling combines them per step as
 eps_u + w (eps_c - eps_u) (``contracts.diffusion.guided_eps``; w = ``guidance_scale``: 0 unconditional,
-1 conditional, > 1 guided), the two predictions coming from one batched call of 2N.
+1 conditional, > 1 guided), the two predictions coming from one batched call of 2N, at the steps with
+t >= ``guidance_min_t`` (default 0.2 T; the others take eps_c alone: a guidance interval).
 
 Images crossing the interface are N x C x H x W in [0, 1]; the diffusion works in [-1, 1].
 Shapes: any H, W divisible by 2 ** (len(channel_mult) - 1): 28x28 -> 14 -> 7, 8x8 -> 4 -> 2.
