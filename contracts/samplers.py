@@ -281,7 +281,8 @@ class DDIMSpec(SamplerSpec):
     (``contracts.diffusion.SAMPLERS``; a file without the key reads as "ddim") and, for conditional
     denoisers, ``guidance_scale`` (option ``guidance_scale``, >= 0; 0 unconditional, 1 conditional,
     ``contracts.diffusion.guided_eps``) and ``guidance_min_t`` (int in [0, T-1]: guided only at steps with
-    t >= it, ``contracts.diffusion.guided_at``; absent or 0: every step) are sampling defaults. A conditional denoiser takes
+    t >= it, ``contracts.diffusion.guided_at``; absent or 0: every step; w = 0 and 1 ignore it) are
+    sampling defaults. A conditional denoiser takes
     ``labels_input``; ``null_label`` (the class count) is the "no label" class it was trained with.
     """
 

@@ -106,11 +106,12 @@ def guided_eps_fn(run: Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.
     Unconditional (labels None): one call of N. Conditional: classifier-free guidance with scale w
     (``contracts.diffusion.guided_eps``): ONE call of 2N, x twice, labels then the null class, split into
     eps_c and eps_u; w = 1 (only eps_c) and w = 0 (only eps_u) need one call of N. ``min_t``: guided only
-    at steps with t >= min_t, eps_c alone below (``contracts.diffusion.guided_at``; None or 0: every step).
+    at steps with t >= min_t, eps_c alone below (``contracts.diffusion.guided_at``; None or 0: every step;
+    w = 0 and 1 do not guide, so min_t leaves them unchanged).
     """
     if labels is None:
         return lambda x, t: run(x, np.full(n, t, dtype=np.int64), None)
-    if min_t and scale != 1.0:
+    if min_t and scale not in (0.0, 1.0):  # w = 0 stays the unconditional model at every step
         guided, plain = guided_eps_fn(run, n, labels, scale, null_label), guided_eps_fn(run, n, labels, 1.0, null_label)
         return lambda x, t: guided(x, t) if guided_at(t, min_t) else plain(x, t)
     null = np.full(n, null_label, dtype=np.int64)
