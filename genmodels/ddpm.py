@@ -361,8 +361,8 @@ class DDPM(GenerativeModel):
         if labels is None:
             return net
         if min_t and scale not in (0.0, 1.0):  # w = 0 stays the unconditional model at every step
-            guided, plain = self._eps_fn(labels, scale), self._eps_fn(labels, 1.0)
-            return lambda x, t: guided(x, t) if guided_at(int(t[0]), min_t) else plain(x, t)
+            every, plain = self._eps_fn(labels, scale), self._eps_fn(labels, 1.0)
+            return lambda x, t: every(x, t) if guided_at(int(t[0]), min_t) else plain(x, t)
         null = torch.full_like(labels, self.config.num_classes)
         if scale in (0.0, 1.0):
             fixed = labels if scale == 1.0 else null
