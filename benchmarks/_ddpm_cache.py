@@ -3,13 +3,16 @@
 ``trained(conditional)`` runs the project's own stages (prepare, validate, train) with params.yaml's
 defaults, ``model.families: [ddpm]`` (and ``model.ddpm.conditional: true``), in a project folder under
 ``.genforge/bench/`` (gitignored), once: later calls find ``models/mnist5k/ddpm/model.pt`` there and
-return at once. ``bench.json`` beside it records how long the training took (wall seconds, torch threads).
+return at once. ``bench.json`` beside it records how long the training took (wall seconds, torch threads). A variant
+(``sets``: more ``--set key=value`` overrides, e.g. ``model.ddpm.epochs=40``) is cached in its own folder,
+``ddpm[-conditional]-<hash of the sets>``, and its bench.json records the sets.
 
-    python -m benchmarks._ddpm_cache [--conditional]     # train now (minutes on 2 cores)
+    python -m benchmarks._ddpm_cache [--conditional] [--set model.ddpm.epochs=40]   # train now (minutes on 2 cores)
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -19,21 +22,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def project(conditional: bool) -> Path:
-    """The cached project folder of the (conditional) default ddpm."""
-    return ROOT / ".genforge" / "bench" / ("ddpm-conditional" if conditional else "ddpm")
+def project(conditional: bool, sets: tuple[str, ...] = ()) -> Path:
+    """The cached project folder of the (conditional) default ddpm, or of its variant with ``sets``."""
+    name = "ddpm-conditional" if conditional else "ddpm"
+    if sets:
+        name += "-" + hashlib.sha256("\n".join(sets).encode()).hexdigest()[:8]
+    return ROOT / ".genforge" / "bench" / name
 
 
-def params(conditional: bool) -> dict:
+def params(conditional: bool, sets: tuple[str, ...] = ()) -> dict:
+    """params.yaml with model.families=[ddpm] (conditional: model.ddpm.conditional=true), then ``sets``."""
     from pipelines.config import load_params
 
-    sets = ["model.families=[ddpm]"] + (["model.ddpm.conditional=true"] if conditional else [])
-    return load_params(ROOT / "params.yaml", sets)
+    base = ["model.families=[ddpm]"] + (["model.ddpm.conditional=true"] if conditional else [])
+    return load_params(ROOT / "params.yaml", base + list(sets))
 
 
-def trained(conditional: bool = False, log=print) -> Path:
+def trained(conditional: bool = False, log=print, sets: tuple[str, ...] = ()) -> Path:
     """models/mnist5k/ddpm of the cached project, training it first when absent. Returns the model folder."""
-    root = project(conditional)
+    root = project(conditional, sets)
     folder = root / "models" / "mnist5k" / "ddpm"
     if (folder / "model.pt").exists() and (root / "bench.json").exists():
         return folder
@@ -44,7 +51,7 @@ def trained(conditional: bool = False, log=print) -> Path:
     from pipelines.validate import validate
 
     root.mkdir(parents=True, exist_ok=True)
-    p = params(conditional)
+    p = params(conditional, sets)
     prepare(p, root)
     validate(p, root, root / "data" / "prepared" / "mnist5k")
     log(f"training the default {'conditional ' if conditional else ''}ddpm on mnist5k in {root} ...")
@@ -52,7 +59,8 @@ def trained(conditional: bool = False, log=print) -> Path:
     summary = train(p, root, "ddpm", progress=False)
     seconds = time.perf_counter() - start
     (root / "bench.json").write_text(json.dumps({"train_seconds": round(seconds, 1), "torch_threads":
-                                                 torch.get_num_threads(), "epochs": summary.get("epochs")}))
+                                                 torch.get_num_threads(), "epochs": summary.get("epochs"),
+                                                 "sets": list(sets)}))
     log(f"trained in {seconds:.0f} s ({torch.get_num_threads()} torch threads)")
     return folder
 
@@ -60,7 +68,9 @@ def trained(conditional: bool = False, log=print) -> Path:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--conditional", action="store_true")
-    print(trained(ap.parse_args().conditional))
+    ap.add_argument("--set", action="append", default=[], help="a params override (repeatable): a variant")
+    a = ap.parse_args()
+    print(trained(a.conditional, sets=tuple(a.set)))
 
 
 class Scorer:
@@ -71,14 +81,15 @@ class Scorer:
     images vs the train split, as ``evaluation.suite.base.EvalContext`` computes them.
     """
 
-    def __init__(self, conditional: bool = False):
+    def __init__(self, conditional: bool = False, sets: tuple[str, ...] = (), root: Path | None = None):
+        """``root``: another project folder (its prepared mnist5k and classifier cache) instead of the cached one."""
         from evaluation import classifier as clf_lib
         from evaluation.metrics import fid
         from pipelines import catalog
         from pipelines.validate import require_validated
 
-        root = project(conditional)
-        ev = params(conditional)["evaluation"]
+        root = Path(root) if root is not None else project(conditional, sets)
+        ev = params(conditional, sets)["evaluation"]
         self.ds = require_validated(root, root / "data" / "prepared" / "mnist5k")
         (train_x, train_y), (test_x, test_y) = self.ds.load("train"), self.ds.load("test")
         self.n = min(int(ev["num_samples"]), len(test_x))
@@ -107,13 +118,13 @@ class Scorer:
         return out
 
 
-def onnx_model(conditional: bool, out_dir: Path):
+def onnx_model(conditional: bool, out_dir: Path, sets: tuple[str, ...] = ()):
     """(the trained model, its exported folder under out_dir, sessions as the generator loads them)."""
     from pipelines.train import load_model
     from serving.export import export_model
 
-    model = load_model(trained(conditional)).eval()
-    folder = Path(out_dir) / ("ddpm-conditional" if conditional else "ddpm")
+    model = load_model(trained(conditional, sets=sets)).eval()
+    folder = Path(out_dir) / project(conditional, sets).name
     if not (folder / "sampler.json").exists():
         export_model(model, folder)
     return model, folder

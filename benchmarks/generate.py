@@ -21,6 +21,12 @@ the variable is unset; glibc reads it at start-up), which is printed.
 
     python benchmarks/generate.py [--families 'vae,cvae,dcgan[conditional=true]'] [--batch-size 256] [--threads 1,2]
                                   [--rounds 5] [--rss-n 100000] [--tune]
+    python benchmarks/generate.py --cli 'generate mnist5k-ddpm@champion -n 10000 --out outputs/x'   # in a project
+
+``--cli ARGS`` measures the command line itself instead: `genforge ARGS` in a fresh subprocess in the
+current directory (the project: its registry, its generator cache), its peak RSS (VmHWM, read at exit),
+wall seconds (start-up, registry resolution and writes included) and CPU seconds (user + system, the
+measure that holds on a shared machine), and prints the command's own summary.
 
 ``--tune`` adds the session options and batch sizes tried before settling (spinning on/off,
 sequential/parallel execution, batch 64/256/1024).
@@ -59,6 +65,40 @@ print(json.dumps({{"peak_rss_mib": hwm / 1024, "ru_maxrss_mib": resource.getrusa
                   "samples": sum(s["count"] for s in out["shards"]), "shards": len(out["shards"]),
                   "provider": out["provider"], "torch_loaded": "torch" in sys.modules}}))
 """
+
+
+CLI_CASE = r"""
+import atexit, json, os, runpy, sys, time
+t0 = time.perf_counter()
+def _report():
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    with open({report!r}, "w") as f:
+        json.dump({{"peak_rss_mib": hwm / 1024, "seconds": time.perf_counter() - t0,
+                   "cpu_seconds": os.times().user + os.times().system,
+                   "torch_loaded": "torch" in sys.modules}}, f)
+atexit.register(_report)
+sys.path.insert(0, {root!r})
+sys.argv = ["genforge", *{args!r}]
+runpy.run_module("pipelines.cli", run_name="__main__")
+"""
+
+
+def _cli_run(args: str) -> None:
+    """`genforge ARGS` in a fresh subprocess here; prints its output tail, peak RSS and wall seconds."""
+    import shlex
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        code = CLI_CASE.format(report=str(report), root=str(ROOT), args=shlex.split(args))
+        print(f"genforge {args}  (load average {os.getloadavg()[0]:.2f})", flush=True)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        print("\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:]))
+        if proc.returncode != 0 or not report.exists():
+            raise SystemExit(f"error: genforge {args} exited {proc.returncode}")
+        r = json.loads(report.read_text())
+    print(f"peak RSS (VmHWM) {r['peak_rss_mib']:.0f} MiB (target <= {RSS_TARGET_MIB}), wall {r['seconds']:.1f} s "
+          f"end to end, CPU {r['cpu_seconds']:.1f} s (user + system: what a stopped or starved process does not "
+          f"count), torch imported: {r['torch_loaded']}")
 
 
 def _ensure_tunables() -> None:
@@ -135,7 +175,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rss-n", type=int, default=100_000)
     ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--cli", default=None, metavar="ARGS", help="instead: peak RSS and wall time of `genforge ARGS`")
     args = ap.parse_args()
+    if args.cli:
+        return _cli_run(args.cli)
     threads_list = sorted({int(t) for t in args.threads.split(",")})
 
     import onnxruntime as ort

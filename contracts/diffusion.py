@@ -11,7 +11,8 @@ genmodels/ddim.py for the DDIM step and ``dpmpp_2m_coefficients`` below for DPM-
 Samplers (``SAMPLERS``, the ``sampler`` option of a ddim sampler spec): ``ddim`` (first order, eta
 for stochasticity) and ``dpmpp_2m`` (DPM-Solver++ 2M, second-order multistep, deterministic). Both
 visit the same S "trailing" timesteps and end at "t = -1" (alpha 1), where x is the last x0
-prediction. Classifier-free guidance (``guided_eps``) acts on eps before either update.
+prediction. Classifier-free guidance (``guided_eps``) acts on eps before either update, at the steps
+``guided_at`` selects (all of them, or the noisier ones: a guidance interval).
 """
 from __future__ import annotations
 
@@ -111,6 +112,17 @@ def dpmpp_2m_coefficients(acp, seq: list[int]) -> list[tuple[float, float, float
             out.append((alpha_s, sigma_s, sigma_t / sigma_s, c_d * (1.0 + half_inv_r), -c_d * half_inv_r))
         h_prev = h
     return out
+
+
+def guided_at(t: int, min_t: int | None) -> bool:
+    """Whether the step at timestep ``t`` (0..T-1) is guided: t >= ``min_t`` (None or 0: every step).
+
+    The others take the plain conditional prediction eps_c (w = 1: one denoiser call of N, not 2N).
+    Guidance only at the noisier steps is the "guidance interval" of Kynkaanniemi et al. 2024
+    (arXiv:2404.07724): the class is decided at high noise; at low noise guidance only amplifies the
+    difference eps_c - eps_u of the last details, which leaves speckled backgrounds.
+    """
+    return min_t is None or t >= min_t
 
 
 def guided_eps(eps_cond, eps_uncond, scale: float):

@@ -280,13 +280,15 @@ class DDIMSpec(SamplerSpec):
     (option ``steps``, 1..T), ``eta`` (>= 0, ddim only), ``clip`` (predicted x0 to [-1, 1]), ``sampler``
     (``contracts.diffusion.SAMPLERS``; a file without the key reads as "ddim") and, for conditional
     denoisers, ``guidance_scale`` (option ``guidance_scale``, >= 0; 0 unconditional, 1 conditional,
-    ``contracts.diffusion.guided_eps``) are sampling defaults. A conditional denoiser takes
+    ``contracts.diffusion.guided_eps``) and ``guidance_min_t`` (int in [0, T-1]: guided only at steps with
+    t >= it, ``contracts.diffusion.guided_at``; absent or 0: every step; w = 0 and 1 ignore it) are
+    sampling defaults. A conditional denoiser takes
     ``labels_input``; ``null_label`` (the class count) is the "no label" class it was trained with.
     """
 
     kind: ClassVar[str] = "ddim"
     SAMPLING: ClassVar[dict[str, str]] = {"steps": "sample_steps", "eta": "eta", "clip": "clip", "sampler": "sampler",
-                                          "guidance_scale": "guidance_scale"}
+                                          "guidance_scale": "guidance_scale", "guidance_min_t": "guidance_min_t"}
     graph: str
     noise: Noise
     timestep_input: str = "t"
@@ -304,6 +306,7 @@ class DDIMSpec(SamplerSpec):
     labels_input: str | None = None         # conditional: the graph's int64 label input ("labels")
     null_label: int | None = None           # conditional: the unconditional class (= num_classes)
     guidance_scale: float | None = None     # conditional: classifier-free guidance w
+    guidance_min_t: int | None = None       # conditional: guided only at t >= this (None: every step)
 
     def _validate(self) -> None:
         from contracts.diffusion import SAMPLERS
@@ -337,12 +340,17 @@ class DDIMSpec(SamplerSpec):
         if self.sampler != "ddim" and self.eta != 0.0:
             _fail(k, f"eta={self.eta:g} applies to sampler 'ddim' only ({self.sampler} is deterministic): "
                      f"choose sampler ddim (--sampler ddim) or eta 0")
+        if self.guidance_min_t is not None and not (_is_int(self.guidance_min_t)
+                                                    and 0 <= self.guidance_min_t < len(acp)):
+            _fail(k, f"guidance_min_t must be an int in [0, {len(acp) - 1}] (guided at timesteps t >= it; "
+                     f"0: every step), got {self.guidance_min_t!r}")
 
     def _validate_labels(self) -> None:
         k = self.kind
         if not self.conditional:
-            if self.guidance_scale is not None:
-                _fail(k, "guidance_scale applies to conditional models only (this one is unconditional)")
+            for name in ("guidance_scale", "guidance_min_t"):
+                if getattr(self, name) is not None:
+                    _fail(k, f"{name} applies to conditional models only (this one is unconditional)")
             if self.labels_input is not None or self.null_label is not None:
                 _fail(k, "labels_input and null_label need conditional: true")
             return
@@ -361,6 +369,8 @@ class DDIMSpec(SamplerSpec):
         out = super().sampling_defaults()
         if not self.conditional:
             del out["guidance_scale"]
+        if out["guidance_min_t"] is None:
+            del out["guidance_min_t"]
         return out
 
 

@@ -260,6 +260,8 @@ def generate_cmd(
     guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Classifier-free guidance w "
                                                    "(conditional diffusion): 0 unconditional, 1 conditional, "
                                                    ">1 guided (default: the model's)."),
+    guidance_min_t: Optional[int] = typer.Option(None, "--guidance-min-t", help="Guide only the steps at "
+                                                 "timesteps t >= this (0: every step; default: the model's)."),
 ) -> None:
     """Batch-generate samples from a registered model with ONNX Runtime (never imports torch)."""
     from pipelines import tracking
@@ -276,7 +278,8 @@ def generate_cmd(
                           model_id=resolved.model_id, provider=provider, progress=progress,
                           sampling={"steps": steps, "eta": eta, "temperature": temperature, "top_k": top_k,
                                     "top_p": top_p, "max_len": max_len, "sampler": sampler,
-                                    "guidance_scale": guidance_scale}, overwrite=overwrite)
+                                    "guidance_scale": guidance_scale, "guidance_min_t": guidance_min_t},
+                          overwrite=overwrite)
     console.print(generation_summary(result, ref), highlight=False, soft_wrap=True)
     if as_json:
         print_json({k: v for k, v in result.items() if k != "shards"} | {"shards": len(result.get("shards", []))})

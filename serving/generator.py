@@ -459,7 +459,7 @@ def _with_sampling(spec: SamplerSpec, sampling: Mapping[str, Any] | None) -> tup
     except SamplerSpecError as e:
         raise GenerationError(f"sampling options: {e}") from None
     defaults = spec.sampling_defaults()
-    return run, {k: v for k, v in run.sampling_defaults().items() if v != defaults[k]}
+    return run, {k: v for k, v in run.sampling_defaults().items() if v != defaults.get(k)}
 
 
 def _check_label(label, spec, data: DataSpec) -> int | None:

@@ -20,9 +20,10 @@ The spec is ``contracts.samplers.DDIMSpec`` (JSON written by genmodels.ddpm.DDPM
      "conditional": false,
      "sampler": "ddim",                     # or "dpmpp_2m"; absent (files before it) = "ddim"
      # conditional denoisers only (graph inputs x, t, labels):
-     "labels_input": "labels", "null_label": K, "guidance_scale": w}
+     "labels_input": "labels", "null_label": K, "guidance_scale": w,
+     "guidance_min_t": 200}                 # optional: guided only at steps with t >= 200 (absent: every step)
 
-``sample_steps`` (option ``steps``), ``eta``, ``clip``, ``sampler`` and ``guidance_scale`` are the
+``sample_steps`` (option ``steps``), ``eta``, ``clip``, ``sampler``, ``guidance_scale`` and ``guidance_min_t`` are the
 model's sampling defaults; ``genforge generate --sampler/--steps/--eta/--guidance-scale`` overrides them
 (``DDIMSpec.with_sampling``). Guidance: one ORT call of 2N per step (``guided_eps_fn``).
 x_T is ``rng.standard_normal((n, C, H, W), dtype=float32)``; with eta > 0 each step's z is the
@@ -34,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from contracts.diffusion import SAMPLERS, ddim_coefficients, ddim_timesteps, dpmpp_2m_coefficients, guided_eps
+from contracts.diffusion import SAMPLERS, ddim_coefficients, ddim_timesteps, dpmpp_2m_coefficients, guided_at, guided_eps
 from contracts.samplers import DDIMSpec, SamplerSpecError
 from serving.samplers import check_noise_input, output_name, register, to_unit_range
 
@@ -98,16 +99,21 @@ def _check_ddim_sessions(spec: DDIMSpec, sessions: Mapping[str, Any]) -> None:
 
 
 def guided_eps_fn(run: Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray], n: int,
-                  labels: np.ndarray | None, scale: float | None, null_label: int | None
-                  ) -> Callable[[np.ndarray, int], np.ndarray]:
+                  labels: np.ndarray | None, scale: float | None, null_label: int | None,
+                  min_t: int | None = None) -> Callable[[np.ndarray, int], np.ndarray]:
     """eps_fn(x, t) for the loop over ``run(x, t_vector, labels_or_None) -> eps``.
 
     Unconditional (labels None): one call of N. Conditional: classifier-free guidance with scale w
     (``contracts.diffusion.guided_eps``): ONE call of 2N, x twice, labels then the null class, split into
-    eps_c and eps_u; w = 1 (only eps_c) and w = 0 (only eps_u) need one call of N.
+    eps_c and eps_u; w = 1 (only eps_c) and w = 0 (only eps_u) need one call of N. ``min_t``: guided only
+    at steps with t >= min_t, eps_c alone below (``contracts.diffusion.guided_at``; None or 0: every step;
+    w = 0 and 1 do not guide, so min_t leaves them unchanged).
     """
     if labels is None:
         return lambda x, t: run(x, np.full(n, t, dtype=np.int64), None)
+    if min_t and scale not in (0.0, 1.0):  # w = 0 stays the unconditional model at every step
+        guided, plain = guided_eps_fn(run, n, labels, scale, null_label), guided_eps_fn(run, n, labels, 1.0, null_label)
+        return lambda x, t: guided(x, t) if guided_at(t, min_t) else plain(x, t)
     null = np.full(n, null_label, dtype=np.int64)
     if scale in (0.0, 1.0):
         fixed = labels if scale == 1.0 else null
@@ -140,7 +146,7 @@ def ddim(spec: DDIMSpec, sessions, n, rng, labels):
             feed[spec.labels_input] = y
         return sess.run([out_name], feed)[0]
 
-    eps_fn = guided_eps_fn(run, n, labels, spec.guidance_scale, spec.null_label)
+    eps_fn = guided_eps_fn(run, n, labels, spec.guidance_scale, spec.null_label, spec.guidance_min_t)
     x = ddim_loop(eps_fn, spec.noise.draw(n, rng), spec.alphas_cumprod, spec.sample_steps,
                   eta=spec.eta, clip=spec.clip, rng=rng, sampler=spec.sampler)
     x += np.float32(1.0)

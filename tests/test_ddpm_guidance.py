@@ -53,8 +53,13 @@ def test_conditional_ddpm_contract_and_label_dropout():
     spec = model.sampler()
     assert spec.conditional and spec.labels_input == "labels" and spec.null_label == 10
     assert spec.to_json()["guidance_scale"] == model.DEFAULT_GUIDANCE
+    assert spec.to_json()["guidance_min_t"] == int(model.DEFAULT_GUIDANCE_MIN_T * 50) == 10
     assert build_model("ddpm", {k: v for k, v in TINY.items() if k != "conditional"}).sampler().to_json().keys() \
-        .isdisjoint({"labels_input", "null_label", "guidance_scale"})
+        .isdisjoint({"labels_input", "null_label", "guidance_scale", "guidance_min_t"})
+    # a conditional version saved before the guidance interval (no guidance_min_t) guides every step, as it did
+    old = DDPM.from_config({k: v for k, v in TINY.items() if k != "sample_steps"},
+                           {"steps": 4, "eta": 0.0, "clip": True, "sampler": "dpmpp_2m", "guidance_scale": 5.0})
+    assert old.sampling["guidance_min_t"] == 0 and old.sampler().guidance_min_t == 0
     torch.manual_seed(0)
     y = torch.arange(4000) % 10
     dropped = model._train_labels(y, 4000)
@@ -135,15 +140,22 @@ def test_conditional_ddpm_through_the_stages_and_guided_generate(project, cli):
 
     out = project / "outputs" / "sevens"
     proc = cli(["generate", "digits-ddpm@champion", "-n", "12", "--label", "7", "--guidance-scale", "3",
-                "--sampler", "dpmpp_2m", "--steps", "4", "--out", str(out)], project)
+                "--guidance-min-t", "50", "--sampler", "dpmpp_2m", "--steps", "4", "--out", str(out)], project)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     # the manifest records the options that differ from the model's defaults
     assert manifest["sampling"].get("guidance_scale", DDPM.DEFAULT_GUIDANCE) == 3.0 and manifest["label"] == 7
+    assert manifest["sampling"]["guidance_min_t"] == 50  # the default is int(0.2 T) = 20
     labels = np.concatenate([np.load(p)["labels"] for p in sorted((out / "shards").glob("shard-*.npz"))])
     assert labels.tolist() == [7] * 12
     bad = cli(["generate", "digits-ddpm@champion", "-n", "2", "--guidance-scale", "-1", "--out",
                str(project / "outputs" / "x")], project)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: sampling options: ddim sampler: guidance_scale")
+    assert not (project / "outputs" / "x").exists()
+    bad = cli(["generate", "digits-ddpm@champion", "-n", "2", "--guidance-min-t", "100", "--out",
+               str(project / "outputs" / "x")], project)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
+        "error: sampling options: ddim sampler: guidance_min_t must be an int in [0, 99] (guided at timesteps "
+        "t >= it; 0: every step), got 100")
     assert not (project / "outputs" / "x").exists()

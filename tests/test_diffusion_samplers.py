@@ -203,13 +203,23 @@ def test_guided_loops_agree_and_guidance_convention():
     np.testing.assert_allclose(guided_eps_fn(run, 4, labels, 0.0, 3)(x, 30), eps_u, atol=1e-6)
     np.testing.assert_allclose(guided_eps_fn(run, 4, labels, 1.0, 3)(x, 30), eps_c, atol=1e-6)
 
-    for sampler, w in (("ddim", 3.0), ("dpmpp_2m", 2.0), ("dpmpp_2m", 0.0)):
+    assert model.sampling["guidance_min_t"] == 10  # 0.2 T: every one of the 4 steps (t 49, 37, 24, 12) guided
+    for sampler, w, min_t in (("ddim", 3.0, 0), ("dpmpp_2m", 2.0, None), ("dpmpp_2m", 0.0, 0),
+                              ("ddim", 3.0, 30), ("dpmpp_2m", 2.0, 30), ("dpmpp_2m", 0.0, 30)):
         want = model.denoise_from(torch.from_numpy(x), labels=torch.from_numpy(labels), sampler=sampler,
-                                  guidance_scale=w).numpy()
-        spec = model.sampler().with_sampling(sampler=sampler, guidance_scale=w)
-        got = ddim_loop(guided_eps_fn(run, 4, labels, spec.guidance_scale, spec.null_label), x,
+                                  guidance_scale=w, guidance_min_t=min_t).numpy()
+        spec = model.sampler().with_sampling(sampler=sampler, guidance_scale=w, guidance_min_t=min_t)
+        calls.clear()
+        got = ddim_loop(guided_eps_fn(run, 4, labels, spec.guidance_scale, spec.null_label, spec.guidance_min_t), x,
                         spec.alphas_cumprod, spec.sample_steps, eta=0.0, clip=True, rng=None, sampler=sampler)
         np.testing.assert_allclose(np.clip((got + 1) * 0.5, 0, 1), want, atol=1e-5)
+        if min_t == 30:  # guidance interval: t 49 and 37 guided (2N), t 24 and 12 conditional only (N)
+            unlimited = model.denoise_from(torch.from_numpy(x), labels=torch.from_numpy(labels), sampler=sampler,
+                                           guidance_scale=w, guidance_min_t=0).numpy()
+            if w == 0.0:  # w = 0 is the unconditional model at every step, whatever min_t
+                assert calls == [4, 4, 4, 4] and np.array_equal(unlimited, want)
+            else:
+                assert calls == [8, 8, 4, 4] and np.abs(unlimited - want).max() > 1e-3
     a = model.denoise_from(torch.from_numpy(x), labels=torch.from_numpy(labels), guidance_scale=3.0)
     b = model.denoise_from(torch.from_numpy(x), labels=torch.from_numpy(labels), guidance_scale=1.0)
     assert not torch.allclose(a, b)

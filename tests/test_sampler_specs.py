@@ -123,7 +123,7 @@ BAD = [
     (_with("ddpm", guidance=2.0), "ddim sampler: spec has unknown key(s) 'guidance' (known: graph, noise, "
                                   "timestep_input, output, conditional, prediction, timesteps, sample_steps, "
                                   "timestep_spacing, eta, clip, schedule, alphas_cumprod, sampler, labels_input, "
-                                  "null_label, guidance_scale)"),
+                                  "null_label, guidance_scale, guidance_min_t)"),
     (_with("ddpm", sample_steps=0), "ddim sampler: sample_steps (option steps) must be an int in [1, 20], got 0"),
     (_with("ddpm", sample_steps=21), "ddim sampler: sample_steps (option steps) must be an int in [1, 20], got 21"),
     (_with("ddpm", sample_steps=2.5), "ddim sampler: sample_steps (option steps) must be an int in [1, 20], got 2.5"),
@@ -143,6 +143,12 @@ BAD = [
      "ddim sampler: null_label must be a positive int (the class count), got 0"),
     (_with("ddpm", guidance_scale=3), "ddim sampler: guidance_scale applies to conditional models only "
                                       "(this one is unconditional)"),
+    (_with("ddpm", guidance_min_t=200), "ddim sampler: guidance_min_t applies to conditional models only "
+                                        "(this one is unconditional)"),
+    (_with("ddpm", conditional=True, labels_input="labels", null_label=10, guidance_scale=3, guidance_min_t=20),
+     "ddim sampler: guidance_min_t must be an int in [0, 19] (guided at timesteps t >= it; 0: every step), got 20"),
+    (_with("ddpm", conditional=True, labels_input="labels", null_label=10, guidance_scale=3, guidance_min_t=2.5),
+     "ddim sampler: guidance_min_t must be an int in [0, 19] (guided at timesteps t >= it; 0: every step), got 2.5"),
     (_with("ddpm", sampler="euler"), "ddim sampler: sampler 'euler' is not implemented (known: ddim, dpmpp_2m)"),
     (_with("ddpm", sampler="dpmpp_2m"), "ddim sampler: eta=0.5 applies to sampler 'ddim' only (dpmpp_2m is "
                                         "deterministic): choose sampler ddim (--sampler ddim) or eta 0"),
@@ -196,7 +202,7 @@ def test_graph_names_are_checked_against_the_model_folder(name, graphs, message)
     ("vae", {"steps": 20}, "the direct sampler takes no option 'steps' (its options: none)"),
     ("pixelcnn", {"eta": 0.0}, "the autoregressive sampler takes no option 'eta' (its options: none)"),
     ("ddpm", {"temperature": 2.0}, "the ddim sampler takes no option 'temperature' (its options: steps, eta, clip, sampler, "
-     "guidance_scale)"),
+     "guidance_scale, guidance_min_t)"),
     ("ddpm", {"steps": 0}, "ddim sampler: sample_steps (option steps) must be an int in [1, 20], got 0"),
     ("ddpm", {"eta": -0.5}, "ddim sampler: eta must be a number >= 0, got -0.5"),
     ("realnvp", {"temperature": -1}, "flow sampler: temperature must be a number > 0, got -1"),
