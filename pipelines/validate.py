@@ -5,7 +5,6 @@ it passes or not: later stages refuse a dataset whose latest report failed or is
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,15 +13,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from contracts.modalities import get_modality
+from contracts.modalities import MODALITIES, get_modality
 from pipelines import catalog
 from pipelines.dataset import SPLITS, PreparedDataset, open_prepared, sha256_file
 from pipelines.errors import GenforgeError, ValidationFailed
-from pipelines.settings.sections import ValidationSettings
 
-# `validation.*` defaults, written once in the settings schema (a modality's nested section, e.g.
-# `validation.tokens`, is laid over the top level by that modality's validation_thresholds)
-DEFAULTS: dict[str, Any] = dataclasses.asdict(ValidationSettings())
+# `validation.*` defaults (the settings schema, pipelines/settings/sections.py, declares the same: a test compares
+# them); a modality's own section (`validation.tokens`) comes from its module's VALIDATION_DEFAULTS and is laid
+# over the top level by that modality's validation_thresholds
+DEFAULTS: dict[str, Any] = {
+    "min_train_samples": 1000, "min_test_samples": 100, "min_class_share": 0.05, "max_leaked_images": 0,
+    "pixel_min": 0, "pixel_max": 255,
+    **{name: dict(get_modality(name).VALIDATION_DEFAULTS) for name in MODALITIES
+       if hasattr(get_modality(name), "VALIDATION_DEFAULTS")}}
 
 
 def report_path(root: Path, dataset: str) -> Path:

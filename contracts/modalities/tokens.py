@@ -241,6 +241,12 @@ def _is_control(c: str) -> bool:
     return unicodedata.category(c) == "Cc"
 
 
+# `validation.tokens` defaults (pipelines/validate.py DEFAULTS; the settings schema declares the same): lengths in
+# characters (max null: what the stored layout holds), shares in [0, 1], min_class_share replaces the image one
+VALIDATION_DEFAULTS = {"min_length": 1, "max_length": None, "max_duplicate_rate": 0.05, "min_vocab_coverage": 0.99,
+                       "max_length_shift": 0.25, "min_class_share": 0.01}
+
+
 def validation_thresholds(thresholds: dict[str, Any]) -> dict[str, Any]:
     """The thresholds validation applies to tokens data: the top level with ``validation.tokens`` over it
     (its ``min_class_share`` replaces the image default)."""
@@ -253,7 +259,7 @@ def expectations(thresholds: dict[str, Any], reference: dict[str, Any] | None = 
     """The tokens expectations, as (Great Expectations class name, kwargs) on the summary table of one split.
 
     ``thresholds`` (``validation`` with ``validation.tokens`` laid over it, every key present: the stage merges
-    the schema's defaults, pipelines/settings/sections.py): ``min_length``/``max_length``
+    VALIDATION_DEFAULTS): ``min_length``/``max_length``
     (characters; max null: what the layout holds), ``max_duplicate_rate`` (share of rows whose text repeats an
     earlier row of the split), ``min_vocab_coverage`` (share of rows whose every character is in the
     vocabulary), ``max_length_shift`` (the 5/50/95 % length quantiles within this relative distance of the

@@ -1,8 +1,8 @@
 """Typed settings of the params.yaml sections `data`, `validation`, `train`, `evaluation` and `registry`.
 
-Defaults equal the ones the stages apply (`pipelines.validate.DEFAULTS` is built from ValidationSettings;
-`pipelines.evaluate.DEFAULTS` and `pipelines.registry.GATE_DEFAULTS`: tests/test_settings.py fails when they
-drift). `model` lives in
+Defaults equal the ones the stages apply today (`pipelines.validate.DEFAULTS`, with the tokens modality's
+`VALIDATION_DEFAULTS`, `pipelines.evaluate.DEFAULTS`, `pipelines.registry.GATE_DEFAULTS`; tests/test_settings.py
+fails when they drift). `model` lives in
 `pipelines.settings.models` because it depends on the family registry.
 """
 from __future__ import annotations
