@@ -93,8 +93,11 @@ class _GroupQueryAttention(torch.autograd.Function):
         pos = g.op("Cast", position, to_i=6)                                              # int32
         total = g.op("Add", pos, g.op("Constant", value_t=torch.tensor(1, dtype=torch.int32)))
         seqlens = g.op("Expand", pos, g.op("Shape", q, start_i=0, end_i=1))             # int32 N
-        return g.op("com.microsoft::GroupQueryAttention", q, k, v, cache_k, cache_v, seqlens, total,
-                    num_heads_i=heads, kv_num_heads_i=heads, outputs=3)
+        y, present_k, present_v = g.op("com.microsoft::GroupQueryAttention", q, k, v, cache_k, cache_v, seqlens,
+                                       total, num_heads_i=heads, kv_num_heads_i=heads, outputs=3)
+        for out, like in ((y, q), (present_k, cache_k), (present_v, cache_v)):  # the exporter cannot infer them
+            out.setType(like.type())
+        return y, present_k, present_v
 
 
 class SelfAttention(nn.Module):

@@ -333,6 +333,10 @@ def _run_locked(params: dict[str, Any], root: Path, samples: int, task_runner: s
                      "reasons": latest.get("reasons", "-"), "samples": samples_at})
     from pipelines.terminal import print_table
 
+    for column in ("coverage", "collapse"):  # image metrics: no column where no model has them (text data)
+        if all(row[column] == "-" for row in rows):
+            for row in rows:
+                del row[column]
     print_table(out, rows, f"genforge run on {dataset} ({time.perf_counter() - started:.0f} s)")
     _dvc_commit(root, pinned=pinned)
     from prefect.settings import PREFECT_UI_URL
