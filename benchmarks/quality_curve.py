@@ -2,14 +2,21 @@
 MLflow), evaluated at chosen epochs by the gate's metrics (FID ratio on the domain classifier's features,
 coverage, recall, class coverage; N = evaluation.num_samples) on mnist5k. For a family with a weight average
 (dcgan, wgan_gp: ``ema_decay``) each point is evaluated twice, with the average and with the trained weights.
-Sample grids of each point go to ``.genforge/quality_curve/<label>/``.
+Sample grids of each point go to ``.genforge/gate_ladder/curves/<label>/``.
+
+``--checkpoints MODEL_DIR`` trains nothing: it evaluates the epoch checkpoints (``checkpoints/epoch-NNNN.pt``)
+of a model the trainer already wrote (e.g. the gate ladder's ``.genforge/gate_ladder/mnist5k/<family>-s0/
+models/mnist5k/<family>``) at the --eval-at epochs, with the model's own config.json. Its training seconds
+at epoch k are read from the checkpoints' modification times (``checkpoint_seconds``: the last checkpoint
+is at train.json's ``train_seconds``), so they carry whatever load the machine had during that training.
 
 Usage: python benchmarks/quality_curve.py [--family dcgan] [--eval-at 5,10,25] [--set model.dcgan.lr_g=1e-4 ...]
-       [--seed 0] [--label NAME] [--threads N]
+       [--seed 0] [--label NAME] [--threads N] [--checkpoints MODEL_DIR]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -23,6 +30,52 @@ METRICS = ["fid", "prdc", "class_coverage", "class_kl", "mode_collapse", "condit
 SHOWN = ("fid_ratio", "coverage", "recall", "precision", "class_coverage", "conditional_accuracy")
 
 
+def checkpoint_seconds(model_dir: Path, epochs: list[int]) -> dict[int, float]:
+    """Training wall seconds at the end of each of ``epochs``, from the modification times of
+    ``model_dir/checkpoints/epoch-NNNN.pt``: the last checkpoint written sits at train.json's ``train_seconds``
+    and every other one that many seconds earlier than its time gap to the last. Times that do not increase
+    with the epoch (a copy that did not keep them) fall back to ``train_seconds * k / epochs_trained``.
+    Raises FileNotFoundError naming the first missing checkpoint or train.json."""
+    info = json.loads((model_dir / "train.json").read_text())
+    total, trained = float(info["train_seconds"]), int(info["epochs"])
+    ckpts = sorted((model_dir / "checkpoints").glob("epoch-*.pt"))
+    stamp = {int(c.stem.split("-")[1]): c.stat().st_mtime for c in ckpts}
+    for k in epochs:
+        if k not in stamp:
+            raise FileNotFoundError(f"{model_dir / 'checkpoints' / f'epoch-{k:04d}.pt'}: no checkpoint of epoch {k}")
+    last = max(stamp)
+    times = [stamp[k] for k in sorted(stamp)]
+    if all(a < b for a, b in zip(times, times[1:])):
+        return {k: total - (stamp[last] - stamp[k]) for k in epochs}
+    return {k: total * k / trained for k in epochs}
+
+
+def evaluate_point(model, ds, ev, base: Path, out: Path, label: str, epoch: int, train_s: float) -> None:
+    """Print the gate's metrics of ``model`` after ``epoch`` (with its weight average and, when it has one,
+    the trained weights too); sample grids under ``out/epochNNN-<variant>``."""
+    import torch
+
+    from evaluation.suite import EvalContext
+    from pipelines.evaluate import run_metrics
+
+    variants = [("ema", None)]
+    if getattr(model, "generator_ema", None) is not None:
+        variants.append(("raw", model.generator_ema))
+    for name, stash in variants:
+        if name == "raw":
+            model.generator_ema = None  # sample the trained weights
+        model.eval()
+        work = out / f"epoch{epoch:03d}-{name}"
+        work.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            metrics = run_metrics(EvalContext(model, ds, ev, "cpu", work, base / "classifier"), METRICS)[0]
+        if name == "raw":
+            model.generator_ema = stash
+        vals = "  ".join(f"{k} {float(metrics[k]['value']):.4g}" for k in SHOWN if k in metrics)
+        print(f"{label} epoch {epoch} train {train_s:.0f} s [{name if len(variants) > 1 else 'model'}] "
+              f"{vals}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", default="dcgan")
@@ -31,18 +84,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--label", default=None)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--checkpoints", type=Path, default=None,
+                    help="a trained model folder: evaluate its epoch checkpoints instead of training")
     args = ap.parse_args()
 
     import torch
 
     from benchmarks.gate_ladder import CACHE, _params, _prepared
-    from evaluation.suite import EvalContext
-    from pipelines.evaluate import _settings, run_metrics
-    from pipelines.train import _epoch_seed, plan_training
+    from pipelines.evaluate import _settings
+    from pipelines.train import _epoch_seed, load_model, plan_training
 
     if args.threads:
         torch.set_num_threads(args.threads)
     eval_at = sorted(int(e) for e in args.eval_at.split(","))
+    if args.checkpoints is not None:
+        family = json.loads((args.checkpoints / "train.json").read_text())["family"]
+        try:
+            seconds = checkpoint_seconds(args.checkpoints, eval_at)
+        except FileNotFoundError as exc:
+            ap.error(str(exc))
+        args.family = family
     params = _params([*args.sets, f"train.seed={args.seed}", f"model.{args.family}.epochs={eval_at[-1]}"])
     base = CACHE / params["data"]["name"]
     base.mkdir(parents=True, exist_ok=True)
@@ -50,6 +111,16 @@ def main() -> None:
     ds = _prepared(params, base)
     ev = _settings(params)
     ev["metrics"] = METRICS
+    if args.checkpoints is not None:
+        label = args.label or f"{args.family}-checkpoints-{args.checkpoints.parents[2].name}"
+        model = load_model(args.checkpoints, "cpu")
+        print(f"{label}: {args.family} checkpoints of {args.checkpoints}, threads {torch.get_num_threads()}",
+              flush=True)
+        for epoch in eval_at:
+            ckpt = torch.load(args.checkpoints / "checkpoints" / f"epoch-{epoch:04d}.pt", weights_only=True)
+            model.load_state_dict(ckpt["training_state"]["model"])
+            evaluate_point(model, ds, ev, base, CACHE / "curves" / label, label, epoch, seconds[epoch])
+        return
     _, model, settings, _ = plan_training(params, base, args.family)
     label = args.label or "-".join([args.family, *(s.split(".")[-1] for s in args.sets)]) + f"-s{args.seed}"
     out = CACHE / "curves" / label
@@ -69,24 +140,8 @@ def main() -> None:
             idx = order[step * bs:(step + 1) * bs]
             model.fit_step(x_all[idx], y_all[idx])
         train_s += time.perf_counter() - start
-        if epoch + 1 not in eval_at:
-            continue
-        variants = [("ema", None)]
-        if getattr(model, "generator_ema", None) is not None:
-            variants.append(("raw", model.generator_ema))
-        for name, stash in variants:
-            if name == "raw":
-                model.generator_ema = None  # sample the trained weights
-            model.eval()
-            work = out / f"epoch{epoch + 1:03d}-{name}"
-            work.mkdir(parents=True, exist_ok=True)
-            with torch.random.fork_rng(devices=[]):
-                metrics = run_metrics(EvalContext(model, ds, ev, "cpu", work, base / "classifier"), METRICS)[0]
-            if name == "raw":
-                model.generator_ema = stash
-            vals = "  ".join(f"{k} {float(metrics[k]['value']):.4g}" for k in SHOWN if k in metrics)
-            print(f"{label} epoch {epoch + 1} train {train_s:.0f} s [{name if len(variants) > 1 else 'model'}] "
-                  f"{vals}", flush=True)
+        if epoch + 1 in eval_at:
+            evaluate_point(model, ds, ev, base, out, label, epoch + 1, train_s)
 
 
 if __name__ == "__main__":
