@@ -8,7 +8,8 @@ Sample grids of each point go to ``.genforge/gate_ladder/curves/<label>/``.
 of a model the trainer already wrote (e.g. the gate ladder's ``.genforge/gate_ladder/mnist5k/<family>-s0/
 models/mnist5k/<family>``) at the --eval-at epochs, with the model's own config.json. Its training seconds
 at epoch k are read from the checkpoints' modification times (``checkpoint_seconds``: the last checkpoint
-is at train.json's ``train_seconds``), so they carry whatever load the machine had during that training.
+share train.json's ``train_seconds`` in proportion to the gaps between them), so they carry whatever load the
+machine had during that training.
 
 Usage: python benchmarks/quality_curve.py [--family dcgan] [--eval-at 5,10,25] [--set model.dcgan.lr_g=1e-4 ...]
        [--seed 0] [--label NAME] [--threads N] [--checkpoints MODEL_DIR]
@@ -31,23 +32,25 @@ SHOWN = ("fid_ratio", "coverage", "recall", "precision", "class_coverage", "cond
 
 
 def checkpoint_seconds(model_dir: Path, epochs: list[int]) -> dict[int, float]:
-    """Training wall seconds at the end of each of ``epochs``, from the modification times of
-    ``model_dir/checkpoints/epoch-NNNN.pt``: the last checkpoint written sits at train.json's ``train_seconds``
-    and every other one that many seconds earlier than its time gap to the last. Times that do not increase
-    with the epoch (a copy that did not keep them) fall back to ``train_seconds * k / epochs_trained``.
-    Raises FileNotFoundError naming the first missing checkpoint or train.json."""
+    """Training seconds at the end of each of ``epochs``: train.json's ``train_seconds`` (the optimisation time
+    of the whole run) shared among the epochs in proportion to the gaps between the modification times of
+    ``model_dir/checkpoints/epoch-NNNN.pt`` (epoch 1, which has no earlier checkpoint, taken as long as epoch 2).
+    Times that do not increase with the epoch (a copy that did not keep them) fall back to equal epochs.
+    Raises FileNotFoundError naming the first missing checkpoint."""
     info = json.loads((model_dir / "train.json").read_text())
-    total, trained = float(info["train_seconds"]), int(info["epochs"])
-    ckpts = sorted((model_dir / "checkpoints").glob("epoch-*.pt"))
-    stamp = {int(c.stem.split("-")[1]): c.stat().st_mtime for c in ckpts}
+    total = float(info["train_seconds"])
+    stamp = {int(c.stem.split("-")[1]): c.stat().st_mtime for c in (model_dir / "checkpoints").glob("epoch-*.pt")}
     for k in epochs:
         if k not in stamp:
             raise FileNotFoundError(f"{model_dir / 'checkpoints' / f'epoch-{k:04d}.pt'}: no checkpoint of epoch {k}")
-    last = max(stamp)
     times = [stamp[k] for k in sorted(stamp)]
-    if all(a < b for a, b in zip(times, times[1:])):
-        return {k: total - (stamp[last] - stamp[k]) for k in epochs}
-    return {k: total * k / trained for k in epochs}
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    if not gaps or min(gaps) <= 0:
+        gaps = [1.0] * len(times)
+    else:
+        gaps = [gaps[0], *gaps]
+    ends = {k: sum(gaps[:i + 1]) for i, k in enumerate(sorted(stamp))}
+    return {k: total * ends[k] / ends[max(stamp)] for k in epochs}
 
 
 def evaluate_point(model, ds, ev, base: Path, out: Path, label: str, epoch: int, train_s: float) -> None:

@@ -19,15 +19,19 @@ def _model_dir(tmp_path, stamps, train_seconds=100.0):
     return tmp_path
 
 
-def test_seconds_come_from_the_gaps_to_the_last_checkpoint(tmp_path):
-    # epochs ended at 1,000 + 30, 50, 90, 100 s: the last is train_seconds (100), epoch 1 ends 70 s before it
-    folder = _model_dir(tmp_path, [1030.0, 1050.0, 1090.0, 1100.0])
-    assert checkpoint_seconds(folder, [1, 3, 4]) == {1: 30.0, 3: 90.0, 4: 100.0}
+def test_train_seconds_are_shared_by_the_gaps_between_checkpoints(tmp_path):
+    # gaps 20, 40, 10 s (epoch 1 taken as long as epoch 2: 20): wall ends 20, 40, 80, 90 of 90 -> of 45 s
+    folder = _model_dir(tmp_path, [1030.0, 1050.0, 1090.0, 1100.0], train_seconds=45.0)
+    assert checkpoint_seconds(folder, [1, 3, 4]) == pytest.approx({1: 10.0, 3: 40.0, 4: 45.0})
 
 
 def test_times_that_do_not_increase_fall_back_to_a_linear_share(tmp_path):
     folder = _model_dir(tmp_path, [500.0, 500.0, 500.0, 500.0], train_seconds=80.0)  # a copy that reset them
-    assert checkpoint_seconds(folder, [1, 2, 4]) == {1: 20.0, 2: 40.0, 4: 80.0}
+    assert checkpoint_seconds(folder, [1, 2, 4]) == pytest.approx({1: 20.0, 2: 40.0, 4: 80.0})
+
+
+def test_one_checkpoint_holds_the_whole_run(tmp_path):
+    assert checkpoint_seconds(_model_dir(tmp_path, [7.0], train_seconds=12.5), [1]) == {1: 12.5}
 
 
 def test_a_missing_checkpoint_is_named(tmp_path):
