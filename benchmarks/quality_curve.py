@@ -4,12 +4,15 @@ coverage, recall, class coverage; N = evaluation.num_samples) on mnist5k. For a 
 (dcgan, wgan_gp: ``ema_decay``) each point is evaluated twice, with the average and with the trained weights.
 Sample grids of each point go to ``.genforge/gate_ladder/curves/<label>/``.
 
-``--checkpoints MODEL_DIR`` trains nothing: it evaluates the epoch checkpoints (``checkpoints/epoch-NNNN.pt``)
-of a model the trainer already wrote (e.g. the gate ladder's ``.genforge/gate_ladder/mnist5k/<family>-s0/
-models/mnist5k/<family>``) at the --eval-at epochs, with the model's own config.json. Its training seconds
-at epoch k are read from the checkpoints' modification times (``checkpoint_seconds``: the last checkpoint
-share train.json's ``train_seconds`` in proportion to the gaps between them), so they carry whatever load the
-machine had during that training.
+``--checkpoints MODEL_DIR`` reuses a model the trainer already wrote (e.g. the gate ladder's
+``.genforge/gate_ladder/mnist5k/<family>-s0/models/mnist5k/<family>``): the --eval-at epochs it has a
+checkpoint of (``checkpoints/epoch-NNNN.pt``) are evaluated from those, with the model's own config.json,
+and the epochs past its last checkpoint are trained on from it as the trainer resumes (weights, optimiser and
+schedule state, the same per-epoch seeds), so a 20-epoch model gives a 40-epoch curve for the cost of 20 more.
+The training seconds of a stored checkpoint are train.json's ``train_seconds`` shared among the epochs by the
+gaps between the checkpoints' modification times (``checkpoint_seconds``), so they carry the load the machine
+had during that training. A checkpoint of epoch k is a k-epoch model only when the schedule does not depend on
+the total epochs (true of every family today: constant, warm-up or per-step exponential learning rates).
 
 Usage: python benchmarks/quality_curve.py [--family dcgan] [--eval-at 5,10,25] [--set model.dcgan.lr_g=1e-4 ...]
        [--seed 0] [--label NAME] [--threads N] [--checkpoints MODEL_DIR]
@@ -88,7 +91,8 @@ def main() -> None:
     ap.add_argument("--label", default=None)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--checkpoints", type=Path, default=None,
-                    help="a trained model folder: evaluate its epoch checkpoints instead of training")
+                    help="a trained model folder: evaluate its epoch checkpoints instead of training; --eval-at "
+                         "epochs past its last checkpoint are trained on from that checkpoint")
     args = ap.parse_args()
 
     import torch
@@ -100,13 +104,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     eval_at = sorted(int(e) for e in args.eval_at.split(","))
+    start_epoch, train_s = 0, 0.0
     if args.checkpoints is not None:
-        family = json.loads((args.checkpoints / "train.json").read_text())["family"]
+        spec = json.loads((args.checkpoints / "config.json").read_text())
+        args.family = spec["family"]
+        stored = sorted(int(c.stem.split("-")[1]) for c in (args.checkpoints / "checkpoints").glob("epoch-*.pt"))
+        start_epoch = max((e for e in stored if e <= eval_at[-1]), default=0)
         try:
-            seconds = checkpoint_seconds(args.checkpoints, eval_at)
+            seconds = checkpoint_seconds(args.checkpoints, [e for e in eval_at if e <= start_epoch] + [start_epoch])
         except FileNotFoundError as exc:
             ap.error(str(exc))
-        args.family = family
     params = _params([*args.sets, f"train.seed={args.seed}", f"model.{args.family}.epochs={eval_at[-1]}"])
     base = CACHE / params["data"]["name"]
     base.mkdir(parents=True, exist_ok=True)
@@ -116,25 +123,31 @@ def main() -> None:
     ev["metrics"] = METRICS
     if args.checkpoints is not None:
         label = args.label or f"{args.family}-checkpoints-{args.checkpoints.parents[2].name}"
+        out = CACHE / "curves" / label
         model = load_model(args.checkpoints, "cpu")
-        print(f"{label}: {args.family} checkpoints of {args.checkpoints}, threads {torch.get_num_threads()}",
-              flush=True)
-        for epoch in eval_at:
+        bs, seed = int(spec["training"]["batch_size"]), int(spec["config"]["seed"])
+        print(f"{label}: {args.family} checkpoints of {args.checkpoints} to epoch {start_epoch}, then trained to "
+              f"{eval_at[-1]}; threads {torch.get_num_threads()}", flush=True)
+        for epoch in [e for e in eval_at if e <= start_epoch]:
             ckpt = torch.load(args.checkpoints / "checkpoints" / f"epoch-{epoch:04d}.pt", weights_only=True)
             model.load_state_dict(ckpt["training_state"]["model"])
-            evaluate_point(model, ds, ev, base, CACHE / "curves" / label, label, epoch, seconds[epoch])
-        return
-    _, model, settings, _ = plan_training(params, base, args.family)
-    label = args.label or "-".join([args.family, *(s.split(".")[-1] for s in args.sets)]) + f"-s{args.seed}"
-    out = CACHE / "curves" / label
+            evaluate_point(model, ds, ev, base, out, label, epoch, seconds[epoch])
+        if eval_at[-1] > start_epoch:  # resume as the trainer does: weights, optimiser and schedule state
+            ckpt = torch.load(args.checkpoints / "checkpoints" / f"epoch-{start_epoch:04d}.pt", weights_only=True)
+            model.load_training_state(ckpt["training_state"])
+            train_s = seconds[start_epoch]
+    else:
+        _, model, settings, _ = plan_training(params, base, args.family)
+        label = args.label or "-".join([args.family, *(s.split(".")[-1] for s in args.sets)]) + f"-s{args.seed}"
+        out = CACHE / "curves" / label
+        bs, seed = int(settings["batch_size"]), int(settings["seed"])
+        print(f"{label}: {args.family} batch {bs}, epochs {eval_at[-1]}, threads {torch.get_num_threads()}, "
+              f"sets {args.sets}", flush=True)
     images, labels = ds.load("train")
     x_all = torch.from_numpy(images).float().div_(255.0)
     y_all = torch.from_numpy(labels)
-    n, bs, seed = len(x_all), int(settings["batch_size"]), int(settings["seed"])
-    print(f"{label}: {args.family} batch {bs}, epochs {eval_at[-1]}, threads {torch.get_num_threads()}, "
-          f"sets {args.sets}", flush=True)
-    train_s = 0.0
-    for epoch in range(eval_at[-1]):
+    n = len(x_all)
+    for epoch in range(start_epoch, eval_at[-1]):
         start = time.perf_counter()
         torch.manual_seed(_epoch_seed(seed, epoch))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
