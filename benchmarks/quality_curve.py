@@ -1,7 +1,8 @@
 """Sample quality against training wall time: one family trained (the trainer's seeding and batches, without
 MLflow), evaluated at chosen epochs by the gate's metrics (FID ratio on the domain classifier's features,
-coverage, recall, class coverage; N = evaluation.num_samples) on mnist5k. For a family with a weight average
-(dcgan, wgan_gp: ``ema_decay``) each point is evaluated twice, with the average and with the trained weights.
+coverage, recall, class coverage, bits/dim of a likelihood family; N = evaluation.num_samples) on mnist5k.
+For a family with a weight average (dcgan, wgan_gp: ``ema_decay``) each point is evaluated twice, with the
+average and with the trained weights.
 Sample grids of each point go to ``.genforge/gate_ladder/curves/<label>/``.
 
 ``--checkpoints MODEL_DIR`` reuses a model the trainer already wrote (e.g. the gate ladder's
@@ -30,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-METRICS = ["fid", "prdc", "class_coverage", "class_kl", "mode_collapse", "conditional_accuracy", "sample_grid"]
-SHOWN = ("fid_ratio", "coverage", "recall", "precision", "class_coverage", "conditional_accuracy")
+METRICS = ["fid", "prdc", "class_coverage", "class_kl", "mode_collapse", "conditional_accuracy", "sample_grid", "nll"]
+SHOWN = ("fid_ratio", "coverage", "recall", "precision", "class_coverage", "conditional_accuracy", "bits_per_dim")
 
 
 def checkpoint_seconds(model_dir: Path, epochs: list[int]) -> dict[int, float]:
