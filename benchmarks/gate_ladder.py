@@ -120,13 +120,16 @@ def _decide(metrics: dict[str, Any], params: dict[str, Any], family: str) -> dic
     """The gate's decision with no champion, the checks it failed (a missing primary metric named too) and
     ``on_checks``: the decision on the checks alone, as if the primary metric were there. A set of samples
     has no bits/dim, so a likelihood family's gate (primary bits_per_dim) rejects every sample-set rung, the
-    good one too, for that alone; ``on_checks`` says whether its checks would reject the rung."""
+    good one too, for that alone; ``on_checks`` says whether its checks would reject the rung (a check on the
+    missing primary metric itself, e.g. a family's bits_per_dim max, is left out of it too)."""
     from evaluation.ladder import gate_tags
     from pipelines.gate import gate_decision, resolve_gate
 
     decision = gate_decision(gate_tags(metrics), None, resolve_gate(params["registry"], family))
     failed = [c["metric"] for c in decision["checks"] if c["status"] == "failed"]
-    on_checks = "rejected" if failed else "promoted"
+    primary_missing = decision["value"] is None
+    on_checks = "rejected" if [m for m in failed if not (primary_missing and m == decision["primary_metric"])] \
+        else "promoted"
     if decision["value"] is None:
         failed.append(f"no {decision['primary_metric']}")
     return {"decision": decision["decision"], "failed": failed, "on_checks": on_checks}

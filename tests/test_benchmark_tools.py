@@ -62,3 +62,20 @@ def test_rows_without_on_checks_are_judged_by_the_decision():
     rows = [{"family": "vae", "seed": "1", "rung": r, "decision": d} for r, d in
             [("good (data)", "promoted"), ("replay (data)", "promoted"), ("default", "promoted")]]
     assert wrong_decisions(rows) == [("vae", "1", "replay (data)")]
+
+
+def test_on_checks_leaves_out_only_the_missing_primary_metric():
+    from benchmarks.gate_ladder import _decide
+    from pipelines.config import load_params
+    from tests.conftest import REPO
+
+    check = "registry.families.pixelcnn.checks=[{metric: bits_per_dim, max: 0.14}]"
+    params = load_params(REPO / "params.yaml", [check])
+    good = {"fid_ratio": 1.0, "coverage": 0.68, "class_coverage": 1.0, "mode_collapse": False, "copy_rate": 0.01}
+    sample_set = _decide({k: {"value": v} for k, v in good.items()}, params, "pixelcnn")
+    assert sample_set["decision"] == "rejected" and sample_set["on_checks"] == "promoted"
+    assert "no bits_per_dim" in sample_set["failed"]
+    model = _decide({k: {"value": v} for k, v in {**good, "bits_per_dim": 0.15}.items()}, params, "pixelcnn")
+    assert model["decision"] == model["on_checks"] == "rejected" and model["failed"] == ["bits_per_dim"]
+    blurred = _decide({k: {"value": v} for k, v in {**good, "coverage": 0.01}.items()}, params, "pixelcnn")
+    assert blurred["on_checks"] == "rejected" and "coverage" in blurred["failed"]
