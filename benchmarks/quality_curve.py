@@ -16,7 +16,7 @@ had during that training. A checkpoint of epoch k is a k-epoch model only when t
 the total epochs (true of every family today: constant, warm-up or per-step exponential learning rates).
 
 Usage: python benchmarks/quality_curve.py [--family dcgan] [--eval-at 5,10,25] [--set model.dcgan.lr_g=1e-4 ...]
-       [--seed 0] [--label NAME] [--threads N] [--checkpoints MODEL_DIR]
+       [--seed 0] [--label NAME] [--threads N] [--checkpoints MODEL_DIR] [--sampling temperature=0.7 ...]
 """
 from __future__ import annotations
 
@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=Path, default=None,
                     help="a trained model folder: evaluate its epoch checkpoints instead of training; --eval-at "
                          "epochs past its last checkpoint are trained on from that checkpoint")
+    ap.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sampling option for every point, e.g. temperature=0.7 (realnvp), steps=20 (ddpm)")
     args = ap.parse_args()
 
     import torch
@@ -104,6 +106,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from pipelines.config import yaml_load
+
+    sampling = {k: yaml_load(v) for k, v in (item.split("=", 1) for item in args.sampling)}
     eval_at = sorted(int(e) for e in args.eval_at.split(","))
     start_epoch, train_s = 0, 0.0
     if args.checkpoints is not None:
@@ -126,6 +131,7 @@ def main() -> None:
         label = args.label or f"{args.family}-checkpoints-{args.checkpoints.parents[2].name}"
         out = CACHE / "curves" / label
         model = load_model(args.checkpoints, "cpu")
+        model.set_sampling_defaults(**sampling)
         bs, seed = int(spec["training"]["batch_size"]), int(spec["config"]["seed"])
         print(f"{label}: {args.family} checkpoints of {args.checkpoints} to epoch {start_epoch}, then trained to "
               f"{eval_at[-1]}; threads {torch.get_num_threads()}", flush=True)
@@ -139,6 +145,7 @@ def main() -> None:
             train_s = seconds[start_epoch]
     else:
         _, model, settings, _ = plan_training(params, base, args.family)
+        model.set_sampling_defaults(**sampling)
         label = args.label or "-".join([args.family, *(s.split(".")[-1] for s in args.sets)]) + f"-s{args.seed}"
         out = CACHE / "curves" / label
         bs, seed = int(settings["batch_size"]), int(settings["seed"])
