@@ -2,8 +2,7 @@
 MLflow), evaluated at chosen epochs by the gate's metrics (FID ratio on the domain classifier's features,
 coverage, recall, class coverage, bits/dim of a likelihood family; N = evaluation.num_samples) on mnist5k.
 For a family with a weight average (dcgan, wgan_gp: ``ema_decay``) each point is evaluated twice, with the
-average and with the trained weights.
-Sample grids of each point go to ``.genforge/gate_ladder/curves/<label>/``.
+average and with the trained weights. Sample grids of each point go to ``.genforge/gate_ladder/curves/<label>/``.
 
 ``--checkpoints MODEL_DIR`` reuses a model the trainer already wrote (e.g. the gate ladder's
 ``.genforge/gate_ladder/mnist5k/<family>-s0/models/mnist5k/<family>``): the --eval-at epochs it has a
@@ -101,13 +100,14 @@ def main() -> None:
     import torch
 
     from benchmarks.gate_ladder import CACHE, _params, _prepared
+    from pipelines.config import yaml_load
     from pipelines.evaluate import _settings
     from pipelines.train import _epoch_seed, load_model, plan_training
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from pipelines.config import yaml_load
-
+    if any("=" not in item for item in args.sampling):
+        ap.error(f"--sampling takes KEY=VALUE, got {args.sampling}")
     sampling = {k: yaml_load(v) for k, v in (item.split("=", 1) for item in args.sampling)}
     eval_at = sorted(int(e) for e in args.eval_at.split(","))
     start_epoch, train_s = 0, 0.0
