@@ -49,6 +49,7 @@ QUICK_SETS = ["data.source=digits", "data.name=digits", "validation.min_train_sa
 SHOWN = ("fid_ratio", "coverage", "recall", "precision", "class_coverage", "mode_collapse", "copy_rate",
          "conditional_accuracy", "bits_per_dim")
 SYNTHETIC = ("good", "noise", "one_class", "ten_prototypes", "replay", "blurred")
+SAMPLE_SETS = ("blurred_model", *(f"{r} (data)" for r in SYNTHETIC))  # rungs that are samples, not a model
 MODEL_RUNGS = ("untrained", "epoch1", "blurred_model", "default")
 CACHE = ROOT / ".genforge" / "gate_ladder"
 
@@ -116,15 +117,22 @@ def _evaluate_model(model: Any, ds: Any, ev: dict[str, Any], workdir: Path, clas
 
 
 def _decide(metrics: dict[str, Any], params: dict[str, Any], family: str) -> dict[str, Any]:
-    """The gate's decision with no champion, and the checks it failed (a missing primary metric named too)."""
+    """The gate's decision with no champion, the checks it failed (a missing primary metric named too) and
+    ``on_checks``: the decision on the checks alone, as if the primary metric were there. A set of samples
+    has no bits/dim, so a likelihood family's gate (primary bits_per_dim) rejects every sample-set rung, the
+    good one too, for that alone; ``on_checks`` says whether its checks would reject the rung (a check on the
+    missing primary metric itself, e.g. a family's bits_per_dim max, is left out of it too)."""
     from evaluation.ladder import gate_tags
     from pipelines.gate import gate_decision, resolve_gate
 
     decision = gate_decision(gate_tags(metrics), None, resolve_gate(params["registry"], family))
     failed = [c["metric"] for c in decision["checks"] if c["status"] == "failed"]
+    primary_missing = decision["value"] is None
+    on_checks = "rejected" if [m for m in failed if not (primary_missing and m == decision["primary_metric"])] \
+        else "promoted"
     if decision["value"] is None:
         failed.append(f"no {decision['primary_metric']}")
-    return {"decision": decision["decision"], "failed": failed}
+    return {"decision": decision["decision"], "failed": failed, "on_checks": on_checks}
 
 
 def _row(rung: str, metrics: dict[str, Any], verdict: dict[str, Any], seconds: float) -> dict[str, str]:
@@ -134,6 +142,7 @@ def _row(rung: str, metrics: dict[str, Any], verdict: dict[str, Any], seconds: f
         row[key] = "-" if value is None else (f"{float(value):.4g}" if not isinstance(value, bool) else str(int(value)))
     row["decision"] = verdict["decision"]
     row["failed checks"] = ", ".join(verdict["failed"]) or "-"
+    row["on checks"] = verdict["on_checks"]
     row["s"] = f"{seconds:.0f}"
     return row
 
@@ -191,6 +200,19 @@ def run_family(variant: str, seed: int, sets: list[str], base: Path, ds: Any, ev
     return rows
 
 
+def judged(row: dict[str, str]) -> str:
+    """The decision a ladder row is judged by: the gate's for a model, the checks' alone (``on checks``) for a
+    set of samples (``SAMPLE_SETS``), which has no bits/dim for a likelihood family's primary metric."""
+    return row.get("on checks", row["decision"]) if row["rung"] in SAMPLE_SETS else row["decision"]
+
+
+def wrong_decisions(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(family, seed, rung) of every row judged wrongly: a bad rung promoted, or the default or the held-out
+    test images (good) rejected."""
+    return [(r["family"], r["seed"], r["rung"]) for r in rows
+            if (judged(r) == "promoted") != (r["rung"] in ("default", "good (data)"))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--families", default=",".join(ALL_FAMILIES))
@@ -245,7 +267,7 @@ def main() -> None:
     for variant in variants:
         for seed in [int(s) for s in args.seeds.split(",")]:
             rows += run_family(variant, seed, sets, base, ds, ev, args.retrain, synthetic)
-    columns = ["family", "seed", "rung", *SHOWN, "decision", "failed checks"]
+    columns = ["family", "seed", "rung", *SHOWN, "decision", "failed checks", "on checks"]
     print(f"\ndata {params['data']['name']}, N = {n}, torch threads {torch.get_num_threads()}, "
           f"{time.perf_counter() - started:.0f} s")
     for variant in variants:
@@ -258,17 +280,16 @@ def main() -> None:
         line = {"rung": rung}
         for variant in variants:
             mine = [r for r in rows if r["family"] == variant and r["rung"] == rung]
-            decisions = {r["decision"] for r in mine}
+            decisions = {judged(r) for r in mine}
             ratios = [float(r["fid_ratio"]) for r in mine if r["fid_ratio"] != "-"]
             median = statistics.median(ratios) if ratios else None
             line[variant] = ("" if median is None else f"{median:.0f}x " if median >= 100 else f"{median:.3g}x ") \
                 + "/".join(sorted(decisions))
         summary.append(line)
     print("\nsummary: median fid_ratio over seeds and the gate's decisions (every bad rung must be rejected, "
-          "good and default promoted)")
+          "good and default promoted; a sample-set rung is judged on the checks alone, since it has no bits/dim)")
     print_table(summary, ["rung", *variants])
-    wrong = [(r["family"], r["seed"], r["rung"]) for r in rows
-             if (r["decision"] == "promoted") != (r["rung"] in ("default", "good (data)"))]
+    wrong = wrong_decisions(rows)
     print("every bad rung rejected and every default promoted" if not wrong else f"WRONG decisions: {wrong}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -1,0 +1,81 @@
+"""Helpers of the quality benchmarks, without training or evaluating anything: benchmarks/quality_curve.py
+--checkpoints (the training seconds of each epoch checkpoint, from the checkpoints' modification times) and
+benchmarks/gate_ladder.py's verdict (which rows are decided wrongly)."""
+import json
+import os
+
+import pytest
+
+from benchmarks.gate_ladder import wrong_decisions
+from benchmarks.quality_curve import checkpoint_seconds
+
+
+def _model_dir(tmp_path, stamps, train_seconds=100.0):
+    """A model folder with train.json and checkpoints/epoch-NNNN.pt whose mtimes are ``stamps`` (epoch 1..)."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "train.json").write_text(json.dumps({"train_seconds": train_seconds, "epochs": len(stamps)}))
+    for k, stamp in enumerate(stamps, start=1):
+        path = tmp_path / "checkpoints" / f"epoch-{k:04d}.pt"
+        path.write_bytes(b"")
+        os.utime(path, (stamp, stamp))
+    return tmp_path
+
+
+def test_train_seconds_are_shared_by_the_gaps_between_checkpoints(tmp_path):
+    # gaps 20, 40, 10 s (epoch 1 taken as long as epoch 2: 20): wall ends 20, 40, 80, 90 of 90 -> of 45 s
+    folder = _model_dir(tmp_path, [1030.0, 1050.0, 1090.0, 1100.0], train_seconds=45.0)
+    assert checkpoint_seconds(folder, [1, 3, 4]) == pytest.approx({1: 10.0, 3: 40.0, 4: 45.0})
+
+
+def test_times_that_do_not_increase_fall_back_to_a_linear_share(tmp_path):
+    folder = _model_dir(tmp_path, [500.0, 500.0, 500.0, 500.0], train_seconds=80.0)  # a copy that reset them
+    assert checkpoint_seconds(folder, [1, 2, 4]) == pytest.approx({1: 20.0, 2: 40.0, 4: 80.0})
+
+
+def test_one_checkpoint_holds_the_whole_run(tmp_path):
+    assert checkpoint_seconds(_model_dir(tmp_path, [7.0], train_seconds=12.5), [1]) == {1: 12.5}
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    folder = _model_dir(tmp_path, [1.0, 2.0])
+    with pytest.raises(FileNotFoundError, match="epoch-0005.pt"):
+        checkpoint_seconds(folder, [2, 5])
+
+
+def _row(rung, decision, failed="-"):
+    on_checks = "rejected" if [f for f in failed.split(", ") if f != "-" and not f.startswith("no ")] else "promoted"
+    return {"family": "pixelcnn", "seed": "0", "rung": rung, "decision": decision, "failed checks": failed,
+            "on checks": on_checks}
+
+
+def test_a_sample_set_rejected_only_for_its_missing_bits_per_dim_counts_as_promoted():
+    rows = [_row("good (data)", "rejected", "no bits_per_dim"),            # right: its checks pass
+            _row("noise (data)", "rejected", "coverage, no bits_per_dim"),  # right: a check rejects it
+            _row("blurred_model", "rejected", "no bits_per_dim"),         # wrong: only the missing metric
+            _row("epoch1", "promoted"),                                    # wrong: a model, gate promoted it
+            _row("default", "rejected", "no bits_per_dim")]                # wrong: a model must have it
+    assert wrong_decisions(rows) == [("pixelcnn", "0", "blurred_model"), ("pixelcnn", "0", "epoch1"),
+                                     ("pixelcnn", "0", "default")]
+
+
+def test_rows_without_on_checks_are_judged_by_the_decision():
+    rows = [{"family": "vae", "seed": "1", "rung": r, "decision": d} for r, d in
+            [("good (data)", "promoted"), ("replay (data)", "promoted"), ("default", "promoted")]]
+    assert wrong_decisions(rows) == [("vae", "1", "replay (data)")]
+
+
+def test_on_checks_leaves_out_only_the_missing_primary_metric():
+    from benchmarks.gate_ladder import _decide
+    from pipelines.config import load_params
+    from tests.conftest import REPO
+
+    check = "registry.families.pixelcnn.checks=[{metric: bits_per_dim, max: 0.14}]"
+    params = load_params(REPO / "params.yaml", [check])
+    good = {"fid_ratio": 1.0, "coverage": 0.68, "class_coverage": 1.0, "mode_collapse": False, "copy_rate": 0.01}
+    sample_set = _decide({k: {"value": v} for k, v in good.items()}, params, "pixelcnn")
+    assert sample_set["decision"] == "rejected" and sample_set["on_checks"] == "promoted"
+    assert "no bits_per_dim" in sample_set["failed"]
+    model = _decide({k: {"value": v} for k, v in {**good, "bits_per_dim": 0.15}.items()}, params, "pixelcnn")
+    assert model["decision"] == model["on_checks"] == "rejected" and model["failed"] == ["bits_per_dim"]
+    blurred = _decide({k: {"value": v} for k, v in {**good, "coverage": 0.01}.items()}, params, "pixelcnn")
+    assert blurred["on_checks"] == "rejected" and "coverage" in blurred["failed"]
