@@ -167,8 +167,8 @@ def _session(path: Path, threads: int, spin: bool = False, profile: str | None =
 
     from serving.generator import _load_session
 
-    if not spin and profile is None:
-        return _load_session(path, ["CPUExecutionProvider"], threads)  # exactly the generator's session
+    if profile is None:  # exactly the generator's session (genforge generate [--spin])
+        return _load_session(path, ["CPUExecutionProvider"], threads, spin)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1

@@ -239,6 +239,8 @@ def generate_cmd(
     label: Optional[str] = typer.Option(None, "--label", help="Class to generate (conditional models only): an "
                                         "index or a class name (index:K / name:NAME where a name is a number)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
+    spin: bool = typer.Option(False, "--spin", help="ONNX Runtime's threads busy-wait between ops: faster with "
+                              "2+ threads on an otherwise idle machine, slower on a shared one (same samples)."),
     png: bool = typer.Option(False, "--png", help="Also write one file per sample (first 1000), in the data's "
                              "format: images png/NNNNNNN.png, text txt/NNNNNNN.txt."),
     overwrite: bool = typer.Option(False, "--overwrite",
@@ -274,7 +276,7 @@ def generate_cmd(
     local = fetch_onnx(resolved, catalog.generator_cache(project_root()))
     ref = f"{resolved.name}/{resolved.version}"
     with sample_progress(console, n, ref) as progress:
-        result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, png=png,
+        result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, spin=spin, png=png,
                           model_id=resolved.model_id, provider=provider, progress=progress,
                           sampling={"steps": steps, "eta": eta, "temperature": temperature, "top_k": top_k,
                                     "top_p": top_p, "max_len": max_len, "sampler": sampler,

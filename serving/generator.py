@@ -114,14 +114,15 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
              label: int | str | None = None, threads: int | None = None, png: bool = False,
              model_id: dict | None = None, provider: str = "auto",
              progress: Callable[[int, int], None] | None = None,
-             sampling: Mapping[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+             sampling: Mapping[str, Any] | None = None, overwrite: bool = False, spin: bool = False) -> dict[str, Any]:
     """Generate ``n`` samples of the model in ``model_dir`` into ``out_dir`` (see the module doc).
 
     Returns the final manifest plus ``"run"``: {"generated_shards", "reused_shards", "seconds",
     "samples_per_s", "threads", "out_dir"}. ``progress(done, n)`` is called after every shard.
     ``sampling``: options overriding the sampler's defaults (None values ignored), e.g. {"steps": 20}.
     ``overwrite``: replace another job's outputs, and write into a folder holding files of the user's
-    (never replacing one of them: serving.outdir).
+    (never replacing one of them: serving.outdir). ``spin``: ONNX Runtime's intra-op threads busy-wait between
+    ops (``_load_session``); the samples are the same either way.
     Raises ``GenerationError`` for bad input, before anything is written.
     """
     started = time.perf_counter()
@@ -153,7 +154,7 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     _check_existing(out_root, job, overwrite, want)  # before loading anything heavy, and before writing anything
 
     providers, _ = select_provider(provider)
-    sessions = {name: _load_session(path, providers, threads) for name, path in graph_files.items()}
+    sessions = {name: _load_session(path, providers, threads, spin) for name, path in graph_files.items()}
     used = sorted({s.get_providers()[0] for s in sessions.values()})
     used_provider = CUDA if CUDA in used else used[0]
     if provider in ("auto", "cuda", CUDA) and CUDA in providers and used_provider != CUDA:
@@ -502,14 +503,17 @@ def _label_index(text: str, data: DataSpec) -> int:
 
 
 # --- sessions --------------------------------------------------------------------------------
-def _load_session(path: Path, providers: list[str], threads: int | None):
+def _load_session(path: Path, providers: list[str], threads: int | None, spin: bool = False):
+    """An ORT session as the generator runs it: all graph optimizations, sequential execution, ``threads``
+    intra-op threads (None: ORT's default). ``spin``: the intra-op threads busy-wait between ops. Off by
+    default: on a shared CPU spinning burns the cores other work needs (0.29-0.86x at 2 threads on a loaded
+    2-core machine); on an otherwise idle one it is faster at 2 threads (GAN generators 1.46-1.57x, ddpm
+    1.01-1.14x, README "ONNX Runtime against PyTorch, graph by graph"). Raises GenerationError."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: a fallback from CUDA is reported by us, once
-    # no busy-waiting between ops: one call is a whole batch, so spinning buys little, and on a
-    # shared CPU it burns the cores other work needs (2x slower at 2 threads on a loaded 2-core box)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1

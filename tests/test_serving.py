@@ -240,7 +240,7 @@ def test_generate_counts_shapes_and_manifest(vae_dir, tmp_path):
 
 def test_same_seed_gives_the_same_bytes_whatever_the_threads(vae_dir, tmp_path):
     generate(vae_dir, 100, 7, tmp_path / "a", batch_size=32, threads=1)
-    generate(vae_dir, 100, 7, tmp_path / "b", batch_size=32, threads=2)
+    generate(vae_dir, 100, 7, tmp_path / "b", batch_size=32, threads=2, spin=True)  # spinning: the same bytes too
     generate(vae_dir, 100, 8, tmp_path / "c", batch_size=32, threads=1)
     a, b, c = (_shard_bytes(tmp_path / x) for x in "abc")
     assert a == b and len(a) == 4
@@ -432,3 +432,13 @@ def test_generator_never_imports_torch(vae_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     assert _manifest(tmp_path / "g")["complete"]
+
+
+def test_spin_is_the_sessions_allow_spinning(vae_dir):
+    """`genforge generate --spin` lets ORT's intra-op threads busy-wait; off by default (shared CPUs)."""
+    from serving.generator import _load_session
+
+    path = next(vae_dir.glob("*.onnx"))
+    for spin, value in ((False, "0"), (True, "1")):
+        sess = _load_session(path, ["CPUExecutionProvider"], 2, spin)
+        assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == value
