@@ -134,6 +134,11 @@ def load_text(path: Path, options: TextOptions | None = None):
         _check_lengths(samples, options.max_len)
     mask = grouped_split([s.text for s in samples], np.array([s.label for s in samples]), options.test_fraction,
                          options.seed)
+    distinct = len(set(s.text for s in samples))
+    if options.window is not None and distinct < 2:  # the split cannot help: the text gives one window
+        longest = max((len(t) for t in texts.values()), default=0)
+        raise ConfigError("data.text.window", f"{options.window} characters make {distinct} distinct window(s) of "
+                                              f"{path} (its longest file: {longest} characters); use a smaller window")
     if not mask.any() or mask.all():
         raise DataError(path, f"the {'test' if not mask.any() else 'train'} split would be empty "
                               f"({len(set(s.text for s in samples))} distinct texts); "

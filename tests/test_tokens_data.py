@@ -128,6 +128,10 @@ def test_text_lines_labelled_lines_class_folders_and_windows(tmp_path):
     windows = tok.decode_batch(raw.train_images) + tok.decode_batch(raw.test_images)
     assert raw.train_images.shape[1] == 10 and max(map(len, windows)) == 8 and "\n" in tok.chars
     assert raw.meta["text"]["kind"] == "windows" and raw.meta["text"]["stride"] == 8
+    # a window longer than the text gives one window: the error names the window, not the test fraction
+    with pytest.raises(ConfigError, match=r"data.text.window: 10000 characters make 1 distinct window\(s\) of .*"
+                                          r"running.txt \(its longest file: 220 characters\); use a smaller window"):
+        load_source(f"text:{run}", tmp_path, data=_params(f"text:{run}", window=10000)["data"])
 
 
 def test_prepare_and_validate_text_lines(tmp_path):
