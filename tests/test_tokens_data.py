@@ -224,6 +224,13 @@ def test_max_len_and_settings_errors(tmp_path):
         load_text(f, TextOptions(max_len=5))
     with pytest.raises(ConfigError, match="data.text.windw: unknown setting; did you mean 'window'"):
         validate_settings({"data": {"text": {"windw": 4}}})
+    # settings that would be ignored are errors too
+    with pytest.raises(ConfigError, match="data.text.stride: 5 needs data.text.window"):
+        validate_settings({"data": {"source": "text:x.txt", "text": {"stride": 5}}})
+    with pytest.raises(ConfigError, match="data.text.window: applies to text:<path> sources only, and data.source "
+                                          "is 'names'; remove it or use a text: source"):
+        validate_settings({"data": {"source": "names", "text": {"window": 16}}})
+    validate_settings({"data": {"source": "text:x.txt", "text": {"window": 16, "stride": 4}}})
     with pytest.raises(ConfigError, match="validation.tokens.max_duplicate_rate: expected a number in"):
         validate_settings({"validation": {"tokens": {"max_duplicate_rate": 2}}})
 

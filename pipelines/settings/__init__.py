@@ -62,6 +62,7 @@ def validate_settings(params: Mapping[str, Any], root: Path | None = None,
         registry=RegistrySettings.from_dict(raw.get("registry"), "registry", known_families()),
     )
     _check_gates(raw.get("registry"), settings.model.families)
+    _check_text(settings.data)
     v = settings.validation
     if v.pixel_min > v.pixel_max:
         raise ConfigError("validation.pixel_min", f"{v.pixel_min} is above validation.pixel_max {v.pixel_max}")
@@ -70,6 +71,19 @@ def validate_settings(params: Mapping[str, Any], root: Path | None = None,
     if meta is not None:
         check_against_data(settings, meta)
     return settings
+
+
+def _check_text(data: DataSettings) -> None:
+    """`data.text` settings that would be ignored are errors: windows (and their stride, labelled lines) are
+    read from `text:<path>` sources only, and a stride needs a window."""
+    text = data.text
+    if text.stride is not None and text.window is None:
+        raise ConfigError("data.text.stride", f"{text.stride} needs data.text.window (the stride is between windows)")
+    if not str(data.source).startswith("text:"):
+        for key, value, default in (("window", text.window, None), ("labelled", text.labelled, "auto")):
+            if value != default:
+                raise ConfigError(f"data.text.{key}", f"applies to text:<path> sources only, and data.source is "
+                                                      f"{data.source!r}; remove it or use a text: source")
 
 
 def _check_gates(registry: Any, families: tuple[str, ...]) -> None:
