@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -102,7 +101,8 @@ def main() -> None:
     from benchmarks.gate_ladder import CACHE, _params, _prepared
     from pipelines.config import yaml_load
     from pipelines.evaluate import _settings
-    from pipelines.train import _epoch_seed, load_model, plan_training
+    from benchmarks.train import fit_epoch
+    from pipelines.train import load_model, plan_training
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,15 +154,9 @@ def main() -> None:
     images, labels = ds.load("train")
     x_all = torch.from_numpy(images).float().div_(255.0)
     y_all = torch.from_numpy(labels)
-    n = len(x_all)
     for epoch in range(start_epoch, eval_at[-1]):
         start = time.perf_counter()
-        torch.manual_seed(_epoch_seed(seed, epoch))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
-        model.train()
-        for step in range(math.ceil(n / bs)):
-            idx = order[step * bs:(step + 1) * bs]
-            model.fit_step(x_all[idx], y_all[idx])
+        fit_epoch(model, x_all, y_all, epoch, bs, seed)
         train_s += time.perf_counter() - start
         if epoch + 1 in eval_at:
             evaluate_point(model, ds, ev, base, out, label, epoch + 1, train_s)

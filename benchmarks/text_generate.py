@@ -89,27 +89,10 @@ def compare_generation(model, folder: Path, batch: int, threads: int, rounds: in
     return {"tokens": tokens, "rate": rate, "same_tokens": same}
 
 
-def bare_loop(model, x_all, y_all, epochs: int, batch_size: int, seed: int) -> float:
-    import math
-
-    import torch
-
-    from pipelines.train import _epoch_seed
-
-    n = len(x_all)
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        torch.manual_seed(_epoch_seed(seed, epoch))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
-        model.train()
-        for step in range(math.ceil(n / batch_size)):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            model.fit_step(x_all[idx], y_all[idx])
-    return time.perf_counter() - start
-
-
 def compare_training(families: list[str], names: int, epochs: int, repeats: int, threads: int) -> list[dict]:
     import torch
+
+    from benchmarks.train import bare_loop
 
     from benchmarks.text_data import names_arrays
     from contracts.modalities.tokens import tokenizer

@@ -24,20 +24,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def bare_loop(model, x_all, y_all, epochs: int, batch_size: int, seed: int) -> float:
+def fit_epoch(model, x_all, y_all, epoch: int, batch_size: int, seed: int) -> None:
+    """One epoch of ``fit_step`` in the trainer's order (pipelines.train: the epoch's seed, its permutation)."""
     import torch
 
     from pipelines.train import _epoch_seed
 
     n = len(x_all)
+    torch.manual_seed(_epoch_seed(seed, epoch))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
+    model.train()
+    for step in range(math.ceil(n / batch_size)):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        model.fit_step(x_all[idx], y_all[idx])
+
+
+def bare_loop(model, x_all, y_all, epochs: int, batch_size: int, seed: int) -> float:
+    """Seconds for ``epochs`` epochs of ``fit_epoch``: the trainer's work without the trainer."""
     start = time.perf_counter()
     for epoch in range(epochs):
-        torch.manual_seed(_epoch_seed(seed, epoch))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
-        model.train()
-        for step in range(math.ceil(n / batch_size)):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            model.fit_step(x_all[idx], y_all[idx])
+        fit_epoch(model, x_all, y_all, epoch, batch_size, seed)
     return time.perf_counter() - start
 
 
