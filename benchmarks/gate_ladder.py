@@ -21,8 +21,14 @@ The metrics are the ones the gate reads (fid, prdc, class coverage and KL, mode 
 conditional accuracy; nll for likelihood families, whose primary metric is bits/dim) plus the sample grid;
 ``anomaly``, ``kid`` and the latent plots do not enter the gate and are not run.
 
+Each row of ``--json`` keeps the full metrics the gate read, so ``--report FILE [FILE ...]`` decides the stored
+rows again with the current params.yaml (and ``--set``) without training or evaluating: a threshold change is
+replayed on every measured rung and seed in seconds. Both print the **family table**: each family's default model
+over its seeds (median and range of the gate's metrics, training epochs and seconds, the decisions).
+
 Usage: python benchmarks/gate_ladder.py [--families vae,dcgan,...] [--quick] [--seeds 0,1,2]
-       [--set key=value ...] [--retrain]
+       [--set key=value ...] [--retrain] [--json FILE]
+       python benchmarks/gate_ladder.py --report FILE [FILE ...] [--set key=value ...]
   families: vae, cvae, dcgan, dcgan_cond (dcgan with conditional: true), wgan_gp, ddpm, pixelcnn, realnvp
   --quick: the 8x8 digits (evaluation N = 200) instead of mnist5k (N = 1,000)
 """
@@ -144,7 +150,60 @@ def _row(rung: str, metrics: dict[str, Any], verdict: dict[str, Any], seconds: f
     row["failed checks"] = ", ".join(verdict["failed"]) or "-"
     row["on checks"] = verdict["on_checks"]
     row["s"] = f"{seconds:.0f}"
+    row["metrics"] = _plain(metrics)
     return row
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` as JSON values (numpy scalars to Python numbers, anything else not JSON-able to str)."""
+    return json.loads(json.dumps(metrics, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def redecide(rows: list[dict[str, Any]], sets: list[str]) -> list[dict[str, Any]]:
+    """The stored rows (``--json`` output) decided again by the gate of params.yaml with ``sets``: decision,
+    failed checks and ``on checks`` replaced for every row that kept its metrics (older files did not: their
+    stored decision stays, marked in ``failed checks``)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        if "metrics" in row:
+            family, extra = VARIANTS.get(row["family"], (row["family"], []))
+            verdict = _decide(row["metrics"], _params([*sets, *extra]), family)
+            row.update(decision=verdict["decision"], **{"failed checks": ", ".join(verdict["failed"]) or "-",
+                                                        "on checks": verdict["on_checks"]})
+        else:
+            row["failed checks"] = f"{row.get('failed checks', '-')} (stored decision)"
+        out.append(row)
+    return out
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """"median (min-max)" of ``values``; one value alone; "-" for none."""
+    if not values:
+        return "-"
+    med = fmt.format(statistics.median(values))
+    return med if len(values) == 1 else f"{med} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def family_table(rows: list[dict[str, Any]], variants: list[str]) -> list[dict[str, str]]:
+    """One line per family from its ``default`` rows: seeds, epochs, training seconds, the gate's metrics as
+    median (min-max) over the seeds, and the decisions ("3/3 promoted")."""
+    table = []
+    for variant in variants:
+        mine = [r for r in rows if r["family"] == variant and r["rung"] == "default"]
+        if not mine:
+            continue
+        line = {"family": variant, "seeds": ",".join(sorted({r["seed"] for r in mine})),
+                "epochs": "/".join(sorted({r.get("epochs", "?") for r in mine})),
+                "train s": _spread([float(r["train_s"]) for r in mine if r.get("train_s")], "{:.0f}")}
+        for key, fmt in (("fid_ratio", "{:.0f}x"), ("coverage", "{:.3f}"), ("recall", "{:.2f}"),
+                         ("class_coverage", "{:.1f}"), ("conditional_accuracy", "{:.3f}"),
+                         ("bits_per_dim", "{:.3f}"), ("copy_rate", "{:.3f}")):
+            line[key] = _spread([float(r[key]) for r in mine if r.get(key, "-") != "-"], fmt)
+        promoted = sum(r["decision"] == "promoted" for r in mine)
+        line["decision"] = f"{promoted}/{len(mine)} promoted"
+        table.append(line)
+    return table
 
 
 def run_family(variant: str, seed: int, sets: list[str], base: Path, ds: Any, ev: dict[str, Any],
@@ -221,7 +280,19 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets", help="params override key=value")
     ap.add_argument("--retrain", action="store_true", help="train again even when the cache matches")
     ap.add_argument("--json", type=Path, help="write every row here too")
+    ap.add_argument("--report", type=Path, nargs="+", metavar="FILE",
+                    help="decide the rows of these --json files again with params.yaml and --set; no training")
     args = ap.parse_args()
+    if args.report:
+        rows = []
+        for path in args.report:
+            try:
+                rows += json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                ap.error(f"--report {path}: {exc}")
+        rows = redecide(rows, args.sets)
+        report(rows, [v for v in ALL_FAMILIES if any(r["family"] == v for r in rows)])
+        return
     variants = [v.strip() for v in args.families.split(",") if v.strip()]
     bad = [v for v in variants if v not in ALL_FAMILIES]
     if bad:
@@ -229,7 +300,6 @@ def main() -> None:
 
     import torch
 
-    from benchmarks._common import print_table
     from evaluation.ladder import build_rungs, evaluate_samples
     from pipelines.env import apply_defaults
     from pipelines.evaluate import _settings
@@ -267,9 +337,18 @@ def main() -> None:
     for variant in variants:
         for seed in [int(s) for s in args.seeds.split(",")]:
             rows += run_family(variant, seed, sets, base, ds, ev, args.retrain, synthetic)
-    columns = ["family", "seed", "rung", *SHOWN, "decision", "failed checks", "on checks"]
     print(f"\ndata {params['data']['name']}, N = {n}, torch threads {torch.get_num_threads()}, "
           f"{time.perf_counter() - started:.0f} s")
+    report(rows, variants)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def report(rows: list[dict[str, Any]], variants: list[str]) -> None:
+    """Print the per-family tables, the rung x family summary, the family table and the wrong decisions."""
+    from benchmarks._common import print_table
+
+    columns = ["family", "seed", "rung", *SHOWN, "decision", "failed checks", "on checks"]
     for variant in variants:
         print()
         print_table([r for r in rows if r["family"] == variant], columns)
@@ -291,8 +370,10 @@ def main() -> None:
     print_table(summary, ["rung", *variants])
     wrong = wrong_decisions(rows)
     print("every bad rung rejected and every default promoted" if not wrong else f"WRONG decisions: {wrong}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print("\nfamily table: each family's default model over its seeds, median (min-max)")
+    print_table(family_table(rows, variants), ["family", "seeds", "epochs", "train s", "fid_ratio", "coverage",
+                                               "recall", "class_coverage", "conditional_accuracy", "bits_per_dim",
+                                               "copy_rate", "decision"])
 
 
 if __name__ == "__main__":

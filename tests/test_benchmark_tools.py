@@ -79,3 +79,37 @@ def test_on_checks_leaves_out_only_the_missing_primary_metric():
     assert model["decision"] == model["on_checks"] == "rejected" and model["failed"] == ["bits_per_dim"]
     blurred = _decide({k: {"value": v} for k, v in {**good, "coverage": 0.01}.items()}, params, "pixelcnn")
     assert blurred["on_checks"] == "rejected" and "coverage" in blurred["failed"]
+
+
+def _ladder_row(family, seed, rung, fid_ratio, coverage, decision="promoted"):
+    metrics = {"fid_ratio": {"value": fid_ratio}, "coverage": {"value": coverage}, "class_coverage": {"value": 1.0},
+               "mode_collapse": {"value": False}, "copy_rate": {"value": 0.0}}
+    return {"family": family, "seed": str(seed), "rung": rung, "epochs": "10", "train_s": str(100 + seed),
+            "fid_ratio": str(fid_ratio), "coverage": str(coverage), "recall": "0.9", "class_coverage": "1.0",
+            "copy_rate": "0.0", "conditional_accuracy": "-", "bits_per_dim": "-", "decision": decision,
+            "failed checks": "-", "on checks": decision, "metrics": metrics}
+
+
+def test_report_decides_stored_rows_again_with_a_new_limit():
+    # a threshold change replayed on stored rows: min_coverage 0.05 rejects the 0.04 model, keeps the 0.06 one
+    from benchmarks.gate_ladder import redecide, wrong_decisions
+
+    rows = [_ladder_row("vae", 0, "epoch1", 240.0, 0.04), _ladder_row("vae", 0, "default", 168.0, 0.06)]
+    assert wrong_decisions(redecide(rows, [])) == [("vae", "0", "epoch1")]
+    again = redecide(rows, ["registry.min_coverage=0.05"])
+    assert [r["decision"] for r in again] == ["rejected", "promoted"] and again[0]["failed checks"] == "coverage"
+    assert wrong_decisions(again) == []
+    old = {k: v for k, v in rows[0].items() if k != "metrics"}  # a file written before rows kept their metrics
+    assert redecide([old], ["registry.min_coverage=0.05"])[0]["decision"] == "promoted"
+
+
+def test_family_table_gives_median_and_range_over_seeds():
+    from benchmarks.gate_ladder import family_table
+
+    rows = [_ladder_row("dcgan", s, "default", r, c) for s, r, c in ((0, 108.0, 0.19), (1, 121.0, 0.15),
+                                                                     (2, 110.0, 0.2))]
+    rows.append(_ladder_row("dcgan", 0, "epoch1", 1500.0, 0.01, "rejected"))
+    (line,) = family_table(rows, ["dcgan", "vae"])
+    assert line["fid_ratio"] == "110x (108x-121x)" and line["coverage"] == "0.190 (0.150-0.200)"
+    assert line["train s"] == "101 (100-102)" and line["decision"] == "3/3 promoted" and line["seeds"] == "0,1,2"
+    assert line["bits_per_dim"] == "-"
