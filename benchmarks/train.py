@@ -37,6 +37,7 @@ def fit_epoch(model, x_all, y_all, epoch: int, batch_size: int, seed: int) -> No
     for step in range(math.ceil(n / batch_size)):
         idx = order[step * batch_size:(step + 1) * batch_size]
         model.fit_step(x_all[idx], y_all[idx])
+    model.end_epoch(x_all, y_all, epoch)
 
 
 def bare_loop(model, x_all, y_all, epochs: int, batch_size: int, seed: int) -> float:

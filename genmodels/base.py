@@ -173,6 +173,9 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
     sampling_options: ClassVar[dict[str, Any]] = {}
     # config keys from before sampling settings left the config -> option name (old config.json / params files)
     legacy_sampling_keys: ClassVar[dict[str, str]] = {}
+    # config fields added after models of the family were first stored, with the value that rebuilds such a model:
+    # a stored config.json without the key was trained before the field existed (``pipelines.train.load_model``)
+    legacy_field_values: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -226,6 +229,12 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
     def fit_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns losses as plain floats."""
         raise NotImplementedError
+
+    def end_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+        """Called by the trainer after each epoch's steps (``epoch`` counted from 0), before its checkpoint,
+        with every training image (N x C x H x W in [0, 1], on the model's device) and label (N): work that
+        reads the whole training set, e.g. the VAE's mixture prior. It must not draw from the global RNG
+        (training resumes from it). Default: nothing."""
 
     def training_state(self) -> dict[str, Any]:
         """Everything needed to resume training bit-for-bit (tensors and plain types only)."""

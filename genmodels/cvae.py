@@ -33,16 +33,20 @@ class CVAEConfig(VAEConfig):
     # learns to use the label with time: 72% / recall 0.26 at 8 epochs, 86% / 0.37 at 16.
     latent_dim: int = 8
     epochs: int = training(20)
+    prior_components: int = training(0)
 
 
 class _DecodeImages(nn.Module):
-    """The exported graph: (z, labels) -> mean image in [0, 1]."""
+    """The exported graph: (z, labels) -> mean image in [0, 1]; with a mixture prior the first input is
+    standard-normal noise (N x latent + 1) that the mixture turns into z."""
 
     def __init__(self, model: "CVAE"):
         super().__init__()
-        self.decoder, self.eye = model.decoder, model.eye
+        self.decoder, self.eye, self.prior = model.decoder, model.eye, model.prior
 
-    def forward(self, z, labels):  # N x latent, N int64 -> N x C x H x W
+    def forward(self, z, labels):  # N x latent (+1), N int64 -> N x C x H x W
+        if self.prior is not None:
+            z = self.prior(z)
         return torch.sigmoid(self.decoder(torch.cat([z, self.eye[labels]], dim=1)))
 
 
@@ -115,12 +119,14 @@ class CVAE(VAE):
 
     # --- export / serving ------------------------------------------------------------------
     def onnx_graphs(self) -> list[OnnxGraph]:
-        z = torch.zeros(2, self.config.latent_dim, device=self.device)  # batch 2: dynamo must not specialise on 1
+        name, dim = self._noise_input()
+        z = torch.zeros(2, dim, device=self.device)  # batch 2: dynamo must not specialise on 1
         labels = torch.zeros(2, dtype=torch.long, device=self.device)
         return [OnnxGraph(name="decoder", module=_DecodeImages(self).eval(), example_inputs=(z, labels),
-                          input_names=["z", "labels"], output_names=["images"],
-                          dynamic_axes={"z": {0: "batch"}, "labels": {0: "batch"}, "images": {0: "batch"}})]
+                          input_names=[name, "labels"], output_names=["images"],
+                          dynamic_axes={name: {0: "batch"}, "labels": {0: "batch"}, "images": {0: "batch"}})]
 
     def sampler(self) -> DirectSpec:
-        return DirectSpec(graph="decoder", noise=Noise(name="z", shape=(self.config.latent_dim,)), conditional=True,
+        name, dim = self._noise_input()
+        return DirectSpec(graph="decoder", noise=Noise(name=name, shape=(dim,)), conditional=True,
                           labels_input="labels")

@@ -24,6 +24,7 @@ from torch import nn
 
 from contracts.samplers import DirectSpec, Noise
 from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, evaluation, stride2_levels, training
+from genmodels.latent_prior import MixturePrior
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -44,6 +45,10 @@ class VAEConfig(ModelConfig):
     score_samples: int = evaluation(8)      # posterior samples averaged by score="elbo"
     iwae_k: int = evaluation(64)            # importance samples in nll()
     lr: float = training(6e-3)              # high for Adam, fine with ELU and a small net; the budget is ~250 steps
+    # > 0: sample z from a Gaussian mixture of this many full-covariance components fitted to the training
+    # images' posterior means after each epoch (ex-post density, genmodels/latent_prior.py; mnist5k 206x ->
+    # 56x the FID floor at 20); 0: from the prior N(0, I). Sampling only: nll and score keep N(0, I).
+    prior_components: int = training(20)
     batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(2)
 
@@ -57,6 +62,8 @@ class VAEConfig(ModelConfig):
             raise ValueError("latent_dim, width, iwae_k and score_samples must be >= 1")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.prior_components < 0:
+            raise ValueError(f"prior_components must be >= 0 (0: sample the prior N(0, I)), got {self.prior_components}")
 
 
 class Encoder(nn.Module):
@@ -112,13 +119,16 @@ class Decoder(nn.Module):
 
 
 class _DecodeImages(nn.Module):
-    """The exported graph: z -> mean image in [0, 1]."""
+    """The exported graph: z (N x latent_dim) -> mean image in [0, 1]; with a mixture prior, standard-normal
+    noise (N x latent_dim + 1) -> the mixture's z -> mean image."""
 
-    def __init__(self, decoder: Decoder):
+    def __init__(self, decoder: Decoder, prior: MixturePrior | None = None):
         super().__init__()
-        self.decoder = decoder
+        self.decoder, self.prior = decoder, prior
 
     def forward(self, z):
+        if self.prior is not None:
+            z = self.prior(z)
         return torch.sigmoid(self.decoder(z))
 
 
@@ -126,6 +136,7 @@ class VAE(GenerativeModel):
     family: ClassVar[str] = "vae"
     config_class: ClassVar[type[ModelConfig]] = VAEConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({"score", "nll", "encode", "decode", "latent"})
+    legacy_field_values: ClassVar[dict[str, Any]] = {"prior_components": 0}  # models stored before the mixture prior
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
@@ -137,6 +148,7 @@ class VAE(GenerativeModel):
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer("log_sigma", log_sigma)
+        self.prior = MixturePrior(config.prior_components, config.latent_dim) if config.prior_components else None
         self._opt = torch.optim.Adam(self.parameters(), lr=config.lr, fused=True)
 
     def _networks(self, config: VAEConfig) -> tuple[Encoder, Decoder]:
@@ -202,6 +214,26 @@ class VAE(GenerativeModel):
         self._opt.step()
         return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item()}
 
+    @torch.no_grad()
+    def end_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+        """With ``prior_components``: fit the mixture prior to the posterior means of all training images
+        ``x`` (N x C x H x W in [0, 1]; ``y`` the labels, which the conditional VAE's encoder reads), in
+        chunks of 1,024, seeded by (config seed, epoch). Raises ValueError with fewer images than components."""
+        if self.prior is None:
+            return
+        labels = y if "conditional" in self.capabilities else None
+        codes = torch.cat([self.encode(x[i:i + 1024], None if labels is None else labels[i:i + 1024])
+                           for i in range(0, len(x), 1024)])
+        self.prior.fit(codes, seed=1000 * int(self.config.seed) + int(epoch))
+
+    def _latent_draw(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """z for n samples: N(0, I), or the mixture prior's draw from N x (latent_dim + 1) standard normals."""
+        dim = self.prior.noise_dim if self.prior is not None else self.config.latent_dim
+        # draw on the generator's device, then move: a CPU generator gives the same z on any device
+        noise = torch.randn(n, dim, generator=generator,
+                            device=generator.device if generator is not None else self.device).to(self.device)
+        return self.prior(noise) if self.prior is not None else noise
+
     # --- inference -------------------------------------------------------------------------
     def _eval_generator(self, generator: torch.Generator | None, device) -> torch.Generator:
         # evaluation draws its own seeded noise: scores are reproducible and never advance the
@@ -233,12 +265,10 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
-        """Decoder means at z ~ N(0, I) (pixel noise would only add salt): N x C x H x W in [0, 1]."""
+        """Decoder means at z ~ N(0, I), or the fitted mixture prior (``prior_components``), (pixel noise would
+        only add salt): N x C x H x W in [0, 1]."""
         self.sampling_spec(sampling)  # the direct sampler takes no option: any is an error
-        # draw on the generator's device, then move: a CPU generator gives the same z on any device
-        z = torch.randn(n, self.config.latent_dim, generator=generator,
-                        device=generator.device if generator is not None else self.device)
-        return self.decode(z, labels)
+        return self.decode(self._latent_draw(n, generator), labels)
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -290,11 +320,17 @@ class VAE(GenerativeModel):
 
     # --- export / serving ------------------------------------------------------------------
     def onnx_graphs(self) -> list[OnnxGraph]:
-        module = _DecodeImages(self.decoder).eval()
-        z = torch.zeros(2, self.config.latent_dim, device=self.device)  # batch 2: dynamo must not specialise on 1
-        return [OnnxGraph(name="decoder", module=module, example_inputs=(z,), input_names=["z"],
+        module = _DecodeImages(self.decoder, self.prior).eval()
+        name, dim = self._noise_input()
+        z = torch.zeros(2, dim, device=self.device)  # batch 2: dynamo must not specialise on 1
+        return [OnnxGraph(name="decoder", module=module, example_inputs=(z,), input_names=[name],
                           output_names=["images"],
-                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}})]
+                          dynamic_axes={name: {0: "batch"}, "images": {0: "batch"}})]
+
+    def _noise_input(self) -> tuple[str, int]:
+        """The decoder graph's noise input: ("z", latent_dim), or ("noise", latent_dim + 1) with a mixture prior."""
+        return ("noise", self.prior.noise_dim) if self.prior is not None else ("z", self.config.latent_dim)
 
     def sampler(self) -> DirectSpec:
-        return DirectSpec(graph="decoder", noise=Noise(name="z", shape=(self.config.latent_dim,)), conditional=False)
+        name, dim = self._noise_input()
+        return DirectSpec(graph="decoder", noise=Noise(name=name, shape=(dim,)), conditional=False)

@@ -195,8 +195,10 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> Generativ
     try:
         # config.json before the config split holds sampling keys (ddpm's sample_steps, eta) in "config":
         # from_config moves them to the sampling defaults; since contracts v2 "training" is a section of its own
-        model = family_class(spec["family"]).from_config({**spec["config"], **(spec.get("training") or {})},
-                                                         spec.get("sampling"))
+        cls = family_class(spec["family"])
+        stored = {**spec["config"], **(spec.get("training") or {})}
+        legacy = {k: v for k, v in cls.legacy_field_values.items() if k not in stored}  # fields newer than the model
+        model = cls.from_config({**legacy, **stored}, spec.get("sampling"))
         model.load_state_dict(state)
     except (ValueError, TypeError, RuntimeError, KeyError) as exc:
         raise GenforgeError(f"{directory}: the saved model does not fit the current {spec.get('family')} code "
@@ -339,6 +341,7 @@ def _fit_and_commit(c, run_id: str, model: GenerativeModel, ds, family: str, set
                     writer.submit(tracking.log_metrics, c, run_id, {f"train/{k}": v for k, v in losses.items()},
                                   global_step, logged)
                 bar.update(task, advance=1, losses="  ".join(f"{k} {v:.4g}" for k, v in losses.items()))
+            model.end_epoch(x_all, y_all, epoch)
             train_seconds += time.perf_counter() - started
             trained_images += n
             epoch_means = {k: v / steps_per_epoch for k, v in sums.items()}

@@ -62,9 +62,11 @@ def test_builds_and_samples_in_range(family, shape):
     spec = model.sampler().to_json()
     graphs = {g.name: g for g in model.onnx_graphs()}
     assert spec["kind"] == "direct" and spec["graph"] in graphs and spec["conditional"] is False
-    assert spec["noise"] == {"name": "z", "shape": [model.config.latent_dim], "distribution": "normal"}
+    # the VAE's default mixture prior draws z from latent_dim + 1 standard normals (genmodels/latent_prior.py)
+    name, dim = ("noise", model.config.latent_dim + 1) if family == "vae" else ("z", model.config.latent_dim)
+    assert spec["noise"] == {"name": name, "shape": [dim], "distribution": "normal"}
     g = graphs[spec["graph"]]
-    assert g.input_names == ["z"] and g.output_names == ["images"]
+    assert g.input_names == [name] and g.output_names == ["images"]
     assert tuple(g.module(*g.example_inputs).shape[1:]) == shape
 
 
