@@ -60,7 +60,7 @@ TEXT_FAMILIES = "gpt,lstm"
 # Zen 4 (this CPU: AMD EPYC, family 25 model 17, 2596 MHz, AVX-512 on 256-bit datapaths, no AMX): 2 FMA pipes
 # x 8 fp32 lanes x 2 FLOP x 2.6 GHz. The issue's 166 assumed 2 full 512-bit FMA units (Intel server cores).
 PEAK_GFLOPS = 2.6 * 2 * 8 * 2
-ORT_METHODS = ("ort", "ort_spin", "ort_int8")
+ORT_METHODS = ("ort", "ort_spin", "ort_par", "ort_int8")
 TORCH_METHODS = ("eager", "eager_cl", "eager_bf16", "compile")
 
 
@@ -230,18 +230,27 @@ def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, 
     per wall second (``clock="wall"``) or per CPU second of this process (``"cpu"``: robust to other
     processes' load at 1 thread, where every method computes in the calling thread; at 2 threads it is
     work efficiency, not latency). Also returns {threads: compile seconds or failure}."""
+    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
     feeds, tensors = _inputs(g, batch, num_classes)
     out_names = list(g.output_names)
-    fns = {}
+    fns, diffs = {}, []
     if "ort" in methods:
         sess = _session(path, threads)
         fns["ort"] = lambda: sess.run(out_names, feeds)
     if "ort_spin" in methods:
         spin = _session(path, threads, spin=True)
         fns["ort_spin"] = lambda: spin.run(out_names, feeds)
+    if "ort_par" in methods and threads > 1:
+        from serving.ort_parallel import BatchParallelSession
+
+        par = BatchParallelSession(_session(path, 1), threads)
+        fns["ort_par"] = lambda: par.run(out_names, feeds)
+        if "ort" in fns:  # the same graph and inputs: the slices' outputs must be the whole batch's
+            diffs.append(max(float(np.max(np.abs(a - b))) if a.dtype.kind == "f" else float((a != b).sum())
+                             for a, b in zip(par.run(out_names, feeds), sess.run(out_names, feeds))))
     if "ort_int8" in methods and int8_path is not None:
         q = _session(int8_path, threads)
         fns["ort_int8"] = lambda: q.run(out_names, feeds)
@@ -255,7 +264,10 @@ def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, 
         for _ in range(rounds):
             for name, fn in fns.items():
                 rates[name].append(_rate(fn, batch, seconds)[0 if clock == "wall" else 1])
-    return {k: statistics.median(v) for k, v in rates.items()}, compile_times
+    out = {k: statistics.median(v) for k, v in rates.items()}
+    if diffs:
+        out["par_max_diff"] = diffs[0]
+    return out, compile_times
 
 
 def _misses(graph: str, batch: int, threads: int, r: dict, best_eager, flops: float, peak: float) -> list[str]:
@@ -293,6 +305,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.5, help="per method per round")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (minutes per graph)")
     ap.add_argument("--int8", action="store_true", help="add a static QDQ int8 ORT variant (speed only)")
+    ap.add_argument("--methods", help=f"comma list, a subset of {','.join(ORT_METHODS + TORCH_METHODS)} (default: all "
+                    "but ort_int8)")
     ap.add_argument("--profile", action="store_true", help="print ORT's per-op share of kernel time")
     ap.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS, help="fp32 peak of one core")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s, 1 thread, batch 64, no compile")
@@ -306,6 +320,11 @@ def main() -> None:
     threads_list = sorted({int(t) for t in args.threads.split(",")})
     methods = [m for m in (*ORT_METHODS, *TORCH_METHODS)
                if not (m == "compile" and args.no_compile) and not (m == "ort_int8" and not args.int8)]
+    if args.methods:
+        unknown = set(args.methods.split(",")) - set(ORT_METHODS + TORCH_METHODS)
+        if unknown:
+            ap.error(f"--methods: unknown {', '.join(sorted(unknown))}")
+        methods = [m for m in methods if m in args.methods.split(",")]
 
     import onnxruntime as ort
     import torch
@@ -349,11 +368,15 @@ def main() -> None:
                     for threads in threads_list:
                         r, ct = measure_graph(g, path, batch, threads, ncls, methods=methods, rounds=args.rounds,
                                               seconds=args.seconds, int8_path=int8, clock=args.clock)
+                        par_diff = r.pop("par_max_diff", None)
                         best_eager = max(r.get("eager", 0), r.get("eager_cl", 0)) or None
                         row = {"graph": f"{entry}/{g.name}", "inputs": shape, "batch": batch, "threads": threads,
                                **{m: _fmt(r.get(m)) for m in methods},
                                "ORT/best eager": _ratio(r.get("ort"), best_eager),
                                "ORT/compile": _ratio(r.get("ort"), r.get("compile")),
+                               **({"spin/compile": _ratio(r.get("ort_spin"), r.get("compile")),
+                                   "par/compile": _ratio(r.get("ort_par"), r.get("compile")),
+                                   "par-ort max |diff|": _fmt(par_diff, ".1e")} if "ort_par" in methods else {}),
                                "ORT/bf16": _ratio(r.get("ort"), r.get("eager_bf16")),
                                "MFLOP/sample": f"{flops / 1e6:.2f}",
                                "ORT GFLOP/s": f"{flops * r['ort'] / 1e9:.1f}",
