@@ -1,47 +1,62 @@
 """Data parallelism over the batch: one ONNX Runtime session run on slices of the batch from several threads.
 
 numpy + onnxruntime only (never torch). ``BatchParallelSession(session, workers)`` wraps a session built with
-ONE intra-op thread and answers ``run(output_names, feed)`` like it: when the feed's batch (axis 0 of every
-input whose graph dimension 0 is symbolic, all the same length N) is at least ``2 x min_slice``, the batch is
-cut into ``k = min(workers, N // min_slice)`` contiguous slices (``numpy.array_split`` bounds), slice 0 runs on
-the calling thread and the others on a persistent pool of ``workers - 1`` threads, each a plain
-``session.run`` (ONNX Runtime's Run is thread-safe, releases the GIL and, with one intra-op thread, computes
-on the calling thread), and the outputs are concatenated on axis 0. Weights are shared (one session); no
-per-op synchronisation between threads, so nothing waits for a woken thread and nothing spins.
+ONE intra-op thread and answers ``run(output_names, feed)`` like it: the batch (axis 0 of every input whose
+graph dimension 0 is symbolic, all the same length N) is cut into ``k = min(workers, N // min_slice)``
+contiguous slices (``numpy.array_split``'s sizes), slice 0 runs on the calling thread and the others on a
+persistent pool of ``workers - 1`` threads, each a plain ``session.run`` (ONNX Runtime's Run is thread-safe,
+releases the GIL and, with one intra-op thread, computes on the calling thread), and the outputs are
+concatenated on axis 0. Weights are shared (one session); there is no per-op synchronisation between threads,
+so nothing waits for a woken thread and nothing spins (README "ONNX Runtime against PyTorch, graph by graph":
+1.25-1.6x torch.compile at 2 threads where ORT's intra-op threads give 0.75-0.9x).
+
+A call too cheap to gain from a second thread runs whole on the calling thread: the wrapper keeps the seconds
+per row of its last calls (a moving average, timed on the calling thread) and splits only when the whole batch
+would take at least ``split_min_s`` (a PixelCNN pixel step, ~0.2 ms for 256 rows, costs more in hand-offs than
+it saves). Which way a call runs never changes its numbers: every row is computed alone by the same kernels
+whatever slice it is in (ONNX Runtime's CPU kernels partition work by rows, never summing across them), so
+the output is byte-identical to one call on the whole batch (tests/test_serving.py).
 
 Only graphs whose every output has a symbolic axis 0 and whose rows are independent of each other (no op mixes
-samples: the image generators, denoisers, flows, the PixelCNN's steps) give the same result; such a row's
-numbers do not depend on the slice it is computed in (ONNX Runtime's CPU kernels partition a batch by rows),
-so the output is byte-identical to one call on the whole batch (tests/test_serving.py). A graph that cannot
-be split (a fixed batch, an output without the batch) runs whole, on one thread. Every other attribute
-(``get_inputs``, ``get_outputs``, ``get_providers``, ``io_binding`` ...) is the wrapped session's.
+samples: the image generators and decoders, denoisers, flows, the PixelCNN's steps) may be wrapped;
+``load_sessions`` wraps those of the sampler kinds in ``BATCH_KINDS``. Every other attribute (``get_inputs``,
+``get_outputs``, ``get_providers``, ``io_binding`` ...) is the wrapped session's.
 """
 from __future__ import annotations
 
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-# smallest slice worth a thread of its own: below it the slices' fixed costs (a Run's set-up, the pool's
-# hand-off, the concatenation) outweigh the second core (measured: README-PROPOSAL.md)
-MIN_SLICE = 8
+MIN_SLICE = 4         # rows: a slice below this is not worth a thread of its own
+SPLIT_MIN_S = 1e-3    # seconds: a whole batch cheaper than this runs on the calling thread alone (measured:
+#                       README-PROPOSAL.md, "smallest call worth splitting")
+# sampler kinds whose graphs' rows are independent (serving.samplers): the token sampler's decode step updates
+# its cache in place through an io_binding (a whole-batch buffer) and keeps ONNX Runtime's intra-op threads
+BATCH_KINDS = frozenset({"direct", "ddim", "flow", "autoregressive"})
+PARALLEL_MODES = ("batch", "ops")
 
 
 class BatchParallelSession:
-    """An ``onnxruntime.InferenceSession`` (one intra-op thread) run on ``workers`` slices of the batch at once.
+    """An ``onnxruntime.InferenceSession`` (one intra-op thread) run on up to ``workers`` slices of the batch at
+    once. ``run(output_names, feed, run_options=None)`` -> list of numpy arrays, as ``InferenceSession.run``;
+    raises what the session raises (after every slice finished). ``min_slice`` (rows) and ``split_min_s``
+    (seconds) default to ``MIN_SLICE`` and ``SPLIT_MIN_S`` (see the module doc). ``splittable``: whether the graph's inputs and
+    outputs carry the batch on a symbolic axis 0 (otherwise every call runs whole)."""
 
-    ``run(output_names, feed, run_options=None)`` -> list of numpy arrays, as ``InferenceSession.run``; raises
-    what the session raises. ``splittable``: whether the graph's inputs and outputs carry the batch on a
-    symbolic axis 0 (otherwise every call runs whole)."""
-
-    def __init__(self, session, workers: int, min_slice: int = MIN_SLICE):
-        if workers < 1 or min_slice < 1:
-            raise ValueError(f"workers and min_slice must be >= 1, got {workers}, {min_slice}")
-        self.session, self.workers, self.min_slice = session, int(workers), int(min_slice)
+    def __init__(self, session, workers: int, min_slice: int | None = None, split_min_s: float | None = None):
+        min_slice = MIN_SLICE if min_slice is None else min_slice
+        split_min_s = SPLIT_MIN_S if split_min_s is None else split_min_s
+        if workers < 1 or min_slice < 1 or split_min_s < 0:
+            raise ValueError(f"workers and min_slice must be >= 1 and split_min_s >= 0, got {workers}, {min_slice}, "
+                             f"{split_min_s}")
+        self.session, self.workers, self.min_slice, self.split_min_s = session, int(workers), int(min_slice), split_min_s
         self._batch_inputs = frozenset(i.name for i in session.get_inputs() if _symbolic_axis0(i.shape))
         self.splittable = bool(self._batch_inputs) and all(_symbolic_axis0(o.shape) for o in session.get_outputs())
+        self.row_s: float | None = None  # moving average of seconds per row on one thread (None: not timed yet)
         self._pool = None
         if self.workers > 1 and self.splittable:
             self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="ort-batch")
@@ -51,26 +66,29 @@ class BatchParallelSession:
         return getattr(self.session, name)
 
     def run(self, output_names: Sequence[str] | None, feed: Mapping[str, Any], run_options=None) -> list[np.ndarray]:
-        bounds = self._bounds(feed)
+        bounds = self.bounds(feed)
         if bounds is None:
             return self.session.run(output_names, feed, run_options)
+        if len(bounds) == 2:  # whole, timed (to see when splitting would pay)
+            return self._timed(bounds[1], self.session.run, output_names, feed, run_options)
         feeds = [{k: (v[a:b] if k in self._batch_inputs else v) for k, v in feed.items()}
                  for a, b in zip(bounds[:-1], bounds[1:])]
         futures = [self._pool.submit(self.session.run, output_names, f, run_options) for f in feeds[1:]]
         try:
-            parts = [self.session.run(output_names, feeds[0], run_options)]
+            first = self._timed(bounds[1], self.session.run, output_names, feeds[0], run_options)
         finally:
-            parts += [f.result() for f in futures]  # wait for every slice, even when the first one raised
+            rest = [f.result() for f in futures]  # every slice finishes before the first one's error is raised
+        parts = [first, *rest]
         return [np.concatenate(outs, axis=0) for outs in zip(*parts)]
 
-    def _bounds(self, feed: Mapping[str, Any]) -> list[int] | None:
-        """Slice bounds [0, ..., N] over the batch, or None to run whole."""
+    def bounds(self, feed: Mapping[str, Any]) -> list[int] | None:
+        """Row bounds [0, ..., N] of the slices ``run`` would compute ``feed`` in ([0, N]: whole, timed), or
+        None (not splittable here: a single thread, a missing or scalar batch input, unequal lengths)."""
         if self._pool is None:
             return None
         sizes = set()
         for name in self._batch_inputs:
-            value = feed.get(name)
-            shape = getattr(value, "shape", None)
+            shape = getattr(feed.get(name), "shape", None)
             if not shape:  # missing (the session reports it), a scalar, or not an array: run whole
                 return None
             sizes.add(shape[0])
@@ -78,10 +96,42 @@ class BatchParallelSession:
             return None
         n = sizes.pop()
         k = min(self.workers, n // self.min_slice)
-        if k < 2:
-            return None
-        q, r = divmod(n, k)  # numpy.array_split's sizes: the first r slices one longer
+        if k < 2 or (self.row_s is not None and self.row_s * n < self.split_min_s):
+            return [0, n]
+        q, r = divmod(n, k)  # numpy.array_split's sizes: the first r slices one row longer
         return [i * q + min(i, r) for i in range(k + 1)]
+
+    def _timed(self, rows: int, fn: Callable, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        row_s = (time.perf_counter() - start) / max(rows, 1)
+        self.row_s = row_s if self.row_s is None else 0.7 * self.row_s + 0.3 * row_s
+        return out
+
+
+def load_sessions(graph_files: Mapping[str, Any], load: Callable[[Any, int | None], Any], threads: int | None,
+                  parallel: str, kind: str, providers: Sequence[str]) -> dict[str, Any]:
+    """{graph name: session} for a model's graphs. ``load(path, intra_op_threads)`` builds one ORT session.
+
+    ``parallel="batch"`` (CPU, sampler kinds in ``BATCH_KINDS``, ``threads`` != 1): one-intra-op-thread sessions
+    wrapped in ``BatchParallelSession`` with ``threads`` workers (None or 0: the CPUs this process may run on);
+    otherwise ``load(path, threads)``, ONNX Runtime's intra-op threads ("ops"). Raises ValueError for an
+    unknown ``parallel``."""
+    if parallel not in PARALLEL_MODES:
+        raise ValueError(f"parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
+    workers = int(threads) if threads else _cpus()
+    if parallel == "ops" or kind not in BATCH_KINDS or workers == 1 or providers[0] != "CPUExecutionProvider":
+        return {name: load(path, threads) for name, path in graph_files.items()}
+    return {name: BatchParallelSession(load(path, 1), workers) for name, path in graph_files.items()}
+
+
+def _cpus() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _symbolic_axis0(shape) -> bool:
