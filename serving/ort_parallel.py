@@ -24,15 +24,17 @@ samples: the image generators and decoders, denoisers, flows, the PixelCNN's ste
 """
 from __future__ import annotations
 
+import itertools
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-MIN_SLICE = 4         # rows: a slice below this is not worth a thread of its own
-SPLIT_MIN_S = 1e-3    # seconds: a whole batch cheaper than this runs on the calling thread alone (measured:
+MIN_SLICE = 8         # rows: the smallest chunk
+CHUNKS_PER_WORKER = 4  # chunks per thread: a thread the OS holds back leaves its chunks to the others
+SPLIT_MIN_S = 5e-4    # seconds: a whole batch cheaper than this runs on the calling thread alone (measured:
 #                       README-PROPOSAL.md, "smallest call worth splitting")
 # sampler kinds whose graphs' rows are independent (serving.samplers): the token sampler's decode step updates
 # its cache in place through an io_binding (a whole-batch buffer) and keeps ONNX Runtime's intra-op threads
@@ -47,8 +49,10 @@ class BatchParallelSession:
     (seconds) default to ``MIN_SLICE`` and ``SPLIT_MIN_S`` (see the module doc). ``splittable``: whether the graph's inputs and
     outputs carry the batch on a symbolic axis 0 (otherwise every call runs whole)."""
 
-    def __init__(self, session, workers: int, min_slice: int | None = None, split_min_s: float | None = None):
+    def __init__(self, session, workers: int, min_slice: int | None = None, split_min_s: float | None = None,
+                 chunks_per_worker: int | None = None):
         min_slice = MIN_SLICE if min_slice is None else min_slice
+        self.chunks_per_worker = max(1, CHUNKS_PER_WORKER if chunks_per_worker is None else int(chunks_per_worker))
         split_min_s = SPLIT_MIN_S if split_min_s is None else split_min_s
         if workers < 1 or min_slice < 1 or split_min_s < 0:
             raise ValueError(f"workers and min_slice must be >= 1 and split_min_s >= 0, got {workers}, {min_slice}, "
@@ -71,18 +75,32 @@ class BatchParallelSession:
             return self.session.run(output_names, feed, run_options)
         if len(bounds) == 2:  # whole, timed (to see when splitting would pay)
             return self._timed(bounds[1], self.session.run, output_names, feed, run_options)
-        feeds = [{k: (v[a:b] if k in self._batch_inputs else v) for k, v in feed.items()}
-                 for a, b in zip(bounds[:-1], bounds[1:])]
-        futures = [self._pool.submit(self.session.run, output_names, f, run_options) for f in feeds[1:]]
+        k = len(bounds) - 1
+        parts: list[Any] = [None] * k
+        chunks, failed = itertools.count(), []  # next(count) is atomic under the GIL: each chunk runs once
+
+        def take(timed: bool) -> None:
+            while not failed and (i := next(chunks)) < k:
+                a, b = bounds[i], bounds[i + 1]
+                f = {name: (v[a:b] if name in self._batch_inputs else v) for name, v in feed.items()}
+                try:
+                    parts[i] = (self._timed(b - a, self.session.run, output_names, f, run_options) if timed
+                                else self.session.run(output_names, f, run_options))
+                except BaseException:
+                    failed.append(i)
+                    raise
+
+        futures = [self._pool.submit(take, False) for _ in range(self.workers - 1)]
         try:
-            first = self._timed(bounds[1], self.session.run, output_names, feeds[0], run_options)
+            take(True)
         finally:
-            rest = [f.result() for f in futures]  # every slice finishes before the first one's error is raised
-        parts = [first, *rest]
+            wait(futures)  # every thread is out of the session before an error is raised
+        for f in futures:
+            f.result()
         return [np.concatenate(outs, axis=0) for outs in zip(*parts)]
 
     def bounds(self, feed: Mapping[str, Any]) -> list[int] | None:
-        """Row bounds [0, ..., N] of the slices ``run`` would compute ``feed`` in ([0, N]: whole, timed), or
+        """Row bounds [0, ..., N] of the chunks ``run`` would compute ``feed`` in ([0, N]: whole, timed), or
         None (not splittable here: a single thread, a missing or scalar batch input, unequal lengths)."""
         if self._pool is None:
             return None
@@ -95,10 +113,10 @@ class BatchParallelSession:
         if len(sizes) != 1:
             return None
         n = sizes.pop()
-        k = min(self.workers, n // self.min_slice)
+        k = min(self.workers * self.chunks_per_worker, n // self.min_slice)
         if k < 2 or (self.row_s is not None and self.row_s * n < self.split_min_s):
             return [0, n]
-        q, r = divmod(n, k)  # numpy.array_split's sizes: the first r slices one row longer
+        q, r = divmod(n, k)  # numpy.array_split's sizes: the first r chunks one row longer
         return [i * q + min(i, r) for i in range(k + 1)]
 
     def _timed(self, rows: int, fn: Callable, *args):

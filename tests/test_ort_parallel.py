@@ -50,9 +50,9 @@ def models(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def always_split(monkeypatch):
-    """Split every batch of >= 2 rows (the timing rule would run these tiny graphs whole) and record the
-    slice bounds of every call."""
-    monkeypatch.setattr(ort_parallel, "MIN_SLICE", 1)
+    """Split every batch of >= 4 rows into chunks of >= 2 (the timing rule would run these tiny graphs whole) and
+    record the chunk bounds of every call."""
+    monkeypatch.setattr(ort_parallel, "MIN_SLICE", 2)
     monkeypatch.setattr(ort_parallel, "SPLIT_MIN_S", 0.0)
     seen: list[list[int]] = []
     bounds = BatchParallelSession.bounds
@@ -72,14 +72,14 @@ def _digests(out: Path) -> list[str]:
 
 @pytest.mark.parametrize("family", ["vae", "ddpm", "pixelcnn", "realnvp"])
 def test_batch_parallel_generation_gives_the_same_bytes_as_one_thread(models, family, always_split, tmp_path):
-    # 11 samples in shards of 7 and 4: 3 workers cut 7 rows 3+2+2 and 4 rows 2+1+1 (ddpm's guided calls: 14, 8)
+    # 11 samples in shards of 7 and 4: chunks of 7 rows 3+2+2, 4 rows 2+2 (ddpm's guided calls: 14 and 8 rows)
     one = generate(models / family, 11, 3, tmp_path / "one", batch_size=7, threads=1)
     assert one["run"]["parallel"] == "batch" and not any(b and len(b) > 2 for b in always_split)  # 1 thread: whole
     par = generate(models / family, 11, 3, tmp_path / "par", batch_size=7, threads=3)
     ops = generate(models / family, 11, 3, tmp_path / "ops", batch_size=7, threads=2, parallel="ops")
     split = [b for b in always_split if b and b[-1] > 2]  # the probe (1 sample, 2 rows guided) aside
-    rows = {b[-1] for b in split}  # both shards' calls really sliced (3 slices), unevenly
-    assert len(rows) >= 2 and all(len(b) == 4 for b in split) and any(len(set(np.diff(b))) > 1 for b in split)
+    rows = {b[-1] for b in split}  # both shards' calls really chunked (uneven chunks: the wrapper's own test)
+    assert len(rows) >= 2 and all(len(b) >= 3 for b in split)
     assert _digests(tmp_path / "one") == _digests(tmp_path / "par") == _digests(tmp_path / "ops")
     assert one["shards"] == par["shards"] == ops["shards"]
 
@@ -90,12 +90,15 @@ def test_wrapper_slices_only_the_batch_and_decides_by_the_time_a_call_takes(mode
     par = BatchParallelSession(sess, 2, min_slice=4, split_min_s=0.0)
     z = np.random.default_rng(0).standard_normal((9, 4), dtype=np.float32)
     assert whole.bounds({"z": z}) is None and par.bounds({"z": z}) == [0, 5, 9]
+    chunked = BatchParallelSession(sess, 2, min_slice=1, split_min_s=0.0, chunks_per_worker=3)
+    assert chunked.bounds({"z": z}) == [0, 2, 4, 6, 7, 8, 9]  # 2 threads x 3 chunks, taken as threads free up
+    assert chunked.run(None, {"z": z})[0].tobytes() == sess.run(None, {"z": z})[0].tobytes()
     assert par.bounds({"z": z[:7]}) == [0, 7]                # 7 // 4 = 1 slice: whole (timed)
     assert par.get_inputs()[0].name == "z" and par.splittable  # the session's own attributes
     ref = sess.run(None, {"z": z})[0]
     assert np.array_equal(par.run(None, {"z": z})[0], ref) and par.run(None, {"z": z})[0].tobytes() == ref.tobytes()
     assert par.row_s is not None and par.row_s > 0           # timed on the calling thread
-    slow = BatchParallelSession(sess, 2, min_slice=1, split_min_s=1.0)
+    slow = BatchParallelSession(sess, 2, min_slice=1, split_min_s=1.0, chunks_per_worker=1)
     slow.row_s = 1.0                                          # 9 rows x 1 s >= 1 s: split
     assert slow.bounds({"z": z}) == [0, 5, 9]
     slow.row_s = 1e-6                                         # 9 us < 1 s: whole
