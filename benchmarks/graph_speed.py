@@ -60,7 +60,7 @@ TEXT_FAMILIES = "gpt,lstm"
 # Zen 4 (this CPU: AMD EPYC, family 25 model 17, 2596 MHz, AVX-512 on 256-bit datapaths, no AMX): 2 FMA pipes
 # x 8 fp32 lanes x 2 FLOP x 2.6 GHz. The issue's 166 assumed 2 full 512-bit FMA units (Intel server cores).
 PEAK_GFLOPS = 2.6 * 2 * 8 * 2
-ORT_METHODS = ("ort", "ort_spin", "ort_par", "ort_par1", "ort_int8")  # ort_par1 only when --methods names it
+ORT_METHODS = ("ort", "ort_spin", "ort_par", "ort_par4", "ort_int8")  # ort_par4 only when --methods names it
 TORCH_METHODS = ("eager", "eager_cl", "eager_bf16", "compile")
 
 
@@ -249,9 +249,9 @@ def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, 
         one = _session(path, 1)
         par = BatchParallelSession(one, threads)  # as serving.ort_parallel.load_sessions builds it
         fns["ort_par"] = lambda: par.run(out_names, feeds)
-        if "ort_par1" in methods:  # one chunk per thread: a static split
-            par1 = BatchParallelSession(one, threads, chunks_per_worker=1)
-            fns["ort_par1"] = lambda: par1.run(out_names, feeds)
+        if "ort_par4" in methods:  # 4 chunks per thread, taken by whichever thread is free
+            par4 = BatchParallelSession(one, threads, chunks_per_worker=4)
+            fns["ort_par4"] = lambda: par4.run(out_names, feeds)
         if "ort" in fns:  # the same graph and inputs: the slices' outputs must be the whole batch's
             split = BatchParallelSession(one, threads, split_min_s=0)  # split even where par would run whole
             diffs.append(max(float(np.max(np.abs(a - b))) if a.dtype.kind == "f" else float((a != b).sum())
@@ -325,12 +325,12 @@ def main() -> None:
     threads_list = sorted({int(t) for t in args.threads.split(",")})
     methods = [m for m in (*ORT_METHODS, *TORCH_METHODS)
                if not (m == "compile" and args.no_compile) and not (m == "ort_int8" and not args.int8)
-               and m != "ort_par1"]
+               and m != "ort_par4"]
     if args.methods:
         unknown = set(args.methods.split(",")) - set(ORT_METHODS + TORCH_METHODS)
         if unknown:
             ap.error(f"--methods: unknown {', '.join(sorted(unknown))}")
-        methods = [m for m in (*methods, "ort_par1") if m in args.methods.split(",")]
+        methods = [m for m in (*methods, "ort_par4") if m in args.methods.split(",")]
 
     import onnxruntime as ort
     import torch

@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 MIN_SLICE = 8         # rows: the smallest chunk
-CHUNKS_PER_WORKER = 4  # chunks per thread: a thread the OS holds back leaves its chunks to the others
+CHUNKS_PER_WORKER = 1  # chunks per thread (more: a thread the OS holds back leaves its chunks to the others;
+#                        4 measured no faster, quiet or loaded: README-PROPOSAL.md)
 SPLIT_MIN_S = 5e-4    # seconds: a whole batch cheaper than this runs on the calling thread alone (measured:
 #                       README-PROPOSAL.md, "smallest call worth splitting")
 # sampler kinds whose graphs' rows are independent (serving.samplers): the token sampler's decode step updates
