@@ -7,7 +7,13 @@ writes the graphs as serving gets them; then for every graph of ``model.onnx_gra
 
 - ``ort``: the generator's own session (``serving.generator._load_session``: ORT_ENABLE_ALL, intra-op threads,
   no spinning), fed numpy;
-- ``ort_spin``: the same with ``session.intra_op.allow_spinning=1`` (a session-option lever);
+- ``ort_spin``: the same with ``session.intra_op.allow_spinning=1`` (a session-option lever; ``--parallel ops --spin``);
+- ``ort_par``: what ``genforge generate`` runs by default at T > 1 threads (``--parallel batch``): the generator's
+  session with ONE intra-op thread in ``serving.ort_parallel.BatchParallelSession`` with T workers (the batch cut
+  into T slices run at once, from the calling thread and a persistent pool, outputs concatenated; a call under
+  ``SPLIT_MIN_S`` runs whole). Not timed at 1 thread (it is ``ort`` there). The ``par-ort max |diff|`` column
+  checks it against ``ort`` (same graph and inputs, split even where ``ort_par`` would run whole): 0 = the same
+  bytes; ``ort_par4`` (only when ``--methods`` names it): 4 chunks per thread, taken by whichever thread is free;
 - ``ort_int8``: (``--int8``) a static QDQ int8 copy (``onnxruntime.quantization.quantize_static``, per-channel
   int8 weights, uint8 activations, MinMax calibration on 4 seeded batches of the benchmark's inputs). Speed
   only: such a graph is never served unless its FID check passed (see README-PROPOSAL.md);
@@ -31,6 +37,7 @@ Runs under the Makefile's GLIBC_TUNABLES and OMP_WAIT_POLICY=PASSIVE (set when u
 
     python benchmarks/graph_speed.py [--families vae,cvae,...] [--threads 1,2] [--batch-sizes 256]
                                      [--rounds 5] [--seconds 0.5] [--no-compile] [--int8] [--profile] [--quick]
+                                     [--methods ort,ort_spin,ort_par,compile]
 """
 from __future__ import annotations
 
