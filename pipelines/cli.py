@@ -280,8 +280,8 @@ def generate_cmd(
     local = fetch_onnx(resolved, catalog.generator_cache(project_root()))
     ref = f"{resolved.name}/{resolved.version}"
     with sample_progress(console, n, ref) as progress:
-        result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, spin=spin, parallel=parallel, png=png,
-                          model_id=resolved.model_id, provider=provider, progress=progress,
+        result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, spin=spin, png=png,
+                          parallel=parallel, model_id=resolved.model_id, provider=provider, progress=progress,
                           sampling={"steps": steps, "eta": eta, "temperature": temperature, "top_k": top_k,
                                     "top_p": top_p, "max_len": max_len, "sampler": sampler,
                                     "guidance_scale": guidance_scale, "guidance_min_t": guidance_min_t},

@@ -136,7 +136,7 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     if not _is_int(seed) or seed < 0:
         raise GenerationError(f"seed must be an integer >= 0, got {seed!r}")
     if threads is not None and (not _is_int(threads) or threads < 0):
-        raise GenerationError(f"threads must be an integer >= 0 (0 = ONNX Runtime's default), got {threads!r}")
+        raise GenerationError(f"threads must be an integer >= 0 (0: every CPU), got {threads!r}")
     parallel = _parallel_mode(parallel, spin)
 
     model_dir = Path(model_dir)
@@ -515,7 +515,7 @@ def _parallel_mode(parallel: str | None, spin: bool) -> str:
     if parallel is None:
         return "ops" if spin else "batch"
     if parallel not in PARALLEL_MODES:
-        raise GenerationError(f"parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
+        raise GenerationError(f"parallel (--parallel) must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
     if spin and parallel == "batch":
         raise GenerationError("spin makes ONNX Runtime's intra-op threads busy-wait: it needs parallel='ops' "
                               "(--parallel ops), not 'batch', whose sessions have no intra-op threads")

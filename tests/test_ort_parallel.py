@@ -139,7 +139,7 @@ def test_which_sessions_split_the_batch(models):
 
 
 def test_parallel_setting_errors(models, tmp_path):
-    with pytest.raises(GenerationError, match="parallel must be one of batch, ops"):
+    with pytest.raises(GenerationError, match=r"parallel \(--parallel\) must be one of batch, ops"):
         generate(models / "vae", 4, 0, tmp_path / "a", parallel="rows")
     with pytest.raises(GenerationError, match=r"spin .*needs parallel='ops'"):
         generate(models / "vae", 4, 0, tmp_path / "b", spin=True, parallel="batch")
