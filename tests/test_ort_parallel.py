@@ -146,3 +146,13 @@ def test_parallel_setting_errors(models, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     spun = generate(models / "vae", 4, 0, tmp_path / "c", threads=2, spin=True)  # --spin alone: intra-op threads
     assert spun["run"]["parallel"] == "ops"
+
+
+def test_graph_speed_times_the_batch_parallel_session_and_checks_its_bytes(tmp_path):
+    from benchmarks.graph_speed import measure_graph
+
+    model = build_model("vae", dict(image_shape=(1, 8, 8), latent_dim=4, width=4, hidden=16, seed=0)).eval()
+    export_model(model, tmp_path / "vae")
+    rates, _ = measure_graph(model.onnx_graphs()[0], tmp_path / "vae" / "decoder.onnx", 32, 2, 0,
+                             methods=("ort", "ort_par"), rounds=1, seconds=0.01, clock="cpu")
+    assert rates["ort"] > 0 and rates["ort_par"] > 0 and rates["par_max_diff"] == 0.0
