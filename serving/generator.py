@@ -44,7 +44,8 @@ option the model's sampler does not take is a GenerationError naming the ones it
 Determinism. Shard k's noise comes from ``numpy.random.default_rng([seed, k])``, so shard k is
 the same whatever ran before it; shards are written with a fixed-timestamp ZIP_STORED npz writer,
 so the same model, seed, n and batch_size give byte-identical shards, whatever the thread count
-and however often the run was interrupted (on one execution provider: CUDA and CPU round
+and ``parallel`` setting (the noise is drawn before a batch is split: serving.ort_parallel) and however often
+the run was interrupted (on one execution provider: CUDA and CPU round
 differently). Conditional models: ``label=K`` gives K for every sample; ``label=None`` gives
 sample i the class ``i % num_classes`` (balanced, and independent of the batch size).
 
