@@ -7,7 +7,13 @@ writes the graphs as serving gets them; then for every graph of ``model.onnx_gra
 
 - ``ort``: the generator's own session (``serving.generator._load_session``: ORT_ENABLE_ALL, intra-op threads,
   no spinning), fed numpy;
-- ``ort_spin``: the same with ``session.intra_op.allow_spinning=1`` (a session-option lever);
+- ``ort_spin``: the same with ``session.intra_op.allow_spinning=1`` (a session-option lever; ``--parallel ops --spin``);
+- ``ort_par``: what ``genforge generate`` runs by default at T > 1 threads (``--parallel batch``): the generator's
+  session with ONE intra-op thread in ``serving.ort_parallel.BatchParallelSession`` with T workers (the batch cut
+  into T slices run at once, from the calling thread and a persistent pool, outputs concatenated; a call under
+  ``SPLIT_MIN_S`` runs whole). Not timed at 1 thread (it is ``ort`` there). The ``par-ort max |diff|`` column
+  checks it against ``ort`` (same graph and inputs, split even where ``ort_par`` would run whole): 0 = the same
+  bytes; ``ort_par4`` (only when ``--methods`` names it): 4 chunks per thread, taken by whichever thread is free;
 - ``ort_int8``: (``--int8``) a static QDQ int8 copy (``onnxruntime.quantization.quantize_static``, per-channel
   int8 weights, uint8 activations, MinMax calibration on 4 seeded batches of the benchmark's inputs). Speed
   only: such a graph is never served unless its FID check passed (see README-PROPOSAL.md);
@@ -31,6 +37,7 @@ Runs under the Makefile's GLIBC_TUNABLES and OMP_WAIT_POLICY=PASSIVE (set when u
 
     python benchmarks/graph_speed.py [--families vae,cvae,...] [--threads 1,2] [--batch-sizes 256]
                                      [--rounds 5] [--seconds 0.5] [--no-compile] [--int8] [--profile] [--quick]
+                                     [--methods ort,ort_spin,ort_par,compile]
 """
 from __future__ import annotations
 
@@ -60,7 +67,7 @@ TEXT_FAMILIES = "gpt,lstm"
 # Zen 4 (this CPU: AMD EPYC, family 25 model 17, 2596 MHz, AVX-512 on 256-bit datapaths, no AMX): 2 FMA pipes
 # x 8 fp32 lanes x 2 FLOP x 2.6 GHz. The issue's 166 assumed 2 full 512-bit FMA units (Intel server cores).
 PEAK_GFLOPS = 2.6 * 2 * 8 * 2
-ORT_METHODS = ("ort", "ort_spin", "ort_int8")
+ORT_METHODS = ("ort", "ort_spin", "ort_par", "ort_par4", "ort_int8")  # ort_par4 only when --methods names it
 TORCH_METHODS = ("eager", "eager_cl", "eager_bf16", "compile")
 
 
@@ -230,18 +237,32 @@ def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, 
     per wall second (``clock="wall"``) or per CPU second of this process (``"cpu"``: robust to other
     processes' load at 1 thread, where every method computes in the calling thread; at 2 threads it is
     work efficiency, not latency). Also returns {threads: compile seconds or failure}."""
+    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
     feeds, tensors = _inputs(g, batch, num_classes)
     out_names = list(g.output_names)
-    fns = {}
+    fns, diffs = {}, []
     if "ort" in methods:
         sess = _session(path, threads)
         fns["ort"] = lambda: sess.run(out_names, feeds)
     if "ort_spin" in methods:
         spin = _session(path, threads, spin=True)
         fns["ort_spin"] = lambda: spin.run(out_names, feeds)
+    if "ort_par" in methods and threads > 1:
+        from serving.ort_parallel import BatchParallelSession
+
+        one = _session(path, 1)
+        par = BatchParallelSession(one, threads)  # as serving.ort_parallel.load_sessions builds it
+        fns["ort_par"] = lambda: par.run(out_names, feeds)
+        if "ort_par4" in methods:  # 4 chunks per thread, taken by whichever thread is free
+            par4 = BatchParallelSession(one, threads, chunks_per_worker=4)
+            fns["ort_par4"] = lambda: par4.run(out_names, feeds)
+        if "ort" in fns:  # the same graph and inputs: the slices' outputs must be the whole batch's
+            split = BatchParallelSession(one, threads, split_min_s=0)  # split even where par would run whole
+            diffs.append(max(float(np.max(np.abs(a - b))) if a.dtype.kind == "f" else float((a != b).sum())
+                             for a, b in zip(split.run(out_names, feeds), sess.run(out_names, feeds))))
     if "ort_int8" in methods and int8_path is not None:
         q = _session(int8_path, threads)
         fns["ort_int8"] = lambda: q.run(out_names, feeds)
@@ -255,11 +276,15 @@ def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, 
         for _ in range(rounds):
             for name, fn in fns.items():
                 rates[name].append(_rate(fn, batch, seconds)[0 if clock == "wall" else 1])
-    return {k: statistics.median(v) for k, v in rates.items()}, compile_times
+    out = {k: statistics.median(v) for k, v in rates.items()}
+    if diffs:
+        out["par_max_diff"] = diffs[0]
+    return out, compile_times
 
 
 def _misses(graph: str, batch: int, threads: int, r: dict, best_eager, flops: float, peak: float) -> list[str]:
-    """One line per missed target of a row, with the share of the fp32 peak ORT runs at and would need."""
+    """One line per missed target of a row, with the share of the fp32 peak ORT (``r["ort"]``: the generator's
+    default session) runs at and would need."""
     ort_gf = flops * r["ort"] / 1e9
     at = f"{graph} batch {batch}, {threads} thread(s): ORT runs at {100 * ort_gf / peak:.0f}% of the fp32 peak"
     out = []
@@ -293,6 +318,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.5, help="per method per round")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (minutes per graph)")
     ap.add_argument("--int8", action="store_true", help="add a static QDQ int8 ORT variant (speed only)")
+    ap.add_argument("--methods", help=f"comma list, a subset of {','.join(ORT_METHODS + TORCH_METHODS)} (default: all "
+                    "but ort_int8)")
     ap.add_argument("--profile", action="store_true", help="print ORT's per-op share of kernel time")
     ap.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS, help="fp32 peak of one core")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s, 1 thread, batch 64, no compile")
@@ -305,7 +332,13 @@ def main() -> None:
         args.rounds, args.seconds, args.threads, args.batch_sizes, args.no_compile = 2, 0.2, "1", "64", True
     threads_list = sorted({int(t) for t in args.threads.split(",")})
     methods = [m for m in (*ORT_METHODS, *TORCH_METHODS)
-               if not (m == "compile" and args.no_compile) and not (m == "ort_int8" and not args.int8)]
+               if not (m == "compile" and args.no_compile) and not (m == "ort_int8" and not args.int8)
+               and m != "ort_par4"]
+    if args.methods:
+        unknown = set(args.methods.split(",")) - set(ORT_METHODS + TORCH_METHODS)
+        if unknown:
+            ap.error(f"--methods: unknown {', '.join(sorted(unknown))}")
+        methods = [m for m in (*methods, "ort_par4") if m in args.methods.split(",")]
 
     import onnxruntime as ort
     import torch
@@ -349,11 +382,15 @@ def main() -> None:
                     for threads in threads_list:
                         r, ct = measure_graph(g, path, batch, threads, ncls, methods=methods, rounds=args.rounds,
                                               seconds=args.seconds, int8_path=int8, clock=args.clock)
+                        par_diff = r.pop("par_max_diff", None)
                         best_eager = max(r.get("eager", 0), r.get("eager_cl", 0)) or None
                         row = {"graph": f"{entry}/{g.name}", "inputs": shape, "batch": batch, "threads": threads,
                                **{m: _fmt(r.get(m)) for m in methods},
                                "ORT/best eager": _ratio(r.get("ort"), best_eager),
                                "ORT/compile": _ratio(r.get("ort"), r.get("compile")),
+                               **({"spin/compile": _ratio(r.get("ort_spin"), r.get("compile")),
+                                   "par/compile": _ratio(r.get("ort_par"), r.get("compile")),
+                                   "par-ort max |diff|": _fmt(par_diff, ".1e")} if "ort_par" in methods else {}),
                                "ORT/bf16": _ratio(r.get("ort"), r.get("eager_bf16")),
                                "MFLOP/sample": f"{flops / 1e6:.2f}",
                                "ORT GFLOP/s": f"{flops * r['ort'] / 1e9:.1f}",
@@ -361,7 +398,9 @@ def main() -> None:
                                "% of sgemm": f"{100 * flops * r['ort'] / 1e9 / sgemm[threads]:.0f}%"}
                         rows.append(row)
                         print(f"  {json.dumps(row)}", flush=True)
-                        misses.extend(_misses(row["graph"], batch, threads, r, best_eager, flops,
+                        # the targets hold for what `genforge generate` runs: ort_par at 2+ threads when measured
+                        served = {**r, "ort": r.get("ort_par") or r["ort"]}
+                        misses.extend(_misses(row["graph"], batch, threads, served, best_eager, flops,
                                               args.peak_gflops * threads))
                         if ct:
                             compile_rows.append({"graph": row["graph"], "batch": batch, "threads": threads,

@@ -238,9 +238,13 @@ def generate_cmd(
     batch_size: int = typer.Option(256, "--batch-size"),
     label: Optional[str] = typer.Option(None, "--label", help="Class to generate (conditional models only): an "
                                         "index or a class name (index:K / name:NAME where a name is a number)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
-    spin: bool = typer.Option(False, "--spin", help="ONNX Runtime's threads busy-wait between ops: faster with "
-                              "2+ threads on an otherwise idle machine, slower on a shared one (same samples)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: every CPU)."),
+    parallel: Optional[str] = typer.Option(None, "--parallel", help="How the threads share the work: batch (slices "
+                                           "of each batch at once; the default) | ops (ONNX Runtime's intra-op "
+                                           "threads; the default with --spin). Same samples either way."),
+    spin: bool = typer.Option(False, "--spin", help="ONNX Runtime's intra-op threads busy-wait between ops "
+                              "(--parallel ops): faster with 2+ threads on an otherwise idle machine, slower on a "
+                              "shared one (same samples)."),
     png: bool = typer.Option(False, "--png", help="Also write one file per sample (first 1000), in the data's "
                              "format: images png/NNNNNNN.png, text txt/NNNNNNN.txt."),
     overwrite: bool = typer.Option(False, "--overwrite",
@@ -277,7 +281,7 @@ def generate_cmd(
     ref = f"{resolved.name}/{resolved.version}"
     with sample_progress(console, n, ref) as progress:
         result = generate(local, n, seed, out_dir, batch_size=batch_size, label=label, threads=threads, spin=spin, png=png,
-                          model_id=resolved.model_id, provider=provider, progress=progress,
+                          parallel=parallel, model_id=resolved.model_id, provider=provider, progress=progress,
                           sampling={"steps": steps, "eta": eta, "temperature": temperature, "top_k": top_k,
                                     "top_p": top_p, "max_len": max_len, "sampler": sampler,
                                     "guidance_scale": guidance_scale, "guidance_min_t": guidance_min_t},

@@ -44,7 +44,8 @@ option the model's sampler does not take is a GenerationError naming the ones it
 Determinism. Shard k's noise comes from ``numpy.random.default_rng([seed, k])``, so shard k is
 the same whatever ran before it; shards are written with a fixed-timestamp ZIP_STORED npz writer,
 so the same model, seed, n and batch_size give byte-identical shards, whatever the thread count
-and however often the run was interrupted (on one execution provider: CUDA and CPU round
+and ``parallel`` setting (the noise is drawn before a batch is split: serving.ort_parallel) and however often
+the run was interrupted (on one execution provider: CUDA and CPU round
 differently). Conditional models: ``label=K`` gives K for every sample; ``label=None`` gives
 sample i the class ``i % num_classes`` (balanced, and independent of the batch size).
 
@@ -81,6 +82,7 @@ from contracts.io import atomic_write_bytes, sha256_file
 from contracts.modalities import get_modality
 from contracts.samplers import SamplerSpec, SamplerSpecError, as_spec
 from serving import outdir
+from serving.ort_parallel import PARALLEL_MODES, load_sessions
 from serving.samplers import check_sessions, check_spec, run_sampler
 
 try:  # POSIX; without it concurrent runs are simply not detected
@@ -114,7 +116,8 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
              label: int | str | None = None, threads: int | None = None, png: bool = False,
              model_id: dict | None = None, provider: str = "auto",
              progress: Callable[[int, int], None] | None = None,
-             sampling: Mapping[str, Any] | None = None, overwrite: bool = False, spin: bool = False) -> dict[str, Any]:
+             sampling: Mapping[str, Any] | None = None, overwrite: bool = False, spin: bool = False,
+             parallel: str | None = None) -> dict[str, Any]:
     """Generate ``n`` samples of the model in ``model_dir`` into ``out_dir`` (see the module doc).
 
     Returns the final manifest plus ``"run"``: {"generated_shards", "reused_shards", "seconds",
@@ -122,7 +125,10 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     ``sampling``: options overriding the sampler's defaults (None values ignored), e.g. {"steps": 20}.
     ``overwrite``: replace another job's outputs, and write into a folder holding files of the user's
     (never replacing one of them: serving.outdir). ``spin``: ONNX Runtime's intra-op threads busy-wait between
-    ops (``_load_session``); the samples are the same either way.
+    ops (``_load_session``); the samples are the same either way. ``parallel``: how ``threads`` share the work:
+    "batch" (the default without ``spin``) runs slices of each batch at once on one-thread sessions
+    (serving.ort_parallel), "ops" gives them to ONNX Runtime's intra-op threads (the default with ``spin``);
+    the samples are the same either way.
     Raises ``GenerationError`` for bad input, before anything is written.
     """
     started = time.perf_counter()
@@ -131,7 +137,8 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     if not _is_int(seed) or seed < 0:
         raise GenerationError(f"seed must be an integer >= 0, got {seed!r}")
     if threads is not None and (not _is_int(threads) or threads < 0):
-        raise GenerationError(f"threads must be an integer >= 0 (0 = ONNX Runtime's default), got {threads!r}")
+        raise GenerationError(f"threads must be an integer >= 0 (0: every CPU), got {threads!r}")
+    parallel = _parallel_mode(parallel, spin)
 
     model_dir = Path(model_dir)
     out_root = _output_root(Path(out_dir))
@@ -154,14 +161,15 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     _check_existing(out_root, job, overwrite, want)  # before loading anything heavy, and before writing anything
 
     providers, _ = select_provider(provider)
-    sessions = {name: _load_session(path, providers, threads, spin) for name, path in graph_files.items()}
+    sessions = load_sessions(graph_files, lambda path, t: _load_session(path, providers, t, spin), threads,
+                             parallel, spec.kind, providers)
     used = sorted({s.get_providers()[0] for s in sessions.values()})
     used_provider = CUDA if CUDA in used else used[0]
     if provider in ("auto", "cuda", CUDA) and CUDA in providers and used_provider != CUDA:
         log.warning("CUDA provider selected but ONNX Runtime fell back to %s", used_provider)
     _probe(spec, sessions, image_shape, num_classes)
-    log.info("generating %d samples of %s with %s (%s threads)", n, json.dumps(model_id), used_provider,
-             threads or "default")
+    log.info("generating %d samples of %s with %s (%s threads, %s-parallel)", n, json.dumps(model_id), used_provider,
+             threads or "default", parallel)
 
     counts = [min(batch_size, n - k * batch_size) for k in range(num_shards)]
     out_root.mkdir(parents=True, exist_ok=True)
@@ -211,7 +219,7 @@ def generate(model_dir: Path, n: int, seed: int, out_dir: Path, *, batch_size: i
     log.info("wrote %d shards (%d reused) to %s in %.1f s", len(todo), num_shards - len(todo), out_root, seconds)
     return {**manifest, "run": {"generated_shards": len(todo), "reused_shards": num_shards - len(todo),
                                 "seconds": seconds, "samples_per_s": generated / seconds if seconds > 0 else None,
-                                "threads": threads, "out_dir": str(out_root)}}
+                                "threads": threads, "parallel": parallel, "out_dir": str(out_root)}}
 
 
 def select_provider(requested: str = "auto") -> tuple[list[str], str]:
@@ -503,6 +511,18 @@ def _label_index(text: str, data: DataSpec) -> int:
 
 
 # --- sessions --------------------------------------------------------------------------------
+def _parallel_mode(parallel: str | None, spin: bool) -> str:
+    """``parallel`` checked ("batch" | "ops"; None: "ops" with ``spin``, else "batch"). Raises GenerationError."""
+    if parallel is None:
+        return "ops" if spin else "batch"
+    if parallel not in PARALLEL_MODES:
+        raise GenerationError(f"parallel (--parallel) must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
+    if spin and parallel == "batch":
+        raise GenerationError("spin makes ONNX Runtime's intra-op threads busy-wait: it needs parallel='ops' "
+                              "(--parallel ops), not 'batch', whose sessions have no intra-op threads")
+    return parallel
+
+
 def _load_session(path: Path, providers: list[str], threads: int | None, spin: bool = False):
     """An ORT session as the generator runs it: all graph optimizations, sequential execution, ``threads``
     intra-op threads (None: ORT's default). ``spin``: the intra-op threads busy-wait between ops. Off by

@@ -62,6 +62,7 @@ from contracts.modalities import get_modality
 from contracts.samplers import SPEC_KINDS, as_spec
 from serving.generator import (GenerationError, _check_label, _is_int, _load_session, _positive_int, _probe,
                                _with_sampling, load_model_dir, sample_spec, select_provider, shard_samples)
+from serving.ort_parallel import load_sessions
 from serving.resolve import MODEL_ONNX as ONNX_PATH  # where MLflow puts the artifact inside the model directory
 
 ONNX_ARTIFACT = "onnx"                 # the pyfunc artifact name of the export folder
@@ -93,8 +94,9 @@ def sampler_options() -> dict[str, str]:
 class OnnxSampler:
     """An export folder (sampler.json + graphs) loaded in ONNX Runtime, answering predict requests.
 
-    ``provider``: auto | cpu | cuda (serving.generator.select_provider); ``threads``: intra-op threads
-    (None: ORT's default). Raises GenerationError when the folder is not a servable model."""
+    ``provider``: auto | cpu | cuda (serving.generator.select_provider); ``threads``: CPU threads
+    (None: every CPU), each computing a slice of the batch (serving.ort_parallel). Raises GenerationError when
+    the folder is not a servable model."""
 
     def __init__(self, onnx_dir: str | Path, provider: str = "auto", threads: int | None = None):
         raw, graph_files, self.fingerprint = load_model_dir(Path(onnx_dir))
@@ -103,7 +105,8 @@ class OnnxSampler:
         self.spec = as_spec(raw)
         self.modality = get_modality(self.data.modality)
         providers, _ = select_provider(provider)
-        self.sessions = {name: _load_session(path, providers, threads) for name, path in graph_files.items()}
+        self.sessions = load_sessions(graph_files, lambda path, t: _load_session(path, providers, t), threads,
+                                      "batch", self.spec.kind, providers)  # threads split the batch (ort_parallel)
         _probe(self.spec, self.sessions, self.data.shape, self.data.num_classes)
 
     def samples(self, n: int, seed: int = 0, label: int | str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
