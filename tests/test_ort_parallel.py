@@ -88,23 +88,24 @@ def test_wrapper_slices_only_the_batch_and_decides_by_the_time_a_call_takes(mode
     sess = _load_session(models / "vae" / "decoder.onnx", CPU, 1)
     whole = BatchParallelSession(sess, 1)
     par = BatchParallelSession(sess, 2, min_slice=4, split_min_s=0.0)
-    z = np.random.default_rng(0).standard_normal((9, 4), dtype=np.float32)
-    assert whole.bounds({"z": z}) is None and par.bounds({"z": z}) == [0, 5, 9]
+    name, dim = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[1]  # the VAE's mixture prior: "noise", latent + 1
+    z = np.random.default_rng(0).standard_normal((9, dim), dtype=np.float32)
+    assert whole.bounds({name: z}) is None and par.bounds({name: z}) == [0, 5, 9]
     chunked = BatchParallelSession(sess, 2, min_slice=1, split_min_s=0.0, chunks_per_worker=3)
-    assert chunked.bounds({"z": z}) == [0, 2, 4, 6, 7, 8, 9]  # 2 threads x 3 chunks, taken as threads free up
-    assert chunked.run(None, {"z": z})[0].tobytes() == sess.run(None, {"z": z})[0].tobytes()
-    assert par.bounds({"z": z[:7]}) == [0, 7]                # 7 // 4 = 1 slice: whole (timed)
-    assert par.get_inputs()[0].name == "z" and par.splittable  # the session's own attributes
-    ref = sess.run(None, {"z": z})[0]
-    assert np.array_equal(par.run(None, {"z": z})[0], ref) and par.run(None, {"z": z})[0].tobytes() == ref.tobytes()
+    assert chunked.bounds({name: z}) == [0, 2, 4, 6, 7, 8, 9]  # 2 threads x 3 chunks, taken as threads free up
+    assert chunked.run(None, {name: z})[0].tobytes() == sess.run(None, {name: z})[0].tobytes()
+    assert par.bounds({name: z[:7]}) == [0, 7]                # 7 // 4 = 1 slice: whole (timed)
+    assert par.get_inputs()[0].name == name and par.splittable  # the session's own attributes
+    ref = sess.run(None, {name: z})[0]
+    assert np.array_equal(par.run(None, {name: z})[0], ref) and par.run(None, {name: z})[0].tobytes() == ref.tobytes()
     assert par.row_s is not None and par.row_s > 0           # timed on the calling thread
     slow = BatchParallelSession(sess, 2, min_slice=1, split_min_s=1.0, chunks_per_worker=1)
     slow.row_s = 1.0                                          # 9 rows x 1 s >= 1 s: split
-    assert slow.bounds({"z": z}) == [0, 5, 9]
+    assert slow.bounds({name: z}) == [0, 5, 9]
     slow.row_s = 1e-6                                         # 9 us < 1 s: whole
-    assert slow.bounds({"z": z}) == [0, 9]
+    assert slow.bounds({name: z}) == [0, 9]
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument):  # a slice's error reaches the caller
-        par.run(None, {"z": z.astype(np.float64)})
+        par.run(None, {name: z.astype(np.float64)})
     with pytest.raises(ValueError, match="workers"):
         BatchParallelSession(sess, 0)
 
