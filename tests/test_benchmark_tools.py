@@ -95,12 +95,12 @@ def test_report_decides_stored_rows_again_with_a_new_limit():
     from benchmarks.gate_ladder import redecide, wrong_decisions
 
     rows = [_ladder_row("vae", 0, "epoch1", 240.0, 0.04), _ladder_row("vae", 0, "default", 168.0, 0.06)]
-    assert wrong_decisions(redecide(rows, [])) == [("vae", "0", "epoch1")]
+    assert wrong_decisions(redecide(rows, ["registry.min_coverage=0.03"])) == [("vae", "0", "epoch1")]
     again = redecide(rows, ["registry.min_coverage=0.05"])
     assert [r["decision"] for r in again] == ["rejected", "promoted"] and again[0]["failed checks"] == "coverage"
     assert wrong_decisions(again) == []
     old = {k: v for k, v in rows[0].items() if k != "metrics"}  # a file written before rows kept their metrics
-    assert redecide([old], ["registry.min_coverage=0.05"])[0]["decision"] == "promoted"
+    assert redecide([old], ["registry.min_coverage=0.05"])[0]["decision"] == "promoted"  # its stored decision
 
 
 def test_family_table_gives_median_and_range_over_seeds():

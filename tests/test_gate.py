@@ -53,7 +53,7 @@ def test_a_missing_required_metric_fails_and_an_optional_one_is_skipped_with_the
     tags = {k: v for k, v in GOOD.items() if k != "metric.coverage"}
     decision = gate_decision(tags, None, {})
     assert _statuses(decision)["coverage"] == "failed" and not decision["promoted"]
-    assert ("failed: coverage >= 0.03 (coverage missing (required: the version's metrics do not report it; "
+    assert ("failed: coverage >= 0.05 (coverage missing (required: the version's metrics do not report it; "
             "evaluate it again, or make the check `required: false`))") in decision["reasons"]
     assert _statuses(decision)["conditional_accuracy"] == "skipped"
     decision = gate_decision(GOOD, None, {})

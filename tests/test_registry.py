@@ -35,7 +35,9 @@ def chain(tmp_path_factory, _mlflow_template):
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        params = tiny_params(*LOOSE_GATE)
+        # the prior N(0, I): a VAE this short-trained has posterior means bunched near 0, and the mixture prior
+        # fitted to them samples less diversely (FID 123x vs the collapsed one's 117x), which this test is not about
+        params = tiny_params(*LOOSE_GATE, "model.vae.prior_components=0")
         prepare(params, root)
         validate(params, root, root / "data" / "prepared" / "digits")
         v1 = _chain(params, root)
@@ -43,7 +45,7 @@ def chain(tmp_path_factory, _mlflow_template):
         saved = genmodels.FAMILIES["vae"]
         genmodels.FAMILIES["vae"] = "tests.nan_family:CollapsedVAE"
         try:
-            v2 = _chain(tiny_params(*LOOSE_GATE, "model.vae.epochs=1"), root)
+            v2 = _chain(tiny_params(*LOOSE_GATE, "model.vae.prior_components=0", "model.vae.epochs=1"), root)
         finally:
             genmodels.FAMILIES["vae"] = saved
     finally:

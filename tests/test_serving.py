@@ -155,10 +155,11 @@ def test_export_writes_a_servable_folder(vae_dir):
 
     spec = json.loads((vae_dir / "sampler.json").read_text())
     assert spec["kind"] == "direct" and spec["graph"] == "decoder" and spec["conditional"] is False
-    assert spec["noise"] == {"name": "z", "shape": [4], "distribution": "normal"}
+    # the VAE's mixture prior (genmodels/latent_prior.py) draws z from latent_dim + 1 standard normals in the graph
+    assert spec["noise"] == {"name": "noise", "shape": [5], "distribution": "normal"}
     assert spec["image_shape"] == [1, 8, 8] and spec["num_classes"] == 10
     entry = spec["graphs"]["decoder"]
-    assert entry["file"] == "decoder.onnx" and entry["inputs"] == ["z"] and entry["outputs"] == ["images"]
+    assert entry["file"] == "decoder.onnx" and entry["inputs"] == ["noise"] and entry["outputs"] == ["images"]
     path = vae_dir / "decoder.onnx"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
 
