@@ -1,0 +1,130 @@
+"""PixelCNN's exported "logits" graph in the form ONNX Runtime runs fast: same function, same trained
+weights, rearranged at export time (the model, its training and its checkpoints are unchanged).
+
+Why. ONNX Runtime's CPU provider runs convolutions in a blocked channel layout (NCHWc, 16 channels a
+block on AVX-512) and keeps that layout only across the ops its NCHWc transformer knows (Conv, pooling,
+Concat, Add/Sum, Mul, Relu/Sigmoid/Tanh); around any other op (Pad, Slice, Split) it converts back and
+forth (ReorderOutput / ReorderInput). The model's own forward (genmodels/pixelcnn.py ``GatedLayer``) pads
+explicitly (``F.pad``), shifts the vertical stack down with a pad and a crop, crops the mask-A column and
+splits the gate's channels (``chunk(2)``), so its graph spent about half of ORT's time in reorders, Pads
+and Slices. And the transformer keeps an elementwise Mul (the gate's tanh(a) * sigmoid(b)) in NCHWc only
+when it can prove both inputs have the same shape; with a dynamic height it needs each tensor's symbolic
+shape in the ONNX file.
+
+What ``ExportLogits`` does instead (every conv below is ONE ONNX Conv, its zero padding in the Conv's own
+``pads`` [top, left, bottom, right], see ``_PaddedConv``); r = k // 2, p = channels, a/b = the tanh and
+sigmoid halves of the gate:
+- vertical stack: two (r+1) x k convs (a and b halves of ``v_conv``), pads [r, r, 0, r];
+- link of the vertical stack shifted down one row: 2 x 1 convs with weights [W_link; 0] and pads
+  [1, 0, 0, 0], so row i = W_link . vc[i-1] and row 0 = 0 exactly (``link`` has no bias); one per
+  (output half, input half): 4 p -> p convs, no Concat. Twice the link's multiply-adds (the zero row);
+  the vertical conv, the link and the horizontal conv are added by ORT's fused Conv+Sum;
+- horizontal stack: 1 x (r+1) convs with pads [0, r, 0, 0]; mask A (layer 0, 1 x r over columns
+  j-r..j-1) as a 1 x (r+1) conv whose last column is 0;
+- gate tanh(a) * sigmoid(b) on the two halves, no Split.
+``onnx_shapes`` then writes every intermediate tensor's symbolic shape (batch x C x height x W) into the
+file (onnxruntime's symbolic shape inference) so the NCHWc transformer sees equal shapes.
+
+Measured (benchmarks/graph_speed.py, default config, batch 256; README-PROPOSAL.md): one layout reorder
+left (the output), ORT 1.6x torch.compile of the model's own forward at 1 and 2 threads (was 0.92-1.0x).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _PaddedConv(torch.autograd.Function):
+    """conv2d (stride 1, no dilation, one group) of x zero-padded by ``pads`` = (top, left, bottom, right).
+
+    Runs as ``F.pad`` + ``F.conv2d`` in PyTorch; the TorchScript ONNX exporter emits ONE Conv whose
+    ``pads`` attribute holds the (asymmetric) padding, where ``F.pad`` would give a Pad node.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pads):  # noqa: D102
+        top, left, bottom, right = pads
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, pads):  # noqa: D102
+        kh, kw = weight.type().sizes()[2:]
+        args = [x, weight] if bias is None or bias.node().mustBeNone() else [x, weight, bias]
+        return g.op("Conv", *args, kernel_shape_i=[kh, kw], pads_i=list(pads), strides_i=[1, 1],
+                    dilations_i=[1, 1], group_i=1)
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pads: tuple[int, int, int, int]):
+    return _PaddedConv.apply(x, weight, bias, pads)
+
+
+class _ExportLayer(nn.Module):
+    """One ``GatedLayer`` (full-image form) rearranged as above; weights copied as buffers."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.first = layer.first
+        r = self.r = layer.k // 2
+        p = self.p = layer.h_out.out_channels
+        wv, bv = layer.v_conv.weight.detach(), layer.v_conv.bias.detach()           # 2p x C x (r+1) x k
+        wl = layer.link.weight.detach()                                             # 2p x 2p x 1 x 1
+        wl = torch.cat([wl, torch.zeros_like(wl)], dim=2)                           # rows i-1, i: [W; 0]
+        wh, bh = layer.h_conv.weight.detach(), layer.h_conv.bias.detach()           # 2p x C x 1 x (r or r+1)
+        if self.first:                                                              # mask A: column j gets 0
+            wh = torch.cat([wh, torch.zeros_like(wh[..., :1])], dim=3)
+        halves = {"a": slice(0, p), "b": slice(p, 2 * p)}
+        for n, s in halves.items():
+            self.register_buffer(f"wv_{n}", wv[s].clone())
+            self.register_buffer(f"bv_{n}", bv[s].clone())
+            self.register_buffer(f"wh_{n}", wh[s].clone())
+            self.register_buffer(f"bh_{n}", bh[s].clone())
+            for m, t in halves.items():  # output half n from input half m
+                self.register_buffer(f"wl_{n}{m}", wl[s, t].clone())
+        self.h_out = layer.h_out
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.r
+        va = _conv(v, self.wv_a, self.bv_a, (r, r, 0, r))          # N x p x H x W, row i sees rows <= i
+        vb = _conv(v, self.wv_b, self.bv_b, (r, r, 0, r))
+        down = (1, 0, 0, 0)                                         # row i: vc[i-1]; row 0: 0
+        ha = (_conv(va, self.wl_aa, None, down) + _conv(vb, self.wl_ab, None, down)
+              + _conv(h, self.wh_a, self.bh_a, (0, r, 0, 0)))
+        hb = (_conv(va, self.wl_ba, None, down) + _conv(vb, self.wl_bb, None, down)
+              + _conv(h, self.wh_b, self.bh_b, (0, r, 0, 0)))
+        hg = self.h_out(torch.tanh(ha) * torch.sigmoid(hb))
+        return torch.tanh(va) * torch.sigmoid(vb), hg if self.first else hg + h
+
+
+class ExportLogits(nn.Module):
+    """The "logits" graph of ``genmodels.pixelcnn._Logits`` (x: N x C x H x W in [0, 1] -> logits
+    N x C x H x W, or N x C x H x W x 256), equal to it to float rounding at any height H; built from
+    its current weights (a snapshot: build it again after training)."""
+
+    def __init__(self, logits: nn.Module):
+        super().__init__()
+        net = logits.net
+        self.prep, self.c, self.binary = logits.prep, logits.c, logits.binary
+        self.layers = nn.ModuleList([_ExportLayer(layer) for layer in net.layers])
+        self.head1, self.head2 = net.head1, net.head2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = h = self.prep(x)
+        for layer in self.layers:
+            v, h = layer(v, h)
+        out = self.head2(F.relu(self.head1(F.relu(h))))
+        if self.binary:
+            return out
+        n, _, h, w = out.shape  # (unflatten exports a reshape symbolic shape inference cannot follow)
+        return out.reshape(n, self.c, 256, h, w).permute(0, 1, 3, 4, 2)
+
+
+def onnx_shapes(model: Any) -> Any:
+    """onnx.ModelProto -> the same graph with every intermediate tensor's symbolic shape recorded
+    (``value_info``, e.g. batch x 16 x height x 28), from onnxruntime's symbolic shape inference.
+    Raises whatever that inference raises on a graph it cannot follow."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # export time only
+
+    return SymbolicShapeInference.infer_shapes(model, auto_merge=False)
