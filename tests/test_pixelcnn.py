@@ -307,15 +307,18 @@ def test_logits_graph_is_conv_only_and_equals_the_model_at_every_height(exported
         np.testing.assert_allclose(got, full[:, :, :h].numpy(), rtol=0, atol=1e-5)
 
 
-def test_logits_graph_keeps_ort_s_blocked_layout(tmp_path):
-    """16 channels (one NCHWc block): after ORT's optimiser the only layout reorder left is the output's."""
+@pytest.mark.parametrize("pixels,image_channels", [("binary", 1), ("256", 1), ("256", 3)])
+def test_logits_graph_keeps_ort_s_blocked_layout(tmp_path, pixels, image_channels):
+    """16 channels (one NCHWc block): after ORT's optimiser the only layout reorder left is the output's
+    ("256" with one image channel: the MatMul head; with three: the conv head and a transpose)."""
     import collections
 
     import onnx
     import onnxruntime as ort
 
-    model = _tiny(channels=16, layers=2, head_channels=16)
-    export_model(model, tmp_path / "m")
+    model = _tiny(channels=16, layers=2, head_channels=16, pixels=pixels, image_shape=(image_channels, 8, 8))
+    report = export_model(model, tmp_path / "m")
+    assert report["graphs"]["logits"]["exporter"] == "torchscript" and report["passed"]
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
