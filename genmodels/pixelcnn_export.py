@@ -15,11 +15,11 @@ What ``ExportLogits`` does instead (every conv below is ONE ONNX Conv, its zero 
 ``pads`` [top, left, bottom, right], see ``_PaddedConv``); r = k // 2, p = channels, a/b = the tanh and
 sigmoid halves of the gate:
 - vertical stack: two (r+1) x k convs (a and b halves of ``v_conv``), pads [r, r, 0, r];
-- link of the vertical stack shifted down one row: 2 x 1 convs with weights [W_link; 0] and pads
-  [1, 0, 0, 0], so row i = W_link . vc[i-1] and row 0 = 0 exactly (``link`` has no bias); one per
-  (output half, input half): 4 p -> p convs, no Concat. Twice the link's multiply-adds (the zero row:
-  +20 % of the graph's FLOPs in the default config, 47.4 -> 57.1 MFLOP per 28x28 sample, binary);
-  the vertical conv, the link and the horizontal conv are added by ORT's fused Conv+Sum;
+- link of the vertical stack shifted down one row: the 1x1 link (no bias) as one p -> p conv per
+  (output half, input half), no Concat, then the shift as a depthwise 2 x 1 conv with weights [1; 0]
+  and pads [1, 0, 0, 0]: row i = link(vc)[i-1], row 0 = 0 exactly (a 2 x 1 dense conv with weights
+  [W_link; 0] does the same in one conv but doubles the link's multiply-adds, +20 % of the graph's
+  FLOPs: measured 4-5 % slower); ORT adds the convs' outputs inside the convs (fused Conv+Sum);
 - horizontal stack: 1 x (r+1) convs with pads [0, r, 0, 0]; mask A (layer 0, 1 x r over columns
   j-r..j-1) as a 1 x (r+1) conv whose last column is 0;
 - gate tanh(a) * sigmoid(b) on the two halves, no Split;
@@ -51,20 +51,21 @@ class _PaddedConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, pads):  # noqa: D102
+    def forward(ctx, x, weight, bias, pads, groups):  # noqa: D102
         top, left, bottom, right = pads
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias)
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, groups=groups)
 
     @staticmethod
-    def symbolic(g, x, weight, bias, pads):  # noqa: D102
+    def symbolic(g, x, weight, bias, pads, groups):  # noqa: D102
         kh, kw = weight.type().sizes()[2:]
         args = [x, weight] if bias is None or bias.node().mustBeNone() else [x, weight, bias]
         return g.op("Conv", *args, kernel_shape_i=[kh, kw], pads_i=list(pads), strides_i=[1, 1],
-                    dilations_i=[1, 1], group_i=1)
+                    dilations_i=[1, 1], group_i=groups)
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pads: tuple[int, int, int, int]):
-    return _PaddedConv.apply(x, weight, bias, pads)
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pads: tuple[int, int, int, int],
+          groups: int = 1):
+    return _PaddedConv.apply(x, weight, bias, pads, groups)
 
 
 class _ExportLayer(nn.Module):
@@ -77,7 +78,9 @@ class _ExportLayer(nn.Module):
         p = self.p = layer.h_out.out_channels
         wv, bv = layer.v_conv.weight.detach(), layer.v_conv.bias.detach()           # 2p x C x (r+1) x k
         wl = layer.link.weight.detach()                                             # 2p x 2p x 1 x 1
-        wl = torch.cat([wl, torch.zeros_like(wl)], dim=2)                           # rows i-1, i: [W; 0]
+        shift = torch.zeros_like(wl[:p, :1]).repeat(1, 1, 2, 1)                      # p x 1 x 2 x 1, depthwise
+        shift[:, :, 0] = 1.0                                                        # rows i-1, i: [1; 0]
+        self.register_buffer("shift", shift)
         wh, bh = layer.h_conv.weight.detach(), layer.h_conv.bias.detach()           # 2p x C x 1 x (r or r+1)
         if self.first:                                                              # mask A: column j gets 0
             wh = torch.cat([wh, torch.zeros_like(wh[..., :1])], dim=3)
@@ -95,11 +98,11 @@ class _ExportLayer(nn.Module):
         r = self.r
         va = _conv(v, self.wv_a, self.bv_a, (r, r, 0, r))          # N x p x H x W, row i sees rows <= i
         vb = _conv(v, self.wv_b, self.bv_b, (r, r, 0, r))
-        down = (1, 0, 0, 0)                                         # row i: vc[i-1]; row 0: 0
-        ha = (_conv(va, self.wl_aa, None, down) + _conv(vb, self.wl_ab, None, down)
-              + _conv(h, self.wh_a, self.bh_a, (0, r, 0, 0)))
-        hb = (_conv(va, self.wl_ba, None, down) + _conv(vb, self.wl_bb, None, down)
-              + _conv(h, self.wh_b, self.bh_b, (0, r, 0, 0)))
+        none, down = (0, 0, 0, 0), (1, 0, 0, 0)
+        ca = _conv(va, self.wl_aa, None, none) + _conv(vb, self.wl_ab, None, none)  # link, a half of its output
+        cb = _conv(va, self.wl_ba, None, none) + _conv(vb, self.wl_bb, None, none)
+        ha = _conv(ca, self.shift, None, down, self.p) + _conv(h, self.wh_a, self.bh_a, (0, r, 0, 0))  # row i: ca[i-1]
+        hb = _conv(cb, self.shift, None, down, self.p) + _conv(h, self.wh_b, self.bh_b, (0, r, 0, 0))  # row 0: 0
         hg = self.h_out(torch.tanh(ha) * torch.sigmoid(hb))
         return torch.tanh(va) * torch.sigmoid(vb), hg if self.first else hg + h
 
