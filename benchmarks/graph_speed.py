@@ -340,7 +340,8 @@ def main() -> None:
                 path = folder / f"{g.name}.onnx"
                 for batch in batches:
                     feeds, tensors = _inputs(g, batch, ncls)
-                    flops = _flops_per_sample((g.module if g.reference is None else g.reference).eval(), tensors, batch)
+                    torch_module = g.module if g.reference is None else g.reference  # the model's own form
+                    flops = _flops_per_sample(torch_module.eval(), tensors, batch)
                     shape = " ".join("x".join(map(str, a.shape[1:])) or "-" for a in feeds.values())
                     int8 = None
                     if "ort_int8" in methods:

@@ -31,8 +31,10 @@ sigmoid halves of the gate:
 file (onnxruntime's symbolic shape inference) so the NCHWc transformer sees equal shapes.
 
 Measured (benchmarks/graph_speed.py, default config, batch 256; README-PROPOSAL.md): one layout reorder
-left (the output); binary: ORT 1.6x torch.compile of the model's own forward at 1 and 2 threads (was
-0.81-0.99x); "256": 1.5x (was 0.84-0.95x).
+left (the output); binary: ORT 1.5-1.6x torch.compile of the model's own forward at 1 and 2 threads
+(was 0.81-0.99x); "256": 1.4x (was 0.84-0.95x). (ORT's own PadFusion would fold the model's zero Pads
+into the Convs, but skips the TorchScript exporter's Pads: their empty optional constant_value input
+reads as non-constant to it; and it would leave the Slices and the Split.)
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class _ExportLayer(nn.Module):
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.first = layer.first
-        r = self.r = layer.k // 2
+        self.r = layer.k // 2
         p = self.p = layer.h_out.out_channels
         wv, bv = layer.v_conv.weight.detach(), layer.v_conv.bias.detach()           # 2p x C x (r+1) x k
         wl = layer.link.weight.detach()                                             # 2p x 2p x 1 x 1
