@@ -204,7 +204,8 @@ class _RowStep(nn.Module):
             if i > 0:
                 v = torch.cat([v_hist[:, i - 1], v], dim=2)            # N x p x (k//2+1) x W
             r = layer.k // 2
-            vc = layer.v_conv(F.pad(v, (r, r, 0, 0)))                   # N x 2p x 1 x W
+            # the conv's own (symmetric) padding, not F.pad: no Pad node in the graph, ORT keeps its conv layout
+            vc = F.conv2d(v, layer.v_conv.weight, layer.v_conv.bias, padding=(0, r))   # N x 2p x 1 x W
             conds.append(layer.link(vc)[:, :, 0])                       # N x 2p x W
             v = _gate(vc)                                               # N x p x 1 x W
             if i < n_layers - 1:
