@@ -22,6 +22,8 @@ writes the graphs as serving gets them; then for every graph of ``model.onnx_gra
 - ``eager_bf16``: ``eager`` under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
 - ``compile``: ``torch.compile(module)`` (default mode), compiled afresh for each thread count
   (inductor bakes the thread count into its kernels); compile time = the first call, printed apart.
+The PyTorch methods run the graph's ``module``, or its ``reference`` (the model's own form) when the exported
+module is an export-time rewrite of it (pixelcnn's ``logits``: genmodels/pixelcnn_export.py).
 
 Inputs are ``serving.export._parity_input`` draws (as the parity check feeds: noise, timesteps over [0, T),
 labels over the classes), batch axis = the batch, every other axis as in the graph's example (text graphs:
@@ -267,7 +269,7 @@ def measure_graph(g, path: Path, batch: int, threads: int, num_classes: int, *, 
         q = _session(int8_path, threads)
         fns["ort_int8"] = lambda: q.run(out_names, feeds)
     compile_times: dict = {}
-    module = g.module.eval()
+    module = (g.module if g.reference is None else g.reference).eval()  # PyTorch runs the model's own form
     fns.update(_torch_fns(module, tensors, methods, threads, compile_times))
     rates: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
@@ -371,7 +373,8 @@ def main() -> None:
                 path = folder / f"{g.name}.onnx"
                 for batch in batches:
                     feeds, tensors = _inputs(g, batch, ncls)
-                    flops = _flops_per_sample(g.module.eval(), tensors, batch)
+                    torch_module = g.module if g.reference is None else g.reference  # the model's own form
+                    flops = _flops_per_sample(torch_module.eval(), tensors, batch)
                     shape = " ".join("x".join(map(str, a.shape[1:])) or "-" for a in feeds.values())
                     int8 = None
                     if "ort_int8" in methods:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -150,6 +150,11 @@ class OnnxGraph:
     input_names: list[str]
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    # optional export-time rewrite: ``module`` is then an equivalent form of ``reference`` (the model's own
+    # module) that exports to a faster graph; the parity check and the benchmarks' PyTorch side use ``reference``
+    reference: nn.Module | None = None
+    # optional pass over the exported file, onnx.ModelProto -> onnx.ModelProto, before the check and parity
+    onnx_pass: Callable[[Any], Any] | None = None
 
 
 class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):

@@ -58,6 +58,7 @@ from torch import nn
 
 from contracts.samplers import AutoregressiveSpec, PixelCache, Uniforms
 from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, training
+from genmodels.pixelcnn_export import ExportLogits, onnx_shapes
 
 
 @dataclass
@@ -203,7 +204,8 @@ class _RowStep(nn.Module):
             if i > 0:
                 v = torch.cat([v_hist[:, i - 1], v], dim=2)            # N x p x (k//2+1) x W
             r = layer.k // 2
-            vc = layer.v_conv(F.pad(v, (r, r, 0, 0)))                   # N x 2p x 1 x W
+            # the conv's own (symmetric) padding, not F.pad: no Pad node in the graph, ORT keeps its conv layout
+            vc = F.conv2d(v, layer.v_conv.weight, layer.v_conv.bias, padding=(0, r))   # N x 2p x 1 x W
             conds.append(layer.link(vc)[:, :, 0])                       # N x 2p x W
             v = _gate(vc)                                               # N x p x 1 x W
             if i < n_layers - 1:
@@ -384,8 +386,9 @@ class PixelCNN(LikelihoodModel):
         full = _Logits(self.net, self.prep, c, self.binary).eval()
         batch = {0: "batch"}
         return [
-            OnnxGraph(name="logits", module=full, example_inputs=(torch.zeros(2, c, h, w, device=dev),),
-                      input_names=["x"], output_names=["logits"],
+            # exported in the form ONNX Runtime runs fast (genmodels/pixelcnn_export.py), checked against full
+            OnnxGraph(name="logits", module=ExportLogits(full).eval(), reference=full, onnx_pass=onnx_shapes,
+                      example_inputs=(torch.zeros(2, c, h, w, device=dev),), input_names=["x"], output_names=["logits"],
                       dynamic_axes={"x": {0: "batch", 2: "height"}, "logits": {0: "batch", 2: "height"}}),
             OnnxGraph(name="row", module=row.eval(),
                       example_inputs=(torch.zeros(s["x_rows"], device=dev), torch.zeros(s["v_hist"], device=dev)),

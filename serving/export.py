@@ -9,11 +9,12 @@ that runs the result never imports torch).
    ``dynamic_axes``, or axis 0 of every input and output when it declares none). The TorchScript
    exporter (``dynamo=False``) is tried first: it is ~20x faster and gives a plain graph; when it
    fails, or its graph fails the parity check, the torch.export-based exporter (``dynamo=True``)
-   is tried next;
+   is tried next; then the graph's ``onnx_pass`` (if any) rewrites the file;
 2. checks it with ``onnx.checker.check_model(full_check=True)`` and that ONNX Runtime sees
    exactly the declared inputs (an exporter silently drops an input the forward never uses);
 3. runs it in ONNX Runtime (CPUExecutionProvider) on seeded inputs at batch sizes 1 and 7 and
-   compares every output with the PyTorch module in fp32: the graph passes when the max
+   compares every output with the PyTorch module in fp32 (the graph's ``reference`` when it has
+   one: the model's own module that ``module`` rewrites): the graph passes when the max
    absolute error is <= ``atol``.
 
 Folder written (atomically: everything is built in a temp folder beside ``out_dir`` and renamed
@@ -186,9 +187,10 @@ def _export_all(model, folder: Path, report: dict, *, seed, atol, batch_sizes, o
 
 
 def _export_graph(g, folder: Path, *, seed, atol, batch_sizes, opset, num_classes, exporters) -> dict[str, Any]:
-    module = g.module
-    was_training = module.training
-    module.eval()
+    modules = [m for m in (g.module, g.reference) if m is not None]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     dynamic_axes = g.dynamic_axes or {n: {0: "batch"} for n in [*g.input_names, *g.output_names]}
     attempts: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -200,6 +202,8 @@ def _export_graph(g, folder: Path, *, seed, atol, batch_sizes, opset, num_classe
             attempts.append(attempt)
             try:
                 _torch_export(g, path, exporter, dynamic_axes, opset)
+                if g.onnx_pass is not None:  # the graph's own rewrite of the exported file (OnnxGraph.onnx_pass)
+                    onnx.save(g.onnx_pass(onnx.load(str(path))), str(path))
                 onnx.checker.check_model(str(path), full_check=True)
                 per_batch = _parity(g, path, seed=seed, batch_sizes=batch_sizes, dynamic_axes=dynamic_axes,
                                     num_classes=num_classes)
@@ -218,7 +222,8 @@ def _export_graph(g, folder: Path, *, seed, atol, batch_sizes, opset, num_classe
             attempt["error"] = f"max abs error {err:.3g} > atol {atol:g}"
             path.unlink(missing_ok=True)
     finally:
-        module.train(was_training)
+        for m, mode in zip(modules, was_training):
+            m.train(mode)
     chosen = best or min(attempts, key=lambda a: math.inf if a["max_abs_error"] is None else a["max_abs_error"])
     return {"max_abs_error": chosen["max_abs_error"], "batch_sizes": list(batch_sizes), "atol": float(atol),
             "passed": best is not None, "exporter": chosen["exporter"],
@@ -266,7 +271,7 @@ def _parity(g, path: Path, *, seed, batch_sizes, dynamic_axes, num_classes) -> d
         arrays = [_parity_input(rng, ex, name, b if 0 in dict(dynamic_axes.get(name, {})) else None, num_classes)
                   for ex, name in zip(g.example_inputs, g.input_names)]
         with torch.no_grad():
-            ref = g.module(*(torch.from_numpy(a).to(device) for a in arrays))
+            ref = (g.module if g.reference is None else g.reference)(*(torch.from_numpy(a).to(device) for a in arrays))
         refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
         outs = sess.run(None, dict(zip(g.input_names, arrays)))
         if len(refs) != len(outs):

@@ -284,3 +284,45 @@ def test_bad_specs_are_refused(change):
     spec = {**_tiny().sampler().to_json(), **change}
     with pytest.raises(SamplerSpecError):
         check_spec(spec, {"logits", "row", "pixel"})
+
+
+# --- the exported logits graph's form (genmodels/pixelcnn_export.py) ----------------------------
+def test_logits_graph_is_conv_only_and_equals_the_model_at_every_height(exported):
+    import onnx
+
+    model, out, report = exported
+    assert report["graphs"]["logits"]["exporter"] == "torchscript"  # the rewritten form, not the fallback
+    graph = onnx.load(str(out / "logits.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"Pad", "Slice", "Split"} and "Conv" in ops
+    assert all(a.name != "auto_pad" for n in graph.node for a in n.attribute)
+    assert "Pad" not in {n.op_type for n in onnx.load(str(out / "row.onnx")).graph.node}  # conv's own padding
+    heights = {d.dim_param for vi in graph.value_info for d in vi.type.tensor_type.shape.dim[2:3]}
+    assert "height" in heights  # symbolic shapes recorded for ORT's NCHWc transformer
+    sess = _load_session(out / "logits.onnx", ["CPUExecutionProvider"], 1)
+    x = torch.from_numpy(np.random.default_rng(3).random((5, 1, 8, 8), dtype=np.float32))
+    full = model.logits(x)
+    for h in (1, 2, 5, 8):  # the generator without its cache calls logits on the rows so far
+        got = sess.run(None, {"x": x[:, :, :h].numpy()})[0]
+        assert got.shape == tuple(full[:, :, :h].shape)
+        np.testing.assert_allclose(got, full[:, :, :h].numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("pixels,image_channels", [("binary", 1), ("256", 1), ("256", 3)])
+def test_logits_graph_keeps_ort_s_blocked_layout(tmp_path, pixels, image_channels):
+    """16 channels (one NCHWc block): after ORT's optimiser the only layout reorder left is the output's
+    ("256" with one image channel: the MatMul head; with three: the conv head and a transpose)."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    model = _tiny(channels=16, layers=2, head_channels=16, pixels=pixels, image_shape=(image_channels, 8, 8))
+    report = export_model(model, tmp_path / "m")
+    assert report["graphs"]["logits"]["exporter"] == "torchscript" and report["passed"]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "m" / "logits.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["ReorderInput"] + ops["ReorderOutput"] <= 1, ops
