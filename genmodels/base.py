@@ -235,6 +235,11 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
         """One optimisation step on a batch; returns losses as plain floats."""
         raise NotImplementedError
 
+    def training_data_problem(self, n_images: int) -> str | None:
+        """Why ``n_images`` training images are too few for this model (named by its setting), or None. The
+        trainer asks before the first step, so a run that could not finish does not start. Default: None."""
+        return None
+
     def end_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         """Called by the trainer after each epoch's steps (``epoch`` counted from 0), before its checkpoint,
         with every training image (N x C x H x W in [0, 1], on the model's device) and label (N): work that

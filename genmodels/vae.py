@@ -214,6 +214,13 @@ class VAE(GenerativeModel):
         self._opt.step()
         return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item()}
 
+    def training_data_problem(self, n_images: int) -> str | None:
+        k = self.config.prior_components
+        if k > n_images:
+            return (f"prior_components {k}: a {k}-component mixture prior needs at least {k} training images, the "
+                    f"training split has {n_images}; lower model.{self.family}.prior_components (0: the prior N(0, I))")
+        return None
+
     @torch.no_grad()
     def end_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         """With ``prior_components``: fit the mixture prior to the posterior means of all training images

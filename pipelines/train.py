@@ -248,6 +248,9 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     x_all = torch.from_numpy(get_modality(model.config.data.modality).to_model(images)).to(device)
     y_all = torch.from_numpy(labels).to(device)
     n = len(x_all)
+    problem = model.training_data_problem(n)  # before any MLflow run or checkpoint: a run that cannot finish
+    if problem:
+        raise GenforgeError(f"model.{family}: {problem}")
 
     c = tracking.client()
     experiment = tracking.experiment_id(c, f"{ds.name}-{family}")

@@ -113,3 +113,17 @@ def test_a_vae_stored_before_the_mixture_prior_loads_as_it_was_trained(tmp_path)
     assert loaded.prior is None and loaded.config.prior_components == 0
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert torch.equal(loaded.sample(4, generator=g()), old.sample(4, generator=g()))
+
+
+def test_more_components_than_training_images_stops_before_training(prepared_digits):
+    from contracts.errors import GenforgeError
+    from pipelines.train import train
+    from tests.conftest import tiny_params
+
+    root, _ = prepared_digits
+    params = tiny_params("model.vae.prior_components=5000")
+    with pytest.raises(GenforgeError, match=r"model\.vae: prior_components 5000: a 5000-component mixture prior needs "
+                                            r"at least 5000 training images, the training split has \d+; lower "
+                                            r"model\.vae\.prior_components"):
+        train(params, root, "vae", progress=False)
+    assert not list((root / "models").rglob("*.pt"))  # no checkpoint, no model
