@@ -88,6 +88,8 @@ def _root_for(base: Path, variant: str, seed: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in ("data", "reports"):
         link = root / name
+        if link.is_symlink() and not link.exists():  # dangling: a cached folder copied from elsewhere
+            link.unlink()
         if not link.exists():
             link.symlink_to(base / name, target_is_directory=True)
     return root
