@@ -3,7 +3,8 @@
 ``trained(conditional)`` runs the project's own stages (prepare, validate, train) with params.yaml's
 defaults, ``model.families: [ddpm]`` (and ``model.ddpm.conditional: true``), in a project folder under
 ``.genforge/bench/`` (gitignored), once: later calls find ``models/mnist5k/ddpm/model.pt`` there and
-return at once. ``bench.json`` beside it records how long the training took (wall seconds, torch threads). A variant
+return at once, unless its training fingerprint (train.json) is not today's (a default changed): then it is
+trained again. ``bench.json`` beside it records how long the training took (wall seconds, torch threads). A variant
 (``sets``: more ``--set key=value`` overrides, e.g. ``model.ddpm.epochs=40``) is cached in its own folder,
 ``ddpm[-conditional]-<hash of the sets>``, and its bench.json records the sets.
 
@@ -38,11 +39,23 @@ def params(conditional: bool, sets: tuple[str, ...] = ()) -> dict:
     return load_params(ROOT / "params.yaml", base + list(sets))
 
 
+def _fingerprint_matches(p: dict, root: Path, folder: Path) -> bool:
+    """Whether the cached model was trained with today's training fingerprint (params.yaml's defaults and the
+    family's config defaults, e.g. its epochs): a cache made before a default changed is trained again."""
+    from pipelines.train import plan_training
+
+    try:
+        return json.loads((folder / "train.json").read_text()).get("params_hash") == plan_training(p, root, "ddpm")[3]
+    except (OSError, ValueError):
+        return False
+
+
 def trained(conditional: bool = False, log=print, sets: tuple[str, ...] = ()) -> Path:
     """models/mnist5k/ddpm of the cached project, training it first when absent. Returns the model folder."""
     root = project(conditional, sets)
     folder = root / "models" / "mnist5k" / "ddpm"
-    if (folder / "model.pt").exists() and (root / "bench.json").exists():
+    p = params(conditional, sets)
+    if (folder / "model.pt").exists() and (root / "bench.json").exists() and _fingerprint_matches(p, root, folder):
         return folder
     import torch
 
@@ -51,7 +64,6 @@ def trained(conditional: bool = False, log=print, sets: tuple[str, ...] = ()) ->
     from pipelines.validate import validate
 
     root.mkdir(parents=True, exist_ok=True)
-    p = params(conditional, sets)
     prepare(p, root)
     validate(p, root, root / "data" / "prepared" / "mnist5k")
     log(f"training the default {'conditional ' if conditional else ''}ddpm on mnist5k in {root} ...")
