@@ -226,6 +226,17 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     device = select_device(str(settings["device"]))
     model = model.to(device)
 
+    images, labels = ds.load("train")
+    exclude = [int(c) for c in settings.get("holdout_classes") or []]
+    if exclude:
+        keep = ~torch.isin(torch.from_numpy(labels), torch.tensor(exclude))
+        images, labels = images[keep.numpy()], labels[keep.numpy()]
+    x_all = torch.from_numpy(get_modality(model.config.data.modality).to_model(images)).to(device)
+    y_all = torch.from_numpy(labels).to(device)
+    n = len(x_all)
+    problem = model.training_data_problem(n)  # before anything is written or removed: a run that cannot finish
+    if problem:
+        raise GenforgeError(f"model.{family}: {problem}")
     out = model_dir(root, ds.name, family)
     paths = catalog.Layout(root, ds.name, family)
     ckpt_dir = paths.checkpoints
@@ -240,17 +251,6 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
         for stale in ckpt_dir.glob("epoch-*.pt"):
             stale.unlink()
 
-    images, labels = ds.load("train")
-    exclude = [int(c) for c in settings.get("holdout_classes") or []]
-    if exclude:
-        keep = ~torch.isin(torch.from_numpy(labels), torch.tensor(exclude))
-        images, labels = images[keep.numpy()], labels[keep.numpy()]
-    x_all = torch.from_numpy(get_modality(model.config.data.modality).to_model(images)).to(device)
-    y_all = torch.from_numpy(labels).to(device)
-    n = len(x_all)
-    problem = model.training_data_problem(n)  # before any MLflow run or checkpoint: a run that cannot finish
-    if problem:
-        raise GenforgeError(f"model.{family}: {problem}")
 
     c = tracking.client()
     experiment = tracking.experiment_id(c, f"{ds.name}-{family}")

@@ -122,8 +122,14 @@ def test_more_components_than_training_images_stops_before_training(prepared_dig
 
     root, _ = prepared_digits
     params = tiny_params("model.vae.prior_components=5000")
+    earlier = root / "models" / "digits" / "vae" / "checkpoints" / "epoch-0001.pt"  # another run's checkpoint
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    earlier.write_bytes(b"an earlier run's checkpoint")
     with pytest.raises(GenforgeError, match=r"model\.vae: prior_components 5000: a 5000-component mixture prior needs "
                                             r"at least 5000 training images, the training split has \d+; lower "
                                             r"model\.vae\.prior_components"):
         train(params, root, "vae", progress=False)
-    assert not list((root / "models").rglob("*.pt"))  # no checkpoint, no model
+    # checked before anything is written or removed: the earlier run's checkpoint is still there, nothing else is
+    assert [p.relative_to(root).as_posix() for p in (root / "models").rglob("*") if p.is_file()] == \
+        ["models/digits/vae/checkpoints/epoch-0001.pt"]
+    earlier.unlink()
