@@ -31,7 +31,7 @@ same settings reuses them, and sample chunks already drawn (chunk-NNN.npy per sa
 sampling can be resumed.
 
 Usage: python benchmarks/ddpm_reference.py [--budget-cpu-s S] [--epochs E] [--seed 0] [--threads 2]
-       [--samplers dpm10,ddpm1000] | --measure ROUNDS
+       [--samplers dpm10,ddpm1000] [--num-samples N] | --measure ROUNDS
 """
 from __future__ import annotations
 
@@ -221,6 +221,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samplers", default="dpm10,ddpm1000")
+    ap.add_argument("--num-samples", type=int, default=0,
+                    help="evaluate on the first N samples (and a real floor of the same N; 0: evaluation.num_samples)")
     ap.add_argument("--measure", type=int, default=0, metavar="ROUNDS", help="time the steps instead (see above)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -239,6 +241,8 @@ def main() -> None:
     ds = _prepared(params, base)
     ev = _settings(params)
     ev["metrics"] = ["fid", "prdc", "class_coverage", "class_kl", "mode_collapse", "copy_rate", "sample_grid"]
+    if args.num_samples:
+        ev["num_samples"] = args.num_samples
     x = torch.from_numpy(ds.load("train")[0]).float().div_(255.0).mul_(2).sub_(1)  # [-1, 1], Normalize([0.5], [0.5])
     run = CACHE / "ddpm_reference" / f"s{args.seed}"
     plan = {"budget_cpu_s": args.budget_cpu_s, "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
@@ -267,9 +271,10 @@ def main() -> None:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         samples = sample(net, sched, int(ev["num_samples"]), steps, int(ev["seed"]), chunk_dir=run / name)
         cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
-        metrics, _ = evaluate_samples(samples, ds, ev, run / f"eval-{name}", base / "classifier")
-        print(f"[{name}: {SAMPLERS[name][0]}, {steps} steps; sampling {cpu_s:.0f} CPU s / {wall_s:.0f} s wall this "
-              f"run; grid {run / f'eval-{name}' / 'samples.png'}]")
+        work = run / f"eval-{name}-n{ev['num_samples']}"
+        metrics, _ = evaluate_samples(samples, ds, ev, work, base / "classifier")
+        print(f"[{name}: {SAMPLERS[name][0]}, {steps} steps, N = {ev['num_samples']}; sampling {cpu_s:.0f} CPU s / "
+              f"{wall_s:.0f} s wall this run; grid {work / 'samples.png'}]")
         print("  ".join(f"{k} {float(metrics[k]['value']):.4g}" for k in shown))
 
 
