@@ -16,7 +16,9 @@ would change the distribution); one channel; the UNet scaled from the example's 
 UNet2DModel does), DownBlock2D/UpBlock2D levels and the mid block's single self-attention at 7x7, the
 library's defaults elsewhere (32 groups, positional time embedding): 1.06M parameters against genforge's ddpm's
 0.19M. Also sampled with DPMSolverMultistepScheduler.from_config(the DDPM scheduler's config) at 10 steps, the
-library's DPM-Solver++(2M) and what genforge's ddpm serves by default, for a like-for-like sampling cost.
+library's DPM-Solver++(2M) and what genforge's ddpm serves by default, for a like-for-like sampling cost: with
+the predicted x0 clipped to [-1, 1] as both the recipe's DDPMScheduler and genforge's sampler do (``dpm10``,
+see SAMPLERS), and without (``dpm10_noclip``, the plain swap).
 
 The budget: genforge's ddpm trains 36 epochs by default (2,268 steps of batch 64). ``--measure R`` times both
 nets' training steps in this process, in R interleaved rounds at the same thread count, by
@@ -66,7 +68,12 @@ GENFORGE_EPOCHS = 36  # genforge's ddpm default (genmodels/ddpm.py)
 DEFAULT_BUDGET_CPU_S = 459.0
 DEFAULT_EPOCHS = 7  # the cosine schedule's planned length (1,750 steps): the budget ends at ~96% of it
 BATCH = 16
-SAMPLERS = {"ddpm1000": ("DDPMScheduler (DDPMPipeline's)", 1000), "dpm10": ("DPMSolverMultistepScheduler", 10)}
+# dpm10 clips the predicted x0 to [-1, 1] at every step, as the recipe's DDPMScheduler (clip_sample: true) and
+# genforge's dpmpp_2m (clip: true) do: diffusers' thresholding with sample_max_value 1.0 is exactly that clip
+# (the threshold s = clamp(quantile(|x0|), 1, sample_max_value) = 1); dpm10_noclip is the plain from_config swap
+SAMPLERS = {"ddpm1000": ("DDPMScheduler (DDPMPipeline's), x0 clipped", 1000),
+            "dpm10": ("DPMSolverMultistepScheduler, x0 clipped", 10),
+            "dpm10_noclip": ("DPMSolverMultistepScheduler, not clipped", 10)}
 
 
 @dataclass
@@ -144,12 +151,14 @@ def ema_unet(r: Recipe) -> UNet2DModel:
 
 def sampler(name: str, noise_scheduler: DDPMScheduler):
     """(scheduler, steps) of a SAMPLERS entry: the recipe's DDPM scheduler itself, or DPM-Solver++(2M) made
-    from its config (the library's way of swapping samplers)."""
+    from its config (the library's way of swapping samplers), with or without the x0 clip. ValueError: an
+    unknown name."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
     if name == "ddpm1000":
         return noise_scheduler, SAMPLERS[name][1]
-    return DPMSolverMultistepScheduler.from_config(noise_scheduler.config), SAMPLERS[name][1]
+    clip = {"thresholding": True, "sample_max_value": 1.0} if name == "dpm10" else {}
+    return DPMSolverMultistepScheduler.from_config(noise_scheduler.config, **clip), SAMPLERS[name][1]
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ def _batch(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_recipe_trains_and_both_samplers_draw_images():
+def test_recipe_trains_and_every_sampler_draws_images():
     r = ref.build(seed=0, total_steps=10)
     assert r.optimizer.param_groups[0]["lr"] == 0.0  # the cosine schedule starts its 500-step warm-up at 0
     before = [p.detach().clone() for p in r.unet.parameters()]
@@ -34,13 +34,17 @@ def test_recipe_trains_and_both_samplers_draw_images():
     assert any(not torch.equal(a, b) for a, b in zip(before, r.unet.parameters()))
     net = ref.ema_unet(r)  # EMA warm-up: decay 0 at the first step, 1 - 2**-0.75 at the second
     assert any(not torch.equal(a, b) for a, b in zip(net.parameters(), r.unet.parameters()))
-    for name in ("ddpm1000", "dpm10"):
+    for name in ref.SAMPLERS:
         sched, steps = ref.sampler(name, r.noise_scheduler)
         assert steps == ref.SAMPLERS[name][1]
         a = ref.sample(net, sched, n=3, steps=2, seed=1, chunk=2)
         assert a.shape == (3, 1, 28, 28) and a.dtype == np.float32
         assert np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0 and a.std() > 0
         np.testing.assert_array_equal(a, ref.sample(net, sched, n=3, steps=2, seed=1, chunk=2))
+    clipped, _ = ref.sampler("dpm10", r.noise_scheduler)  # thresholding at sample_max_value 1 = clip x0 to [-1, 1]
+    x0 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 3
+    torch.testing.assert_close(clipped._threshold_sample(x0), x0.clamp(-1, 1))
+    assert not ref.sampler("dpm10_noclip", r.noise_scheduler)[0].config.thresholding
     with pytest.raises(ValueError, match="unknown sampler"):
         ref.sampler("ddim50", r.noise_scheduler)
 
