@@ -22,8 +22,8 @@ see SAMPLERS), and without (``dpm10_noclip``, the plain swap).
 
 The budget: genforge's ddpm trains 36 epochs by default (2,268 steps of batch 64). ``--measure R`` times both
 nets' training steps in this process, in R interleaved rounds at the same thread count, by
-``time.process_time()`` (CPU seconds of the process, all threads: other load on the machine does not decide
-it, as it would wall seconds), and prints genforge's 36-epoch CPU seconds (median per step x steps): that is
+``time.process_time()`` (CPU seconds of the process, all threads: other load on the machine moves it far less
+than wall seconds, though a loaded step still costs more: see DEFAULT_BUDGET_CPU_S), and prints genforge's 36-epoch CPU seconds (median per step x steps): that is
 the default ``--budget-cpu-s`` (see DEFAULT_BUDGET_CPU_S for the measurement), and the peer's steps in it set
 the default ``--epochs`` (the length of the recipe's cosine schedule, which needs a planned end). Training stops
 after the step at which the loop's process CPU seconds reach the budget, or at ``--epochs``.
@@ -64,7 +64,8 @@ GENFORGE_EPOCHS = 36  # genforge's ddpm default (genmodels/ddpm.py)
 # genforge's 36 epochs = 2,268 steps = 459 CPU s (its 20 epochs took 317 s wall, trainer included, on a quiet
 # machine: ~0.25 s wall/step), and the peer fits 1,680 steps = 6.7 epochs of 250 in them. Under load
 # (load average 4) both steps cost more CPU seconds (0.270 and 0.302 in one round), so a loaded run reaches
-# fewer peer steps than a quiet one would: the run prints the steps it reached.
+# fewer peer steps than a quiet one would: the run prints the steps it reached (seed 0 at load 2-5, paused
+# by other jobs' quiet runs: 1,541 steps, 0.298 CPU s each).
 DEFAULT_BUDGET_CPU_S = 459.0
 DEFAULT_EPOCHS = 7  # the cosine schedule's planned length (1,750 steps): the budget ends at ~96% of it
 BATCH = 16
