@@ -264,7 +264,7 @@ class RegistrySettings:
     the retrain flow waits `approval_timeout` seconds (0: it does not wait)."""
 
     max_fid_ratio: float = setting(300.0, gt=0)
-    min_coverage: float = setting(0.03, ge=0, le=1)
+    min_coverage: float = setting(0.05, ge=0, le=1)
     min_class_coverage: float = setting(0.7, ge=0, le=1)
     forbid_mode_collapse: bool = True
     min_conditional_accuracy: float = setting(0.7, ge=0, le=1)
