@@ -53,9 +53,7 @@ def main() -> None:
         return end_to_end(args)
 
     from benchmarks._common import print_table
-    from benchmarks.graph_speed import _entries, _inputs, _rate, _session
-    from genmodels import get_family
-    from serving.export import export_model
+    from benchmarks.graph_speed import _exported, _inputs, _rate, _session
     from serving.ort_parallel import MIN_SLICE, SPLIT_MIN_S, BatchParallelSession
 
     t = args.threads
@@ -63,10 +61,7 @@ def main() -> None:
           f"{MIN_SLICE}, SPLIT_MIN_S {SPLIT_MIN_S * 1e3:.1f} ms", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for family, values, entry in _entries(args.families):
-            model = get_family(family).from_config({"seed": 0, **values}).eval()
-            folder = Path(tmp) / "".join(c if c.isalnum() else "_" for c in entry)
-            export_model(model, folder)
+        for entry, model, folder in _exported(args.families, Path(tmp)):
             for g in model.onnx_graphs():
                 path = folder / f"{g.name}.onnx"
                 one, ops = _session(path, 1), _session(path, t)
@@ -100,9 +95,7 @@ def end_to_end(args) -> None:
     import shutil
 
     from benchmarks._common import print_table
-    from benchmarks.graph_speed import _entries
-    from genmodels import get_family
-    from serving.export import export_model
+    from benchmarks.graph_speed import _exported
     from serving.generator import generate
 
     t = args.threads
@@ -112,10 +105,7 @@ def end_to_end(args) -> None:
           flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for family, values, entry in _entries(args.families):
-            model = get_family(family).from_config({"seed": 0, **values}).eval()
-            folder = Path(tmp) / "".join(c if c.isalnum() else "_" for c in entry)
-            export_model(model, folder)
+        for entry, model, folder in _exported(args.families, Path(tmp)):
             rates: dict[str, list[float]] = {k: [] for k in runs}
             digests = set()
             for _ in range(args.rounds):

@@ -64,18 +64,12 @@ def main() -> None:
     import torch
     from torch import nn
 
-    from benchmarks.gate_ladder import CACHE, _params, _prepared
+    from benchmarks.gate_ladder import CACHE, peer_setup
     from evaluation.ladder import evaluate_samples
-    from pipelines.evaluate import _settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = _params([])
-    base = CACHE / params["data"]["name"]
-    base.mkdir(parents=True, exist_ok=True)
-    ds = _prepared(params, base)
-    ev = _settings(params)
-    ev["metrics"] = ["fid", "prdc", "class_coverage", "class_kl", "mode_collapse", "copy_rate", "sample_grid"]
+    ds, ev, base = peer_setup()
     images, _ = ds.load("train")
     x = torch.from_numpy(images).float().div_(255.0).mul_(2).sub_(1)  # [-1, 1], as the recipe's Normalize
     torch.manual_seed(args.seed)

@@ -241,16 +241,10 @@ def main() -> None:
     if args.epochs < 1:
         ap.error("--epochs must be >= 1")
 
-    from benchmarks.gate_ladder import CACHE, _params, _prepared
+    from benchmarks.gate_ladder import CACHE, peer_setup
     from evaluation.ladder import evaluate_samples
-    from pipelines.evaluate import _settings
 
-    params = _params([])
-    base = CACHE / params["data"]["name"]
-    base.mkdir(parents=True, exist_ok=True)
-    ds = _prepared(params, base)
-    ev = _settings(params)
-    ev["metrics"] = ["fid", "prdc", "class_coverage", "class_kl", "mode_collapse", "copy_rate", "sample_grid"]
+    ds, ev, base = peer_setup()
     if args.num_samples:
         ev["num_samples"] = args.num_samples
     x = torch.from_numpy(ds.load("train")[0]).float().div_(255.0).mul_(2).sub_(1)  # [-1, 1], Normalize([0.5], [0.5])

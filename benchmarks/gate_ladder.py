@@ -81,6 +81,24 @@ def _prepared(params: dict[str, Any], base: Path):
     return open_prepared(pdir)
 
 
+PEER_METRICS = ["fid", "prdc", "class_coverage", "class_kl", "mode_collapse", "copy_rate", "sample_grid"]
+
+
+def peer_setup() -> tuple[Any, dict[str, Any], Path]:
+    """What a peer benchmark (``dcgan_reference.py``, ``ddpm_reference.py``) trains on and is scored by: the data
+    set params.yaml names, prepared and validated once under the ladder's cache, the evaluation settings with the
+    gate's sample metrics (``PEER_METRICS``), and that cache folder."""
+    from pipelines.evaluate import _settings
+
+    params = _params([])
+    base = CACHE / params["data"]["name"]
+    base.mkdir(parents=True, exist_ok=True)
+    ds = _prepared(params, base)
+    ev = _settings(params)
+    ev["metrics"] = list(PEER_METRICS)
+    return ds, ev, base
+
+
 def _root_for(base: Path, variant: str, seed: int) -> Path:
     """A project root per (variant, seed) whose data/ and reports/ (the validation report) are the shared
     prepared data's (symlinks)."""

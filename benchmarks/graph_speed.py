@@ -92,6 +92,23 @@ def _entries(spec: str):
         yield family, values, entry
 
 
+def _exported(spec: str, tmp: Path):
+    """For each entry of ``spec`` (see ``_entries``): (entry, the family's default model with seeded untrained
+    weights, the folder under ``tmp`` it was exported to with ``serving.export.export_model``). Text families
+    take the names data's shape."""
+    from benchmarks.text_data import names_arrays
+    from genmodels import get_family
+    from serving.export import export_model
+
+    for family, values, entry in _entries(spec):
+        cls = get_family(family)
+        data = {"data": names_arrays()[0]} if "tokens" in cls.modalities else {}
+        model = cls.from_config({"seed": 0, **data, **values}).eval()
+        folder = Path(tmp) / "".join(c if c.isalnum() else "_" for c in entry)
+        export_model(model, folder)
+        yield entry, model, folder
+
+
 def _inputs(g, batch: int, num_classes: int, seed: int = 0):
     """numpy inputs for graph ``g`` at ``batch`` (the parity check's draws), and torch views of them."""
     import numpy as np
@@ -346,9 +363,6 @@ def main() -> None:
     import torch
 
     from benchmarks._common import print_table
-    from benchmarks.text_data import names_arrays
-    from genmodels import get_family
-    from serving.export import export_model
 
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} CPUs, load average "
@@ -359,16 +373,11 @@ def main() -> None:
         f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in sgemm.items()), flush=True)
     rows, compile_rows, profiles, misses = [], [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for family, values, entry in _entries(args.families):
-            cls = get_family(family)
-            data = {"data": names_arrays()[0]} if "tokens" in cls.modalities else {}  # text: the names data's shape
-            model = cls.from_config({"seed": 0, **data, **values}).eval()
-            folder = Path(tmp) / "".join(c if c.isalnum() else "_" for c in entry)
-            export_model(model, folder)
+        for entry, model, folder in _exported(args.families, Path(tmp)):
             ncls = int(model.config.num_classes)
             batches = sorted({int(b) for b in args.batch_sizes.split(",")}
                              | ({2 * int(b) for b in args.batch_sizes.split(",")}
-                                if family == "ddpm" and values.get("conditional") else set()))
+                                if model.family == "ddpm" and getattr(model.config, "conditional", False) else set()))
             for g in model.onnx_graphs():
                 path = folder / f"{g.name}.onnx"
                 for batch in batches:
