@@ -310,7 +310,8 @@ def main() -> None:
                 rows += json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 ap.error(f"--report {path}: {exc}")
-        rows = redecide(rows, args.sets)
+        latest = {(r["family"], r["seed"], r["rung"]): r for r in rows}  # a later file's row replaces an earlier one
+        rows = redecide(list(latest.values()), args.sets)
         report(rows, [v for v in ALL_FAMILIES if any(r["family"] == v for r in rows)])
         return
     variants = [v.strip() for v in args.families.split(",") if v.strip()]

@@ -235,9 +235,10 @@ class GenerativeModel(nn.Module, metaclass=abc.ABCMeta):
         """One optimisation step on a batch; returns losses as plain floats."""
         raise NotImplementedError
 
-    def training_data_problem(self, n_images: int) -> str | None:
-        """Why ``n_images`` training images are too few for this model (named by its setting), or None. The
-        trainer asks before the first step, so a run that could not finish does not start. Default: None."""
+    def training_data_problem(self, labels: torch.Tensor) -> str | None:
+        """Why the training split (``labels``: N int64, one per training image) is too small for this model
+        (named by its setting), or None. The trainer asks before the first step, so a run that could not finish
+        does not start. Default: None."""
         return None
 
     def end_epoch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:

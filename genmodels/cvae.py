@@ -1,9 +1,11 @@
 """Class-conditional VAE (family "cvae"): the `vae` networks with the label fed to both.
 
 Sohn et al. 2015 (CVAE) in its simplest form: q(z | x, y) sees the image with the one-hot label
-broadcast as K extra channels, p(x | z, y) sees [z, one-hot(y)], and the prior stays N(0, I). So
-`sample(labels=...)` draws digits of the chosen class, and the latent code carries what the label does
-not (slant, thickness, style).
+broadcast as K extra channels, p(x | z, y) sees [z, one-hot(y)], and it is trained with the prior N(0, I).
+So `sample(labels=...)` draws digits of the chosen class, and the latent code carries what the label does
+not (slant, thickness, style). Sampling draws z from an ex-post mixture per class (``prior_components``
+per class, fitted to the posterior means of that class's training images: ``ClassMixturePrior``), not
+from N(0, I): the codes of one class do not fill N(0, I) (Ghosh et al. 2020, sec. 4).
 
 Evaluation asks for p(x) without a label. Both `nll` and `score` marginalise the label under a uniform
 prior: -log p(x) = -log (1/K) sum_y p(x | y), each p(x | y) bounded by IWAE; K times the cost of the
@@ -21,6 +23,7 @@ from torch import nn
 
 from contracts.samplers import DirectSpec, Noise
 from genmodels.base import ModelConfig, OnnxGraph, training
+from genmodels.latent_prior import ClassMixturePrior
 from genmodels.vae import VAE, Decoder, Encoder, VAEConfig
 
 
@@ -33,7 +36,11 @@ class CVAEConfig(VAEConfig):
     # learns to use the label with time: 72% / recall 0.26 at 8 epochs, 86% / 0.37 at 16.
     latent_dim: int = 8
     epochs: int = training(20)
-    prior_components: int = training(0)
+    # sampling draws z from a 3-component mixture per class, fitted after each epoch to the posterior means
+    # of that class's training images (genmodels/latent_prior.py, ClassMixturePrior). Seed 0: N(0, I) 135x,
+    # conditional accuracy 0.89; one mixture over all classes (20) 150x, 0.83; per class 1/3/5 components
+    # 84x/76x/74x, accuracy 0.96/0.98/0.98, recall 0.34/0.39/0.32, copy_rate 0.008/0.025/0.023
+    prior_components: int = training(3)
 
 
 class _DecodeImages(nn.Module):
@@ -46,7 +53,7 @@ class _DecodeImages(nn.Module):
 
     def forward(self, z, labels):  # N x latent (+1), N int64 -> N x C x H x W
         if self.prior is not None:
-            z = self.prior(z)
+            z = self.prior(z, labels)
         return torch.sigmoid(self.decoder(torch.cat([z, self.eye[labels]], dim=1)))
 
 
@@ -61,6 +68,19 @@ class CVAE(VAE):
         super().__init__(config)
         # one-hot rows gathered by label: a Gather in ONNX, no OneHot op needed
         self.register_buffer("eye", torch.eye(config.num_classes), persistent=False)
+
+    def _prior(self, config: CVAEConfig) -> ClassMixturePrior:
+        return ClassMixturePrior(config.num_classes, config.prior_components, config.latent_dim)
+
+    def training_data_problem(self, labels: torch.Tensor) -> str | None:
+        k = self.config.prior_components
+        counts = torch.bincount(labels.long().cpu(), minlength=self.config.num_classes)
+        if k and int(counts.min()) < k:
+            c = int(counts.argmin())
+            return (f"prior_components {k}: a {k}-component mixture prior per class needs at least {k} training "
+                    f"images of each class, class {c} has {int(counts[c])}; lower model.cvae.prior_components "
+                    f"(0: the prior N(0, I))")
+        return None
 
     def _networks(self, config: CVAEConfig) -> tuple[Encoder, Decoder]:
         c, h, w = config.image_shape

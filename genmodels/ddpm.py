@@ -40,9 +40,10 @@ from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample
 @dataclass
 class DDPMConfig(ModelConfig):
     # the default UNet (16/32/32 channels at 28/14/7, attention at 7x7, 0.19M parameters) is sized for
-    # the CPU budget: 36 epochs (2,268 steps) of mnist5k in ~9.5 min on 2 cores (20 took 317 s on a quiet
-    # machine); the FID ratio still falls steeply there (151x at 20, 95x at 30, 63.5x at 40 epochs: README).
-    # base 32 is ~3x slower per image, so only ~12 epochs would fit the same time
+    # the CPU budget: 56 epochs (3,528 steps) of mnist5k in ~8.6 min on 2 cores (the whole trainer call,
+    # 9.2 s an epoch on a quiet machine, benchmarks/train.py); the FID ratio still falls steeply at 40
+    # epochs (151x at 20, 95x at 30, 63.5x at 40 epochs: README). base 32 is ~3x slower per image, so only
+    # ~18 epochs would fit the same time
     base_channels: int = 16                     # UNet channels at full resolution
     channel_mult: tuple[int, ...] = (1, 2, 2)   # channels per level = base * mult; one downsample between levels
     num_res_blocks: int = 1                     # residual blocks per level, each way
@@ -59,7 +60,7 @@ class DDPMConfig(ModelConfig):
     warmup_steps: int = training(100)       # linear learning-rate warm-up
     grad_clip: float = training(1.0)        # max gradient norm (0 = off)
     batch_size: int = training(64)          # training defaults the trainer reads (overridable there)
-    epochs: int = training(36)
+    epochs: int = training(56)
 
     def __post_init__(self):
         super().__post_init__()

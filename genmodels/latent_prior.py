@@ -15,6 +15,12 @@ decoder keeps a single Gaussian noise input and serving draws noise exactly as f
 2. ``k = #{j < K - 1 : u > cumsum(weights)_j}``: the component, drawn with probability ``weights_k``;
 3. ``z = means_k + L_k noise[:, :-1]`` with ``L_k`` the Cholesky factor of component k's covariance.
 
+``ClassMixturePrior`` is the conditional form (the cvae): one K-component mixture per class, fitted to the
+posterior means of that class's training images, and step 1-3 read the mixture of each sample's label.
+Measured on mnist5k with the cvae (latent 8, 20 epochs, seed 0; README "Model families"): N(0, I) 135x and
+conditional accuracy 0.89; one 20-component mixture over every class 150x, 0.83 (it mixes what the label should
+decide); one mixture per class 84x, 0.96 (1 component), 76x, 0.98 (3 components).
+
 Only sampling changes: the VAE's likelihood bound (``nll``) and anomaly score stay those of the model as
 trained, with its N(0, I) prior.
 """
@@ -24,6 +30,35 @@ import math
 
 import torch
 from torch import nn
+
+
+def _component(noise_last: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Steps 1-2: noise_last N x 1 standard normal, weights K (or N x K, a mixture per row) -> N int64 in [0, K)."""
+    u = 0.5 * (1.0 + torch.erf(noise_last * (1.0 / math.sqrt(2.0))))         # 1. N x 1, uniform
+    bounds = torch.cumsum(weights, -1)[..., :-1]                               # K - 1 inner bounds (per row)
+    return (u > bounds).sum(dim=1)                                             # 2. N
+
+
+def _em(codes: torch.Tensor, k: int, seed: int, start: tuple[torch.Tensor, ...] | None
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EM for a K-component full-covariance mixture of ``codes`` (N x d, float64): scikit-learn's
+    ``GaussianMixture`` (covariances regularised by 1e-6 on the diagonal, one thread: its k-means and BLAS
+    threads cost ~17x the CPU on 2 cores), started from k-means (``random_state=seed``) or from ``start``
+    (weights, means, scale_tril of an earlier fit). Returns (weights K, means K x d, scale_tril K x d x d)."""
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    init = {}
+    if start is not None:
+        weights, means, tril = (t.double() for t in start)
+        init = dict(weights_init=(weights / weights.sum()).numpy(), means_init=means.numpy(),
+                    precisions_init=torch.cholesky_inverse(tril).numpy())
+    with threadpool_limits(1):
+        gm = GaussianMixture(k, covariance_type="full", random_state=seed, **init).fit(codes.numpy())
+    # sklearn may leave a component's covariance a hair off symmetric: Cholesky of the symmetrised matrix
+    cov = torch.from_numpy(gm.covariances_)
+    tril = torch.linalg.cholesky(0.5 * (cov + cov.transpose(1, 2)))
+    return torch.from_numpy(gm.weights_ / gm.weights_.sum()), torch.from_numpy(gm.means_), tril
 
 
 class MixturePrior(nn.Module):
@@ -43,42 +78,67 @@ class MixturePrior(nn.Module):
     @property
     def noise_dim(self) -> int:
         """Standard-normal values per sample that ``forward`` takes: d + 1."""
-        return self.means.shape[1] + 1
+        return self.means.shape[-1] + 1
 
-    def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        """noise: N x (d + 1) standard normal -> z: N x d, a draw from the mixture (steps 1-3 above)."""
-        u = 0.5 * (1.0 + torch.erf(noise[:, -1:] * (1.0 / math.sqrt(2.0))))     # 1. N x 1, uniform
-        bounds = torch.cumsum(self.weights, 0)[:-1]                                # K - 1 inner bounds
-        k = (u > bounds).sum(dim=1)                                                # 2. N, int64 in [0, K)
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """noise: N x (d + 1) standard normal -> z: N x d, a draw from the mixture (steps 1-3 above);
+        ``labels`` is not read (one mixture for every class)."""
+        k = _component(noise[:, -1:], self.weights)                                # 1-2. N
         eps = noise[:, :-1].unsqueeze(-1)                                          # N x d x 1
         return self.means[k] + torch.matmul(self.scale_tril[k], eps).squeeze(-1)  # 3. N x d
 
     @torch.no_grad()
-    def fit(self, codes: torch.Tensor, seed: int) -> None:
-        """Fit the mixture to ``codes`` (N x d, N >= K) by EM (scikit-learn's ``GaussianMixture``, covariances
-        regularised by 1e-6 on the diagonal, float64, one thread: its k-means and BLAS threads cost ~17x the CPU
-        on 2 cores). The first fit starts from k-means (``random_state=seed``); later fits start from the
-        current mixture (a few EM iterations as the encoder moves between epochs, ~0.05 s instead of ~0.4 s
-        of CPU for 4,000 codes, d = 16, K = 20). Raises ValueError when there are fewer codes than components."""
-        from sklearn.mixture import GaussianMixture
-        from threadpoolctl import threadpool_limits
-
+    def fit(self, codes: torch.Tensor, seed: int, labels: torch.Tensor | None = None) -> None:
+        """Fit the mixture to ``codes`` (N x d, N >= K; ``labels`` not read) by EM (``_em``). The first fit
+        starts from k-means; later fits start from the current mixture (a few EM iterations as the encoder
+        moves between epochs, ~0.05 s instead of ~0.4 s of CPU for 4,000 codes, d = 16, K = 20). Raises
+        ValueError when there are fewer codes than components."""
         k = self.weights.shape[0]
-        x = codes.detach().double().cpu().numpy()
+        x = codes.detach().double().cpu()
         if len(x) < k:
             raise ValueError(f"a {k}-component mixture prior needs at least {k} training images, got {len(x)}")
-        start = {}
-        if bool(self.fitted):
-            tril = self.scale_tril.double()
-            start = dict(weights_init=(self.weights.double() / self.weights.double().sum()).numpy(),
-                         means_init=self.means.double().numpy(),
-                         precisions_init=torch.cholesky_inverse(tril).numpy())
-        with threadpool_limits(1):
-            gm = GaussianMixture(k, covariance_type="full", random_state=seed, **start).fit(x)
-        # sklearn may leave a component's covariance a hair off symmetric: Cholesky of the symmetrised matrix
-        cov = torch.from_numpy(gm.covariances_)
-        tril = torch.linalg.cholesky(0.5 * (cov + cov.transpose(1, 2)))
-        self.weights.copy_(torch.from_numpy(gm.weights_ / gm.weights_.sum()))
-        self.means.copy_(torch.from_numpy(gm.means_))
-        self.scale_tril.copy_(tril)
+        start = (self.weights, self.means, self.scale_tril) if bool(self.fitted) else None
+        for buffer, value in zip((self.weights, self.means, self.scale_tril), _em(x, k, seed, start)):
+            buffer.copy_(value)
+        self.fitted.fill_(True)
+
+
+class ClassMixturePrior(MixturePrior):
+    """One K-component mixture per class (weights C x K, means C x K x d, scale_tril C x K x d x d), each fitted
+    to the codes of its class's training images; a sample's label picks its mixture. Unfitted: N(0, I)."""
+
+    def __init__(self, classes: int, components: int, dim: int):
+        super().__init__(components, dim)
+        if classes < 1:
+            raise ValueError(f"a per-class mixture prior needs classes >= 1, got {classes}")
+        for name in ("weights", "means", "scale_tril"):
+            setattr(self, name, getattr(self, name).repeat(classes, *([1] * getattr(self, name).dim())))
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """noise: N x (d + 1) standard normal, labels: N int64 in [0, C) -> z: N x d from each label's mixture."""
+        if labels is None:
+            raise ValueError("a per-class mixture prior needs the labels of the samples")
+        classes, k = self.weights.shape
+        pick = labels * k + _component(noise[:, -1:], self.weights[labels])       # 1-2. N, flat (class, k)
+        eps = noise[:, :-1].unsqueeze(-1)                                          # N x d x 1
+        means, tril = self.means.flatten(0, 1), self.scale_tril.flatten(0, 1)      # C*K x d, C*K x d x d
+        return means[pick] + torch.matmul(tril[pick], eps).squeeze(-1)             # 3. N x d
+
+    @torch.no_grad()
+    def fit(self, codes: torch.Tensor, seed: int, labels: torch.Tensor | None = None) -> None:
+        """Fit each class's mixture to the codes (N x d) whose ``labels`` (N) are that class, by EM (``_em``,
+        seeded by ``seed`` and the class). Raises ValueError when labels are missing or a class has fewer
+        codes than components."""
+        if labels is None:
+            raise ValueError("a per-class mixture prior is fitted to labelled codes; got no labels")
+        classes, k = self.weights.shape
+        x, labels = codes.detach().double().cpu(), labels.detach().cpu()
+        for c in range(classes):
+            mine = x[labels == c]
+            if len(mine) < k:
+                raise ValueError(f"a {k}-component mixture prior per class needs at least {k} training images of "
+                                 f"each class, class {c} has {len(mine)}")
+            start = (self.weights[c], self.means[c], self.scale_tril[c]) if bool(self.fitted) else None
+            for buffer, value in zip((self.weights, self.means, self.scale_tril), _em(mine, k, seed + 7919 * c, start)):
+                buffer[c] = value
         self.fitted.fill_(True)

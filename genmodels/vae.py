@@ -148,8 +148,12 @@ class VAE(GenerativeModel):
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer("log_sigma", log_sigma)
-        self.prior = MixturePrior(config.prior_components, config.latent_dim) if config.prior_components else None
+        self.prior = self._prior(config) if config.prior_components else None
         self._opt = torch.optim.Adam(self.parameters(), lr=config.lr, fused=True)
+
+    def _prior(self, config: VAEConfig) -> MixturePrior:
+        """The ex-post mixture prior sampling draws z from (``prior_components`` > 0); the cvae's is per class."""
+        return MixturePrior(config.prior_components, config.latent_dim)
 
     def _networks(self, config: VAEConfig) -> tuple[Encoder, Decoder]:
         """(encoder, decoder); the conditional VAE widens their inputs for the label."""
@@ -214,8 +218,8 @@ class VAE(GenerativeModel):
         self._opt.step()
         return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item()}
 
-    def training_data_problem(self, n_images: int) -> str | None:
-        k = self.config.prior_components
+    def training_data_problem(self, labels: torch.Tensor) -> str | None:
+        k, n_images = self.config.prior_components, len(labels)
         if k > n_images:
             return (f"prior_components {k}: a {k}-component mixture prior needs at least {k} training images, the "
                     f"training split has {n_images}; lower model.{self.family}.prior_components (0: the prior N(0, I))")
@@ -228,18 +232,20 @@ class VAE(GenerativeModel):
         chunks of 1,024, seeded by (config seed, epoch). Raises ValueError with fewer images than components."""
         if self.prior is None:
             return
-        labels = y if "conditional" in self.capabilities else None
+        labels = y.long() if "conditional" in self.capabilities else None
         codes = torch.cat([self.encode(x[i:i + 1024], None if labels is None else labels[i:i + 1024])
                            for i in range(0, len(x), 1024)])
-        self.prior.fit(codes, seed=1000 * int(self.config.seed) + int(epoch))
+        self.prior.fit(codes, seed=1000 * int(self.config.seed) + int(epoch), labels=labels)
 
-    def _latent_draw(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """z for n samples: N(0, I), or the mixture prior's draw from N x (latent_dim + 1) standard normals."""
+    def _latent_draw(self, n: int, generator: torch.Generator | None,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z for n samples: N(0, I), or the mixture prior's draw from N x (latent_dim + 1) standard normals (the
+        cvae's: each label's mixture)."""
         dim = self.prior.noise_dim if self.prior is not None else self.config.latent_dim
         # draw on the generator's device, then move: a CPU generator gives the same z on any device
         noise = torch.randn(n, dim, generator=generator,
                             device=generator.device if generator is not None else self.device).to(self.device)
-        return self.prior(noise) if self.prior is not None else noise
+        return self.prior(noise, labels) if self.prior is not None else noise
 
     # --- inference -------------------------------------------------------------------------
     def _eval_generator(self, generator: torch.Generator | None, device) -> torch.Generator:
@@ -275,7 +281,8 @@ class VAE(GenerativeModel):
         """Decoder means at z ~ N(0, I), or the fitted mixture prior (``prior_components``), (pixel noise would
         only add salt): N x C x H x W in [0, 1]."""
         self.sampling_spec(sampling)  # the direct sampler takes no option: any is an error
-        return self.decode(self._latent_draw(n, generator), labels)
+        labels = self._labels(labels, n)
+        return self.decode(self._latent_draw(n, generator, labels), labels)
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -234,7 +234,7 @@ def train(params: dict[str, Any], root: Path, family: str, progress: bool = True
     x_all = torch.from_numpy(get_modality(model.config.data.modality).to_model(images)).to(device)
     y_all = torch.from_numpy(labels).to(device)
     n = len(x_all)
-    problem = model.training_data_problem(n)  # before anything is written or removed: a run that cannot finish
+    problem = model.training_data_problem(y_all)  # before anything is written or removed: a run that cannot finish
     if problem:
         raise GenforgeError(f"model.{family}: {problem}")
     out = model_dir(root, ds.name, family)

@@ -1,6 +1,7 @@
 """Helpers of the quality benchmarks, without training or evaluating anything: benchmarks/quality_curve.py
 --checkpoints (the training seconds of each epoch checkpoint, from the checkpoints' modification times) and
-benchmarks/gate_ladder.py's verdict (which rows are decided wrongly)."""
+benchmarks/gate_ladder.py's verdict (which rows are decided wrongly) and benchmarks/family_table.py (the
+rows it reads from `genforge run` projects)."""
 import json
 import os
 
@@ -113,3 +114,47 @@ def test_family_table_gives_median_and_range_over_seeds():
     assert line["fid_ratio"] == "110x (108x-121x)" and line["coverage"] == "0.190 (0.150-0.200)"
     assert line["train s"] == "101 (100-102)" and line["decision"] == "3/3 promoted" and line["seeds"] == "0,1,2"
     assert line["bits_per_dim"] == "-"
+
+
+def _run_project(root, family, seed, fid_ratio, decision, conditional=False):
+    """The four files `genforge run` leaves for one family (only the keys family_table.py reads)."""
+    model, report = root / "models" / "mnist5k" / family, root / "reports" / "mnist5k" / family
+    model.mkdir(parents=True)
+    report.mkdir(parents=True)
+    (model / "train.json").write_text(json.dumps({"epochs": 25, "train_seconds": 130.4}))
+    (model / "config.json").write_text(json.dumps({"family": family,
+                                                   "config": {"seed": seed, "conditional": conditional}}))
+    (report / "metrics.json").write_text(json.dumps({"metrics": {"fid_ratio": {"value": fid_ratio},
+                                                                 "coverage": {"value": 0.2}}}))
+    checks = [{"metric": "fid_ratio", "status": "failed" if decision == "rejected" else "passed"}]
+    (report / "promotion.json").write_text(json.dumps({"decision": decision, "checks": checks}))
+
+
+def test_family_table_reads_the_runs_seed_variant_and_gate_decision(tmp_path):
+    from benchmarks.family_table import project_rows
+    from benchmarks.gate_ladder import family_table
+
+    for seed, ratio in ((0, 108.0), (1, 121.0)):
+        _run_project(tmp_path / f"s{seed}", "dcgan", seed, ratio, "promoted")
+    _run_project(tmp_path / "c0", "dcgan", 0, 49.0, "promoted", conditional=True)
+    _run_project(tmp_path / "s0", "realnvp", 0, 471.0, "rejected")
+    rows = [r for p in ("s0", "s1", "c0") for r in project_rows(tmp_path / p)]
+    assert sorted((r["family"], r["seed"], r["decision"]) for r in rows) == [
+        ("dcgan", "0", "promoted"), ("dcgan", "1", "promoted"), ("dcgan_cond", "0", "promoted"),
+        ("realnvp", "0", "rejected")]
+    realnvp = next(r for r in rows if r["family"] == "realnvp")
+    assert realnvp["failed checks"] == "fid_ratio" and realnvp["rung"] == "default" and realnvp["train_s"] == "130"
+    lines = {line["family"]: line for line in family_table(rows, ["dcgan", "dcgan_cond", "realnvp"])}
+    assert lines["dcgan"]["fid_ratio"] == "114x (108x-121x)" and lines["dcgan"]["decision"] == "2/2 promoted"
+    assert lines["realnvp"]["decision"] == "0/1 promoted"
+
+
+def test_family_table_names_a_missing_file(tmp_path):
+    from benchmarks.family_table import project_rows
+
+    with pytest.raises(FileNotFoundError, match="no models"):
+        project_rows(tmp_path)
+    _run_project(tmp_path, "vae", 0, 58.0, "promoted")
+    (tmp_path / "reports" / "mnist5k" / "vae" / "promotion.json").unlink()
+    with pytest.raises(ValueError, match="promotion.json"):
+        project_rows(tmp_path)

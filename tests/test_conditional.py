@@ -69,7 +69,9 @@ def test_conditional_models_sample_by_label(name):
         with pytest.raises(ValueError, match="labels"):
             model.sample(4, labels=bad, generator=g())
     graph = model.onnx_graphs()[0]
-    assert graph.input_names == ["z", "labels"] and graph.example_inputs[1].dtype == torch.long
+    noise = "noise" if getattr(model, "prior", None) is not None else "z"  # the cvae's per-class mixture prior
+    assert graph.input_names == [noise, "labels"] and graph.example_inputs[1].dtype == torch.long
+    assert model.sampler().noise.name == noise
 
 
 def test_unconditional_gans_refuse_labels():
@@ -202,9 +204,14 @@ def test_ort_sampler_reproduces_pytorch_for_the_same_noise(tmp_path, digits, nam
     n = 7
     labels = np.arange(n, dtype=np.int64) % 10 if "conditional" in model.capabilities else None
     got = run_sampler(spec, sessions, n, np.random.default_rng(5), labels)
-    z = torch.from_numpy(np.random.default_rng(5).standard_normal((n, model.config.latent_dim), dtype=np.float32))
-    from_noise = model.decode if name == "cvae" else model.from_noise
-    want = from_noise(z, None if labels is None else torch.from_numpy(labels))
+    prior = getattr(model, "prior", None)  # the cvae's per-class mixture: noise of latent_dim + 1 values
+    dim = prior.noise_dim if prior is not None else model.config.latent_dim
+    z = torch.from_numpy(np.random.default_rng(5).standard_normal((n, dim), dtype=np.float32))
+    t_labels = None if labels is None else torch.from_numpy(labels)
+    if name == "cvae":
+        want = model.decode(prior(z, t_labels) if prior is not None else z, t_labels)
+    else:
+        want = model.from_noise(z, t_labels)
     assert got.shape == (n, 1, 8, 8)
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 

@@ -1,6 +1,7 @@
 """The VAE's ex-post mixture prior (genmodels/latent_prior.py): the fit recovers a known mixture, draws follow
 its weights, the untrained prior is exactly N(0, I), the fitted prior travels in the state dict and the
-exported graph (ONNX Runtime gives the same images), and models stored before the field load unchanged."""
+exported graph (ONNX Runtime gives the same images), and models stored before the field load unchanged; the
+cvae's per-class form fits each class's codes, draws from each label's mixture and exports it."""
 from __future__ import annotations
 
 import json
@@ -133,3 +134,91 @@ def test_more_components_than_training_images_stops_before_training(prepared_dig
     assert [p.relative_to(root).as_posix() for p in (root / "models").rglob("*") if p.is_file()] == \
         ["models/digits/vae/checkpoints/epoch-0001.pt"]
     earlier.unlink()
+
+
+# --- the cvae's per-class mixture (ClassMixturePrior) ---------------------------------------------------------
+
+def test_a_class_mixture_fits_each_class_and_draws_from_the_labels_mixture():
+    from genmodels.latent_prior import ClassMixturePrior
+
+    a, b = _two_clusters(seed=0), _two_clusters(seed=1) + torch.tensor([20.0, -20.0])  # class 1 far away
+    prior = ClassMixturePrior(2, 2, 2)
+    prior.fit(torch.cat([a, b]), seed=0, labels=torch.tensor([0] * len(a) + [1] * len(b)))
+    for c, shift in ((0, 0.0), (1, 20.0)):
+        order = prior.means[c, :, 0].argsort()
+        assert prior.weights[c][order].tolist() == pytest.approx([0.7, 0.3], abs=0.03)
+        assert prior.means[c][order, 0].tolist() == pytest.approx([-4.0 + shift, 5.0 + shift], abs=0.15)
+    noise = torch.randn(4000, 3, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(4000) % 2
+    z = prior(noise, labels)
+    assert bool((z[labels == 1, 0] > 10).all()) and bool((z[labels == 0, 0] < 10).all())
+    assert float((z[labels == 0, 0] > 0.5).float().mean()) == pytest.approx(0.3, abs=0.04)
+    # the same noise and labels give the same z; another class's label moves only its rows
+    assert torch.equal(prior(noise, labels), z)
+    assert torch.equal(prior(noise, torch.zeros_like(labels))[labels == 0], z[labels == 0])
+
+
+def test_a_class_mixture_is_the_standard_normal_until_fitted_and_needs_labels():
+    from genmodels.latent_prior import ClassMixturePrior
+
+    prior = ClassMixturePrior(10, 3, 4)
+    noise = torch.randn(32, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(prior(noise, torch.arange(32) % 10), noise[:, :-1])
+    with pytest.raises(ValueError, match="needs the labels"):
+        prior(noise)
+    with pytest.raises(ValueError, match="got no labels"):
+        prior.fit(torch.randn(50, 4), seed=0)
+    with pytest.raises(ValueError, match="3-component mixture prior per class needs at least 3 training images of "
+                                         "each class, class 9 has 2"):
+        prior.fit(torch.randn(92, 4), seed=0, labels=torch.tensor([c for c in range(10) for _ in range(10)][:92]))
+
+
+def _fitted_cvae(images, labels, components=2):
+    from genmodels.cvae import CVAE, CVAEConfig
+
+    model = CVAE(CVAEConfig(image_shape=(1, 8, 8), latent_dim=3, width=4, num_classes=3, prior_components=components))
+    torch.manual_seed(0)
+    model.fit_step(images[:64], labels[:64])
+    model.end_epoch(images, labels, epoch=0)
+    return model
+
+
+def test_the_cvae_samples_each_label_from_its_class_mixture_and_exports_it(tmp_path):
+    import onnxruntime as ort
+
+    from serving.export import export_model
+
+    images = torch.rand(240, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(240) % 3
+    model = _fitted_cvae(images, labels).eval()
+    assert model.prior.means.shape == (3, 2, 3) and not torch.equal(model.prior.means[0], model.prior.means[1])
+    # the class's mixture sits on that class's codes
+    codes = model.encode(images, labels)
+    for c in range(3):
+        z = model._latent_draw(3000, torch.Generator().manual_seed(c), torch.full((3000,), c))
+        assert z.mean(0).tolist() == pytest.approx(codes[labels == c].mean(0).tolist(), abs=0.15)
+    report = export_model(model, tmp_path / "onnx")
+    assert report["passed"] and report["max_abs_error"] <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    noise = np.random.default_rng(0).standard_normal((256, 4)).astype(np.float32)
+    asked = np.arange(256) % 3
+    served = sess.run(None, {"noise": noise, "labels": asked.astype(np.int64)})[0]
+    with torch.no_grad():
+        t_noise, t_labels = torch.from_numpy(noise), torch.from_numpy(asked)
+        expected = model.decode(model.prior(t_noise, t_labels), t_labels).numpy()
+        one_mixture = model.decode(model.prior(t_noise, torch.zeros_like(t_labels)), t_labels).numpy()
+    assert np.abs(served - expected).max() <= 1e-4
+    assert np.abs(served - one_mixture)[asked != 0].max() > 1e-3           # each label's own mixture
+
+
+def test_a_class_with_fewer_images_than_components_stops_the_cvae_before_training(prepared_digits):
+    from contracts.errors import GenforgeError
+    from pipelines.train import train
+    from tests.conftest import tiny_params
+
+    root, _ = prepared_digits
+    with pytest.raises(GenforgeError, match=r"model\.cvae: prior_components 500: a 500-component mixture prior per "
+                                            r"class needs at least 500 training images of each class, class \d has "
+                                            r"\d+; lower model\.cvae\.prior_components"):
+        train(tiny_params("model.cvae.prior_components=500"), root, "cvae", progress=False)
+    assert not (root / "models" / "digits" / "cvae").exists()

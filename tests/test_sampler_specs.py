@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "sampler_specs"
 KIND_OF = {"vae": DirectSpec, "cvae": DirectSpec, "dcgan_conditional": DirectSpec, "ddpm": DDIMSpec,
            "pixelcnn": AutoregressiveSpec, "realnvp": FlowSpec}
 TINY = {"vae": ("vae", dict(image_shape=(1, 8, 8), latent_dim=4, prior_components=0)),  # the fixture's N(0, I) form
-        "cvae": ("cvae", dict(image_shape=(1, 8, 8), latent_dim=4)),
+        "cvae": ("cvae", dict(image_shape=(1, 8, 8), latent_dim=4, prior_components=0)),  # the same
         "dcgan_conditional": ("dcgan", dict(image_shape=(1, 8, 8), conditional=True, latent_dim=4)),
         "ddpm": ("ddpm", dict(image_shape=(1, 8, 8), base_channels=8, channel_mult=(1, 2), timesteps=20,
                               sample_steps=5, eta=0.5)),
