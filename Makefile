@@ -43,7 +43,8 @@ repro: setup
 	$(BIN)/dvc repro $(PIPELINE)
 
 bench: setup
-	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	for f in benchmarks/*.py; do case $$f in */family_table.py) continue;; esac; \
+		echo "== $$f"; $(BIN)/python $$f || exit 1; done  # family_table.py reads the projects it is given
 
 # headless Chromium for the slow tests that open review.html and the MLflow UI (Debian's package; needs root)
 browser:

@@ -23,8 +23,10 @@ conditional accuracy; nll for likelihood families, whose primary metric is bits/
 
 Each row of ``--json`` keeps the full metrics the gate read, so ``--report FILE [FILE ...]`` decides the stored
 rows again with the current params.yaml (and ``--set``) without training or evaluating: a threshold change is
-replayed on every measured rung and seed in seconds. Both print the **family table**: each family's default model
-over its seeds (median and range of the gate's metrics, training epochs and seconds, the decisions).
+replayed on every measured rung and seed in seconds (when two files hold a row for the same family, seed and rung,
+the later file's wins: ``benchmarks/family_table.py --json`` gives the default rows of measured ``genforge run``
+projects). Both print the **family table**: each family's default model over its seeds (median and range of the
+gate's metrics, training epochs and seconds, the decisions).
 
 Usage: python benchmarks/gate_ladder.py [--families vae,dcgan,...] [--quick] [--seeds 0,1,2]
        [--set key=value ...] [--retrain] [--json FILE]
