@@ -119,19 +119,14 @@ def _trained(params: dict[str, Any], root: Path, family: str, retrain: bool) -> 
     """Train ``family`` under ``root`` unless its committed training has this fingerprint: (model dir,
     training seconds of this call or None when cached)."""
     from pipelines import catalog
-    from pipelines.train import plan_training, train
+    from pipelines.train import trained_with_fingerprint, train
 
-    ds, _, _, fingerprint = plan_training(params, root, family)
-    paths = catalog.Layout(root, ds.name, family)
-    try:
-        cached = json.loads(paths.train_info.read_text()).get("params_hash") == fingerprint
-    except (OSError, ValueError):
-        cached = False
-    if cached and not retrain:
-        return paths.model_dir, None
+    model_dir = catalog.model_dir(root, params["data"]["name"], family)
+    if trained_with_fingerprint(params, root, family) and not retrain:
+        return model_dir, None
     start = time.perf_counter()
     train(params, root, family, progress=False)
-    return paths.model_dir, time.perf_counter() - start
+    return model_dir, time.perf_counter() - start
 
 
 def _evaluate_model(model: Any, ds: Any, ev: dict[str, Any], workdir: Path, classifier_dir: Path) -> dict[str, Any]:

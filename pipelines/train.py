@@ -219,6 +219,18 @@ def plan_training(params: dict[str, Any], root: Path, family: str):
     return ds, model, settings, fingerprint
 
 
+def trained_with_fingerprint(params: dict[str, Any], root: Path, family: str) -> bool:
+    """Whether ``models/<data>/<family>`` under ``root`` holds a finished training (its train.json) whose
+    fingerprint is the one ``plan_training`` gives for ``params`` today: a copy made before a default changed
+    is not. Raises what ``plan_training`` raises (data not prepared and validated, bad settings)."""
+    ds, _, _, fingerprint = plan_training(params, root, family)
+    try:
+        info = json.loads(catalog.Layout(root, ds.name, family).train_info.read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("params_hash") == fingerprint
+
+
 def train(params: dict[str, Any], root: Path, family: str, progress: bool = True) -> dict[str, Any]:
     from pipelines import lineage, tracking
 

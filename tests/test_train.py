@@ -30,9 +30,16 @@ def test_train_writes_checkpoints_grid_and_mlflow_run(project, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="genforge.train")
+    from pipelines.train import trained_with_fingerprint
+
     params = _ready(project)
+    assert not trained_with_fingerprint(params, project, "vae")  # nothing trained yet
     result = train(params, project, "vae", progress=False)
     out = project / "models" / "digits" / "vae"
+    assert trained_with_fingerprint(params, project, "vae")
+    other = json.loads(json.dumps(params))
+    other["model"].setdefault("vae", {})["epochs"] = 3  # another training: the stored model is not its result
+    assert not trained_with_fingerprint(other, project, "vae")
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
     assert (out / "samples" / "epoch-0002.png").exists()
     info = json.loads((out / "train.json").read_text())
