@@ -6,7 +6,8 @@ Reads, in each PROJECT (a folder ``genforge run`` ran in), every ``models/<data>
 ``reports/<data>/<family>/metrics.json`` and ``promotion.json`` (the registry gate's decision, its failed
 checks). Nothing is trained or evaluated. The rows have the format of ``gate_ladder.py --json`` (rung
 ``default``), so ``--json FILE`` can be passed to ``gate_ladder.py --report`` beside the ladder's own rows
-(a later file's row replaces an earlier one for the same family, seed and rung).
+(a later file's row replaces an earlier one for the same family, seed and rung). A family trained with the same
+seed in two PROJECTs counts once: the later project's (e.g. a rerun after a default changed).
 
 Usage: python benchmarks/family_table.py PROJECT [PROJECT ...] [--json FILE]
   e.g. for s in 0 1 2; do (cd run-s$s && genforge run --set train.seed=$s \\
@@ -74,13 +75,15 @@ def main() -> None:
     ap.add_argument("projects", type=Path, nargs="+", metavar="PROJECT")
     ap.add_argument("--json", type=Path, help="write the rows here (gate_ladder.py --report reads them)")
     args = ap.parse_args()
-    rows = []
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
     for project in args.projects:
         try:
-            rows += project_rows(project)
+            for row in project_rows(project):
+                latest[(row["family"], row["seed"])] = row  # a later project's model replaces an earlier one's
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
+    rows = list(latest.values())
     from benchmarks._common import print_table
 
     seen = list(dict.fromkeys(r["family"] for r in rows))
