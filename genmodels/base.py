@@ -26,14 +26,53 @@ from contracts.samplers import SamplerSpec
 # "evaluation" fields only change how a trained model is scored (importance samples of nll(), the anomaly
 # score): neither kind of change is a new architecture, and evaluation fields are not part of the
 # training fingerprint, so changing one keeps the checkpoints.
-def training(default: Any) -> Any:
-    """A config field that steers training only."""
-    return field(default=default, metadata={"kind": "training"})
+# A field may declare its range (metadata ge / gt / le / lt): ``ModelConfig`` refuses a value outside it with a
+# ValueError naming the field, and `params.yaml`'s checks (pipelines/settings) refuse it before anything runs.
+_LIMITS = ("ge", "gt", "le", "lt")
 
 
-def evaluation(default: Any) -> Any:
-    """A config field that only changes how a trained model is scored (never its weights)."""
-    return field(default=default, metadata={"kind": "evaluation"})
+def _limits(limits: dict[str, float]) -> dict[str, float]:
+    bad = sorted(set(limits) - set(_LIMITS))
+    if bad:
+        raise TypeError(f"unknown range keys {bad}; known: {', '.join(_LIMITS)}")
+    return limits
+
+
+def arch(default: Any, **limits: float) -> Any:
+    """An architecture config field (the kind of a plain default) with its range, e.g. ``arch(16, ge=1)``."""
+    return field(default=default, metadata=_limits(limits))
+
+
+def training(default: Any, **limits: float) -> Any:
+    """A config field that steers training only; ``limits``: its range (ge, gt, le, lt)."""
+    return field(default=default, metadata={"kind": "training", **_limits(limits)})
+
+
+def evaluation(default: Any, **limits: float) -> Any:
+    """A config field that only changes how a trained model is scored (never its weights); ``limits``: its range."""
+    return field(default=default, metadata={"kind": "evaluation", **_limits(limits)})
+
+
+def range_text(meta: Any) -> str:
+    """' >= 1', ' in (0, 1)', ' in [0, 1)': a field's declared range for messages ('' for none)."""
+    ge, gt, le, lt = (meta.get(k) for k in _LIMITS)
+    low, high = (ge, "[") if ge is not None else (gt, "(")
+    up, close = (le, "]") if le is not None else (lt, ")")
+    if low is not None and up is not None:
+        return f" in {high}{low:g}, {up:g}{close}"
+    if low is not None:
+        return f" {'>=' if ge is not None else '>'} {low:g}"
+    if up is not None:
+        return f" {'<=' if le is not None else '<'} {up:g}"
+    return ""
+
+
+def _out_of_range(value: Any, meta: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False  # the type is checked elsewhere
+    ge, gt, le, lt = (meta.get(k) for k in _LIMITS)
+    return not ((ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
+                and (lt is None or value < lt)) or value != value
 
 
 @dataclass
@@ -72,6 +111,9 @@ class ModelConfig:
         self.data = spec
         self.image_shape = spec.shape if spec.modality == "image" else None
         self.num_classes = spec.num_classes
+        for f in dataclasses.fields(self):
+            if any(k in f.metadata for k in _LIMITS) and _out_of_range(getattr(self, f.name), f.metadata):
+                raise ValueError(f"{f.name} must be{range_text(f.metadata)}, got {getattr(self, f.name)!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":

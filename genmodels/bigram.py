@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from contracts.token_sampling import BOS, PAD
-from genmodels.base import ModelConfig, training
+from genmodels.base import ModelConfig, arch, training
 from genmodels.textbase import TokenModel, token_nll
 
 
 @dataclass
 class BigramConfig(ModelConfig):
-    alpha: float = 0.01                     # add-alpha smoothing of every count (names test bpc: 0.001-0.01 best, 0.1 +0.003)
+    alpha: float = arch(0.01, gt=0)                     # add-alpha smoothing of every count (names test bpc: 0.001-0.01 best, 0.1 +0.003)
     batch_size: int = training(4096)
     epochs: int = training(1)
 

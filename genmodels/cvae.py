@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from contracts.samplers import DirectSpec, Noise
-from genmodels.base import ModelConfig, OnnxGraph, training
+from genmodels.base import ModelConfig, OnnxGraph, arch, training
 from genmodels.latent_prior import ClassMixturePrior
 from genmodels.vae import VAE, Decoder, Encoder, VAEConfig
 
@@ -34,7 +34,7 @@ class CVAEConfig(VAEConfig):
     # the label (latent 16, 6 epochs: 47% of samples are the asked digit); a narrow one obeys the label but
     # draws one style per class (latent 4, 8 epochs: 91%, recall 0.08, flagged as mode collapse). Latent 8
     # learns to use the label with time: 72% / recall 0.26 at 8 epochs, 86% / 0.37 at 16.
-    latent_dim: int = 8
+    latent_dim: int = arch(8, ge=1)
     # with the per-class mixture prior (below), seed 0, benchmarks/quality_curve.py: 20 epochs 74x, 30 69x,
     # 40 59x, 60 52x (recall 0.43, accuracy 0.98), 80 55x; 60 epochs take ~2.5 min on 2 cores
     epochs: int = training(60)
@@ -42,7 +42,7 @@ class CVAEConfig(VAEConfig):
     # of that class's training images (genmodels/latent_prior.py, ClassMixturePrior). Seed 0: N(0, I) 135x,
     # conditional accuracy 0.89; one mixture over all classes (20) 150x, 0.83; per class 1/3/5 components
     # 84x/76x/74x, accuracy 0.96/0.98/0.98, recall 0.34/0.39/0.32, copy_rate 0.008/0.025/0.023
-    prior_components: int = training(3)
+    prior_components: int = training(3, ge=0)
 
 
 class _DecodeImages(nn.Module):

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from contracts.samplers import DirectSpec, Noise
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, stride2_levels, training
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, arch, stride2_levels, training
 
 
 @dataclass
@@ -30,9 +30,9 @@ class DCGANConfig(ModelConfig):
     # Defaults: recognisable digits after 25 epochs of mnist5k (3,125 steps, ~4 s an epoch on 2
     # idle CPU cores). At this budget the number of steps matters more than width: ngf=64 with
     # batch 64 costs more per epoch and draws rougher strokes; ndf=16 lets G get away with scribbles.
-    latent_dim: int = 64
-    ngf: int = 32                   # generator channels at half size (14x14 for 28x28); doubles per stage down
-    ndf: int = 32                   # discriminator channels after its first conv; doubles per level
+    latent_dim: int = arch(64, ge=1)
+    ngf: int = arch(32, ge=1)                   # generator channels at half size (14x14 for 28x28); doubles per stage down
+    ndf: int = arch(32, ge=1)                   # discriminator channels after its first conv; doubles per level
     spectral_norm: bool = False     # spectral norm on every discriminator layer (and no batch norm there)
     conditional: bool = False       # labels into generator and discriminator; sample(labels=...)
     lr_g: float = training(2e-4)
@@ -40,7 +40,7 @@ class DCGANConfig(ModelConfig):
     betas: tuple[float, float] = training((0.5, 0.999))
     # EMA of the generator's weights (and batch-norm statistics), warmed up as min(decay, (1+k)/(10+k)) over
     # generator steps k; what sample() and the exported graph use. 0: no average, the trained weights
-    ema_decay: float = training(0.999)
+    ema_decay: float = training(0.999, ge=0, lt=1)
     batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(25)
 

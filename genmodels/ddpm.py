@@ -33,7 +33,7 @@ from torch import nn
 
 from contracts.diffusion import guided_at, guided_eps
 from contracts.samplers import DDIMSpec, Noise
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, require_halvable, training
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, arch, require_halvable, training
 from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample
 
 
@@ -44,21 +44,21 @@ class DDPMConfig(ModelConfig):
     # 9.2 s an epoch on a quiet machine, benchmarks/train.py); the FID ratio still falls steeply at 40
     # epochs (151x at 20, 95x at 30, 63.5x at 40 epochs: README). base 32 is ~3x slower per image, so only
     # ~18 epochs would fit the same time
-    base_channels: int = 16                     # UNet channels at full resolution
+    base_channels: int = arch(16, ge=1)                     # UNet channels at full resolution
     channel_mult: tuple[int, ...] = (1, 2, 2)   # channels per level = base * mult; one downsample between levels
-    num_res_blocks: int = 1                     # residual blocks per level, each way
+    num_res_blocks: int = arch(1, ge=1)                     # residual blocks per level, each way
     attention: bool = True                      # one self-attention block in the middle (lowest resolution)
-    dropout: float = 0.0
+    dropout: float = arch(0.0, ge=0, lt=1)
     schedule: str = "linear"                    # "linear" | "cosine" beta schedule
-    timesteps: int = 1000                       # T, training diffusion steps
+    timesteps: int = arch(1000, ge=2)                       # T, training diffusion steps
     # the sampling settings (sampler, steps, eta, clip, guidance_scale) are not config: see DDPM.sampling_options
     conditional: bool = False                   # label embedding + classifier-free guidance; needs num_classes
-    label_dropout: float = training(0.1)        # conditional: share of labels replaced by the null class
-    ema_decay: float = training(0.999)      # EMA of the weights, warmed up as min(decay, (1+k)/(10+k))
+    label_dropout: float = training(0.1, ge=0, lt=1)        # conditional: share of labels replaced by the null class
+    ema_decay: float = training(0.999, ge=0, lt=1)      # EMA of the weights, warmed up as min(decay, (1+k)/(10+k))
     lr: float = training(2e-3)
-    weight_decay: float = training(0.0)     # AdamW
-    warmup_steps: int = training(100)       # linear learning-rate warm-up
-    grad_clip: float = training(1.0)        # max gradient norm (0 = off)
+    weight_decay: float = training(0.0, ge=0)     # AdamW
+    warmup_steps: int = training(100, ge=0)       # linear learning-rate warm-up
+    grad_clip: float = training(1.0, ge=0)        # max gradient norm (0 = off)
     batch_size: int = training(64)          # training defaults the trainer reads (overridable there)
     epochs: int = training(56)
 

@@ -31,26 +31,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.base import ModelConfig, training
+from genmodels.base import ModelConfig, arch, training
 from genmodels.textbase import GradientTokenModel
 
 
 @dataclass
 class GPTConfig(ModelConfig):
-    layers: int = 4
-    heads: int = 4
-    embed: int = 128                  # model width (heads x head_dim)
-    mlp_ratio: int = 4
-    dropout: float = 0.0              # a few epochs of names in the default budget: no need (0.1-0.2 for more)
+    layers: int = arch(4, ge=1)
+    heads: int = arch(4, ge=1)
+    embed: int = arch(128, ge=1)                  # model width (heads x head_dim)
+    mlp_ratio: int = arch(4, ge=1)
+    dropout: float = arch(0.0, ge=0, lt=1)              # a few epochs of names in the default budget: no need (0.1-0.2 for more)
     bias: bool = False                # biases in Linear and LayerNorm layers (nanoGPT: False is a bit better)
     lr: float = training(3e-3)
     min_lr: float = training(1e-4)
-    warmup_steps: int = training(50)
-    decay_steps: int = training(2650)  # cosine decay from lr to min_lr over these steps (then min_lr): epochs x
+    warmup_steps: int = training(50, ge=0)
+    decay_steps: int = training(2650, ge=1)  # cosine decay from lr to min_lr over these steps (then min_lr): epochs x
                                        # steps per epoch (names: 663 at batch 128)
-    weight_decay: float = training(0.1)
+    weight_decay: float = training(0.1, ge=0)
     beta2: float = training(0.99)
-    grad_clip: float = training(1.0)
+    grad_clip: float = training(1.0, ge=0)
     batch_size: int = training(128)
     epochs: int = training(4)
 

@@ -16,19 +16,19 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from genmodels.base import ModelConfig, training
+from genmodels.base import ModelConfig, arch, training
 from genmodels.textbase import GradientTokenModel
 
 
 @dataclass
 class LSTMConfig(ModelConfig):
-    layers: int = 2
-    hidden: int = 256
-    embed: int = 64
-    dropout: float = 0.0              # between layers and before the output layer
+    layers: int = arch(2, ge=1)
+    hidden: int = arch(256, ge=1)
+    embed: int = arch(64, ge=1)
+    dropout: float = arch(0.0, ge=0, lt=1)              # between layers and before the output layer
     lr: float = training(3e-3)
-    lr_decay: float = training(0.9992)      # per step: x0.12 over 4 names epochs (2650 steps)
-    grad_clip: float = training(1.0)
+    lr_decay: float = training(0.9992, gt=0, le=1)      # per step: x0.12 over 4 names epochs (2650 steps)
+    grad_clip: float = training(1.0, ge=0)
     batch_size: int = training(128)
     epochs: int = training(4)
 

@@ -57,25 +57,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from contracts.samplers import AutoregressiveSpec, PixelCache, Uniforms
-from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, training
+from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, arch, training
 from genmodels.pixelcnn_export import ExportLogits, onnx_shapes
 
 
 @dataclass
 class PixelCNNConfig(ModelConfig):
     pixels: str = "binary"          # "binary" (Bernoulli of x > threshold) | "256" (256-way categorical)
-    threshold: float = 0.5          # binary only: the static binarisation threshold
-    channels: int = 16              # feature maps of each stack (p)
+    threshold: float = arch(0.5, gt=0, lt=1)          # binary only: the static binarisation threshold
+    channels: int = arch(16, ge=1)              # feature maps of each stack (p)
     # gated layers (>= 2); the first uses first_kernel and mask A. 12 layers see 14 rows up (6 saw 8 of 28): on
     # mnist5k seed 1 (10 epochs, the domain classifier's FID over the real floor) 6 layers drew 178x with 6 of 10
     # classes (rejected), 12 layers 138x with 7, bits/dim 0.131 -> 0.125, at ~2x the time per epoch
-    layers: int = 12
-    kernel: int = 3                 # odd >= 3: vertical (k//2+1) x k, horizontal 1 x (k//2+1)
-    first_kernel: int = 7           # odd >= 3: the first layer's k
-    head_channels: int = 64         # the hidden 1x1 layer of the output head
+    layers: int = arch(12, ge=2)
+    kernel: int = arch(3, ge=3)                 # odd >= 3: vertical (k//2+1) x k, horizontal 1 x (k//2+1)
+    first_kernel: int = arch(7, ge=3)           # odd >= 3: the first layer's k
+    head_channels: int = arch(64, ge=1)         # the hidden 1x1 layer of the output head
     lr: float = training(2e-3)
-    lr_decay: float = training(0.9995)      # per-step exponential decay of the learning rate
-    grad_clip: float = training(1.0)        # max global gradient norm (0 = none); the loss is in nats/image, norms
+    lr_decay: float = training(0.9995, gt=0, le=1)      # per-step exponential decay of the learning rate
+    grad_clip: float = training(1.0, ge=0)        # max global gradient norm (0 = none); the loss is in nats/image, norms
                                     # run ~100-400 on MNIST, so 1.0 rescales every step (Adam on unit-norm
                                     # gradients, which trained stably)
     batch_size: int = training(32)          # training defaults the trainer reads (overridable there)

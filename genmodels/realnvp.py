@@ -46,25 +46,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from contracts.samplers import FlowSpec, Noise
-from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, evaluation, require_halvable, training
+from genmodels.base import LikelihoodModel, ModelConfig, OnnxGraph, arch, evaluation, require_halvable, training
 
 LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
 class RealNVPConfig(ModelConfig):
-    hidden: int = 16                # channels of each coupling's s/t ResNet
-    blocks: int = 1                 # residual blocks per coupling network
-    scales: int = 2                 # multi-scale levels (H, W divisible by 2^(scales-1))
-    alpha: float = 0.05             # logit transform: logit(alpha + (1 - 2 alpha) y), as in the paper
+    hidden: int = arch(16, ge=1)                # channels of each coupling's s/t ResNet
+    blocks: int = arch(1, ge=0)                 # residual blocks per coupling network
+    scales: int = arch(2, ge=1)                 # multi-scale levels (H, W divisible by 2^(scales-1))
+    alpha: float = arch(0.05, gt=0, lt=0.5)             # logit transform: logit(alpha + (1 - 2 alpha) y), as in the paper
     actnorm: bool = True            # a per-pixel affine on the logits first, initialised from the first batch
-    actnorm_floor: float = 0.05     # smallest per-pixel std the data-dependent init divides by
+    actnorm_floor: float = arch(0.05, gt=0)     # smallest per-pixel std the data-dependent init divides by
     actnorm_lr: float = training(10.0)      # its learning rate, as a multiple of lr
-    nll_samples: int = evaluation(1)        # dequantisation draws averaged by nll()
+    nll_samples: int = evaluation(1, ge=1)        # dequantisation draws averaged by nll()
     lr: float = training(3e-3)
-    lr_decay: float = training(0.9995)      # per-step exponential decay of the learning rate
-    weight_decay: float = training(5e-5)    # L2 on the weights (the paper uses 5e-5)
-    grad_clip: float = training(100.0)      # max gradient norm (0 = no clipping)
+    lr_decay: float = training(0.9995, gt=0, le=1)      # per-step exponential decay of the learning rate
+    weight_decay: float = training(5e-5, ge=0)    # L2 on the weights (the paper uses 5e-5)
+    grad_clip: float = training(100.0, ge=0)      # max gradient norm (0 = no clipping)
     batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(18)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contracts.samplers import DirectSpec, Noise
-from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, evaluation, stride2_levels, training
+from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, arch, evaluation, stride2_levels, training
 from genmodels.latent_prior import MixturePrior
 
 LOG_2PI = math.log(2 * math.pi)
@@ -34,21 +34,21 @@ class VAEConfig(ModelConfig):
     # Defaults: on mnist5k these beat the pytorch/examples MLP VAE's test loss (138 nats/image
     # after 10 epochs) in about half its training time on 2 CPU cores, ~130 nats after 2 epochs
     # (benchmarks/vae_reference.py). Train longer for better samples: ~118 nats at 6 epochs.
-    latent_dim: int = 20
-    width: int = 8                  # channels after the first stride-2 conv; doubles per level
-    hidden: int = 0                 # optional fully connected layer between convs and latent (0 = none)
+    latent_dim: int = arch(20, ge=1)
+    width: int = arch(8, ge=1)                  # channels after the first stride-2 conv; doubles per level
+    hidden: int = arch(0, ge=0)                 # optional fully connected layer between convs and latent (0 = none)
     likelihood: str = "bernoulli"   # "bernoulli" (continuous BCE on logits) | "gaussian"
     learn_sigma: bool = True        # gaussian only: learn one sigma per channel ...
-    sigma: float = 0.1              # ... starting here (or fixed at this value when not learned)
-    beta: float = training(1.0)             # weight on the KL term (beta-VAE); 1 = the true ELBO
+    sigma: float = arch(0.1, gt=0)              # ... starting here (or fixed at this value when not learned)
+    beta: float = training(1.0, ge=0)             # weight on the KL term (beta-VAE); 1 = the true ELBO
     score: str = evaluation("elbo")         # anomaly score: "elbo" (negative ELBO) | "recon" (recon. error at z = mu)
-    score_samples: int = evaluation(8)      # posterior samples averaged by score="elbo"
-    iwae_k: int = evaluation(64)            # importance samples in nll()
+    score_samples: int = evaluation(8, ge=1)      # posterior samples averaged by score="elbo"
+    iwae_k: int = evaluation(64, ge=1)            # importance samples in nll()
     lr: float = training(6e-3)              # high for Adam, fine with ELU and a small net; the budget is ~250 steps
     # > 0: sample z from a Gaussian mixture of this many full-covariance components fitted to the training
     # images' posterior means after each epoch (ex-post density, genmodels/latent_prior.py; mnist5k 206x ->
     # 56x the FID floor at 20); 0: from the prior N(0, I). Sampling only: nll and score keep N(0, I).
-    prior_components: int = training(20)
+    prior_components: int = training(20, ge=0)
     batch_size: int = training(32)          # training defaults the trainer reads (overridable there)
     epochs: int = training(2)
 

@@ -26,8 +26,8 @@ class WGANGPConfig(DCGANConfig):
     # Defaults: 120 epochs of mnist5k in batches of 64 = 7,560 critic and 1,512 generator steps, ~8.5 min on
     # 2 CPU cores (60 epochs took 251 s on a quiet machine). Fewer generator steps than dcgan's per epoch, so more
     # epochs; the FID ratio still falls at 60 (126.5x -> 80.6x at 120, benchmarks/quality_curve.py, README).
-    n_critic: int = training(5)             # critic updates per generator update
-    gp_weight: float = training(10.0)       # lambda of the gradient penalty
+    n_critic: int = training(5, ge=1)             # critic updates per generator update
+    gp_weight: float = training(10.0, ge=0)       # lambda of the gradient penalty
     critic_norm: str = "layer"      # "layer" | "none" (never batch norm: the penalty is per sample)
     lr_g: float = training(2e-4)
     lr_d: float = training(2e-4)

@@ -39,7 +39,10 @@ ParamsOption = typer.Option(None, "--params", "-p", help="Params file to use ins
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors.")) -> None:
+    from pipelines.env import user_error_tracebacks
+
     _state["debug"] = debug
+    user_error_tracebacks(show=debug)  # a user error mid-flow: Prefect's run logs say it in one line too
 
 
 def _params(params_file: Optional[Path], overrides: Optional[list[str]], data_checks: bool = True) -> dict[str, Any]:

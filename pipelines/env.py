@@ -35,3 +35,31 @@ def apply_defaults(root: Path) -> None:
     for name in PROGRESS_LOGGERS:
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.INFO)
+
+
+# Prefect logs a failed task or flow run with its traceback. For a genforge user error (contracts.errors:
+# a bad setting, bad data, a full disk) the error line says everything; the traceback stays for --debug.
+PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+
+
+class UserErrorsWithoutTraceback(logging.Filter):
+    """Drops the traceback (``exc_info``) of a log record whose exception is a ``GenforgeError``; the record's
+    message (Prefect's "Task run failed with exception: ConfigError(...)") is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from contracts.errors import GenforgeError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, GenforgeError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def user_error_tracebacks(show: bool) -> None:
+    """Show (``--debug``) or hide the tracebacks of user errors in Prefect's task and flow run logs."""
+    for name in PREFECT_RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, UserErrorsWithoutTraceback)]:
+            logger.removeFilter(f)
+        if not show:
+            logger.addFilter(UserErrorsWithoutTraceback())

@@ -102,3 +102,37 @@ def test_ctrl_c_exits_130_with_one_line(project, tmp_path):
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["error: interrupted"], err
+
+
+def test_prefect_run_logs_keep_a_user_errors_message_and_drop_its_traceback():
+    """A user error raised inside a task (a setting the data cannot satisfy, found when the family's training
+    starts) is logged by Prefect's run loggers as one line; --debug (show=True) keeps the traceback."""
+    import io
+    import logging
+
+    from contracts.errors import ConfigError
+    from pipelines.env import PREFECT_RUN_LOGGERS, user_error_tracebacks
+
+    def logged(show: bool, exc: Exception) -> str:
+        user_error_tracebacks(show=show)
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        logger = logging.getLogger(PREFECT_RUN_LOGGERS[0])
+        logger.addHandler(handler)
+        try:
+            try:
+                raise exc
+            except Exception as caught:
+                logger.error("Task run failed with exception: %r - Retries are exhausted", caught, exc_info=True)
+        finally:
+            logger.removeHandler(handler)
+        return stream.getvalue()
+
+    user_error = ConfigError("model.cvae", "prior_components 500: class 0 has 144")
+    try:
+        quiet = logged(False, user_error)
+        assert "Task run failed with exception: ConfigError" in quiet and "Traceback" not in quiet
+        assert "Traceback" in logged(True, user_error)                       # --debug
+        assert "Traceback" in logged(False, RuntimeError("a bug"))           # not a user error: kept
+    finally:
+        user_error_tracebacks(show=True)  # this process's loggers as they were (no filter)
