@@ -7,7 +7,9 @@ Reads, in each PROJECT (a folder ``genforge run`` ran in), every ``models/<data>
 checks). Nothing is trained or evaluated. The rows have the format of ``gate_ladder.py --json`` (rung
 ``default``), so ``--json FILE`` can be passed to ``gate_ladder.py --report`` beside the ladder's own rows
 (a later file's row replaces an earlier one for the same family, seed and rung). A family trained with the same
-seed in two PROJECTs counts once: the later project's (e.g. a rerun after a default changed).
+seed in two PROJECTs counts once: the later project's (e.g. a rerun after a default changed). A row whose model
+was not trained with today's defaults (genforge's params.yaml over the family's config) is named on stderr
+("note: ... epochs=25 (default 50)") and carries it in its ``settings`` field.
 
 Usage: python benchmarks/family_table.py PROJECT [PROJECT ...] [--json FILE]
   e.g. for s in 0 1 2; do (cd run-s$s && genforge run --set train.seed=$s \\
@@ -34,6 +36,28 @@ COLUMNS = ["family", "seeds", "epochs", "train s", "fid_ratio", "coverage", "rec
 def _variant(family: str, config: dict[str, Any]) -> str:
     """The ladder's name: a conditional dcgan (wgan_gp, ddpm) is ``dcgan_cond`` (``wgan_gp_cond``, ``ddpm_cond``)."""
     return f"{family}_cond" if config.get("conditional") and family != "cvae" else family
+
+
+def non_default(family: str, stored: dict[str, Any]) -> str:
+    """How a stored config.json (``{"config": ..., "training": ...}``) differs from what the main job trains today
+    (genforge's params.yaml over the family's config defaults), in its architecture and training fields: "default", "epochs=20 (default 60), ...", or "not valid today: ..." for a
+    value today's checks refuse. ``conditional`` is left out (the variant's name says it), and so are the seed and
+    the data."""
+    from genmodels import get_family
+    from pipelines.config import load_params
+    from pipelines.train import family_settings
+
+    cls = get_family(family).config_class
+    values = {**stored.get("config", {}), **stored.get("training", {})}
+    try:
+        mine = cls.from_dict(values).fingerprint_fields()
+    except (TypeError, ValueError) as exc:
+        return f"not valid today: {exc}"
+    shipped, _ = family_settings(load_params(ROOT / "params.yaml", []), family)  # params.yaml over the dataclass
+    default = cls.from_dict({**shipped, **{k: values[k] for k in ("seed", "data") if k in values}}).fingerprint_fields()
+    changed = [f"{k}={v} (default {default.get(k)})" for k, v in mine.items()
+               if k not in ("seed", "data", "conditional") and v != default.get(k)]
+    return ", ".join(changed) or "default"
 
 
 def project_rows(project: Path) -> list[dict[str, Any]]:
@@ -63,6 +87,7 @@ def project_rows(project: Path) -> list[dict[str, Any]]:
                    "on_checks": "rejected" if failed else "promoted"}
         row = _row("default", loaded["metrics"]["metrics"], verdict, 0.0)
         config = loaded["config"]["config"]
+        row["settings"] = non_default(family, loaded["config"])
         row.update(family=_variant(family, config), seed=str(config.get("seed")),
                    epochs=str(loaded["train"].get("epochs")),
                    train_s=f"{loaded['train'].get('train_seconds', 0):.0f}", project=str(project))
@@ -84,6 +109,10 @@ def main() -> None:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
     rows = list(latest.values())
+    for row in rows:  # the table is about defaults: say which rows are not
+        if row["settings"] != "default":
+            print(f"note: {row['project']}: {row['family']} seed {row['seed']} is not today's default: "
+                  f"{row['settings']}", file=sys.stderr)
     from benchmarks._common import print_table
 
     seen = list(dict.fromkeys(r["family"] for r in rows))

@@ -158,3 +158,23 @@ def test_family_table_names_a_missing_file(tmp_path):
     (tmp_path / "reports" / "mnist5k" / "vae" / "promotion.json").unlink()
     with pytest.raises(ValueError, match="promotion.json"):
         project_rows(tmp_path)
+
+
+def test_family_table_says_which_rows_are_not_todays_default(tmp_path):
+    import json
+
+    from benchmarks.family_table import project_rows
+
+    _run_project(tmp_path / "a", "dcgan", 0, 108.0, "promoted")
+    ((row,),) = [project_rows(tmp_path / "a")]
+    assert row["settings"] == "default"
+    config = tmp_path / "b" / "models" / "mnist5k" / "dcgan" / "config.json"
+    _run_project(tmp_path / "b", "dcgan", 0, 108.0, "promoted")
+    config.write_text(json.dumps({"config": {"seed": 0}, "training": {"epochs": 3, "lr_g": 1e-3}}))
+    from genmodels.dcgan import DCGANConfig
+
+    shipped = DCGANConfig()  # params.yaml sets neither field for the dcgan
+    assert project_rows(tmp_path / "b")[0]["settings"] == \
+        f"lr_g=0.001 (default {shipped.lr_g}), epochs=3 (default {shipped.epochs})"
+    config.write_text(json.dumps({"config": {"seed": 0}, "training": {"ema_decay": 1.5}}))
+    assert project_rows(tmp_path / "b")[0]["settings"].startswith("not valid today: ema_decay must be in [0, 1)")
