@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from contracts.data import DataSpec
+from contracts.ranges import LIMITS, in_range, range_text
 from contracts.samplers import SamplerSpec
 
 
@@ -28,13 +29,12 @@ from contracts.samplers import SamplerSpec
 # training fingerprint, so changing one keeps the checkpoints.
 # A field may declare its range (metadata ge / gt / le / lt): ``ModelConfig`` refuses a value outside it with a
 # ValueError naming the field, and `params.yaml`'s checks (pipelines/settings) refuse it before anything runs.
-_LIMITS = ("ge", "gt", "le", "lt")
 
 
 def _limits(limits: dict[str, float]) -> dict[str, float]:
-    bad = sorted(set(limits) - set(_LIMITS))
+    bad = sorted(set(limits) - set(LIMITS))
     if bad:
-        raise TypeError(f"unknown range keys {bad}; known: {', '.join(_LIMITS)}")
+        raise TypeError(f"unknown range keys {bad}; known: {', '.join(LIMITS)}")
     return limits
 
 
@@ -53,26 +53,10 @@ def evaluation(default: Any, **limits: float) -> Any:
     return field(default=default, metadata={"kind": "evaluation", **_limits(limits)})
 
 
-def range_text(meta: Any) -> str:
-    """' >= 1', ' in (0, 1)', ' in [0, 1)': a field's declared range for messages ('' for none)."""
-    ge, gt, le, lt = (meta.get(k) for k in _LIMITS)
-    low, high = (ge, "[") if ge is not None else (gt, "(")
-    up, close = (le, "]") if le is not None else (lt, ")")
-    if low is not None and up is not None:
-        return f" in {high}{low:g}, {up:g}{close}"
-    if low is not None:
-        return f" {'>=' if ge is not None else '>'} {low:g}"
-    if up is not None:
-        return f" {'<=' if le is not None else '<'} {up:g}"
-    return ""
-
-
 def _out_of_range(value: Any, meta: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False  # the type is checked elsewhere
-    ge, gt, le, lt = (meta.get(k) for k in _LIMITS)
-    return not ((ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
-                and (lt is None or value < lt)) or value != value
+    return not in_range(value, meta) or value != value
 
 
 @dataclass
@@ -112,7 +96,7 @@ class ModelConfig:
         self.image_shape = spec.shape if spec.modality == "image" else None
         self.num_classes = spec.num_classes
         for f in dataclasses.fields(self):
-            if any(k in f.metadata for k in _LIMITS) and _out_of_range(getattr(self, f.name), f.metadata):
+            if any(k in f.metadata for k in LIMITS) and _out_of_range(getattr(self, f.name), f.metadata):
                 raise ValueError(f"{f.name} must be{range_text(f.metadata)}, got {getattr(self, f.name)!r}")
 
     @classmethod

@@ -52,10 +52,6 @@ class DCGANConfig(ModelConfig):
         self.betas = tuple(float(b) for b in self.betas)  # JSON gives a list back
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two floats, got {self.betas}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if min(self.latent_dim, self.ngf, self.ndf) < 1:
-            raise ValueError("latent_dim, ngf and ndf must be >= 1")
         if self.conditional and self.num_classes < 1:
             raise ValueError(f"conditional: true needs num_classes >= 1, got {self.num_classes}")
 

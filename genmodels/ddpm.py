@@ -67,18 +67,12 @@ class DDPMConfig(ModelConfig):
         self.channel_mult = tuple(int(m) for m in self.channel_mult)  # JSON gives a list back
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.base_channels < 1 or not self.channel_mult or min(self.channel_mult) < 1 or self.num_res_blocks < 1:
-            raise ValueError("base_channels, channel_mult entries and num_res_blocks must be >= 1")
-        if self.timesteps < 1:
-            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.dropout < 1.0 or self.lr <= 0:
-            raise ValueError("dropout must be in [0, 1), lr > 0")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError("channel_mult entries must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.conditional and self.num_classes < 1:
             raise ValueError(f"ddpm with conditional: true needs num_classes >= 1, got {self.num_classes}")
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         require_halvable("ddpm", self.image_shape, len(self.channel_mult) - 1, "2**(len(channel_mult)-1)",
                          "give channel_mult at most {n} entries")
 

@@ -56,12 +56,8 @@ class GPTConfig(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.layers < 1 or self.heads < 1 or self.embed < 1 or self.mlp_ratio < 1:
-            raise ValueError("gpt: layers, heads, embed and mlp_ratio must be >= 1")
         if self.embed % self.heads:
             raise ValueError(f"gpt: embed ({self.embed}) must be divisible by heads ({self.heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"gpt: dropout must be in [0, 1), got {self.dropout}")
 
 
 def cached_attention(q, k, v, cache_k, cache_v, position, heads: int):

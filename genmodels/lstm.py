@@ -32,13 +32,6 @@ class LSTMConfig(ModelConfig):
     batch_size: int = training(128)
     epochs: int = training(4)
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.layers < 1 or self.hidden < 1 or self.embed < 1:
-            raise ValueError("lstm: layers, hidden and embed must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lstm: dropout must be in [0, 1), got {self.dropout}")
-
 
 class LSTM(GradientTokenModel):
     family: ClassVar[str] = "lstm"

@@ -86,16 +86,10 @@ class PixelCNNConfig(ModelConfig):
         self.pixels = str(self.pixels)  # YAML may give 256 as an int
         if self.pixels not in ("binary", "256"):
             raise ValueError(f"pixels must be 'binary' or '256', got {self.pixels!r}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         for name in ("kernel", "first_kernel"):
             k = getattr(self, name)
             if k < 3 or k % 2 == 0:
                 raise ValueError(f"{name} must be odd and >= 3, got {k}")
-        if self.layers < 2 or self.channels < 1 or self.head_channels < 1:
-            raise ValueError("layers must be >= 2, channels and head_channels >= 1")
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
 
     @property
     def categories(self) -> int:

@@ -70,14 +70,8 @@ class RealNVPConfig(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.hidden < 1 or self.blocks < 0 or self.scales < 1 or self.nll_samples < 1:
-            raise ValueError("hidden, scales and nll_samples must be >= 1, blocks >= 0")
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
-        if self.actnorm_floor <= 0 or self.actnorm_lr <= 0:
-            raise ValueError("actnorm_floor and actnorm_lr must be > 0")
-        if not 0.0 < self.alpha < 0.5:
-            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
+        if self.actnorm_lr <= 0:
+            raise ValueError(f"actnorm_lr must be > 0, got {self.actnorm_lr}")
         require_halvable("realnvp", self.image_shape, self.scales - 1, "2**(scales-1)", "set scales to at most {n}")
 
 

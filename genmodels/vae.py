@@ -58,12 +58,6 @@ class VAEConfig(ModelConfig):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
         if self.score not in ("elbo", "recon"):
             raise ValueError(f"score must be 'elbo' or 'recon', got {self.score!r}")
-        if self.latent_dim < 1 or self.width < 1 or self.iwae_k < 1 or self.score_samples < 1:
-            raise ValueError("latent_dim, width, iwae_k and score_samples must be >= 1")
-        if self.sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        if self.prior_components < 0:
-            raise ValueError(f"prior_components must be >= 0 (0: sample the prior N(0, I)), got {self.prior_components}")
 
 
 class Encoder(nn.Module):

@@ -37,10 +37,6 @@ class WGANGPConfig(DCGANConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
-        if self.gp_weight < 0:
-            raise ValueError(f"gp_weight must be >= 0, got {self.gp_weight}")
         if self.critic_norm not in ("layer", "none"):
             raise ValueError(f"critic_norm must be 'layer' or 'none' (batch norm breaks the per-sample penalty), "
                              f"got {self.critic_norm!r}")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Optional, Union
 
 from contracts.errors import ConfigError
+from contracts.ranges import in_range, range_text
 
 Check = Callable[[Any], Optional[str]]
 
@@ -65,25 +66,6 @@ def show(value: Any) -> str:
     return repr(value)
 
 
-def _range_text(meta: Mapping[str, Any]) -> str:
-    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
-    low, high = (ge, "[") if ge is not None else (gt, "(") if gt is not None else (None, "")
-    top, close = (le, "]") if le is not None else (lt, ")") if lt is not None else (None, "")
-    if low is not None and top is not None:
-        return f" in {high}{low:g}, {top:g}{close}"
-    if low is not None:
-        return f" {'>=' if ge is not None else '>'} {low:g}"
-    if top is not None:
-        return f" {'<=' if le is not None else '<'} {top:g}"
-    return ""
-
-
-def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
-    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
-    return ((ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
-            and (lt is None or value < lt))
-
-
 def _optional_inner(tp: Any) -> tuple[Any, bool]:
     if typing.get_origin(tp) in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -97,7 +79,7 @@ def describe(tp: Any, meta: Mapping[str, Any] | None = None) -> str:
     meta = meta or {}
     inner, optional = _optional_inner(tp)
     origin, args = typing.get_origin(inner), typing.get_args(inner)
-    rng = _range_text(meta)
+    rng = range_text(meta)
     if inner is bool:
         text = "true or false"
     elif inner is int:
@@ -159,10 +141,10 @@ def check_value(key: str, value: Any, tp: Any, meta: Mapping[str, Any] | None = 
         if not isinstance(value, bool):
             raise wrong()
     elif inner is int:
-        if isinstance(value, bool) or not isinstance(value, int) or not _in_range(value, meta):
+        if isinstance(value, bool) or not isinstance(value, int) or not in_range(value, meta):
             raise wrong()
     elif inner is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _in_range(value, meta):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not in_range(value, meta):
             raise wrong()
         if value != value:  # NaN passes no range
             raise wrong()
