@@ -19,6 +19,7 @@ Usage: python benchmarks/family_table.py PROJECT [PROJECT ...] [--json FILE]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -38,14 +39,22 @@ def _variant(family: str, config: dict[str, Any]) -> str:
     return f"{family}_cond" if config.get("conditional") and family != "cvae" else family
 
 
+@functools.lru_cache(maxsize=None)
+def _shipped(family: str) -> dict[str, Any]:
+    """The config values the main job trains ``family`` with today: genforge's params.yaml over the family's
+    config defaults (read once per family)."""
+    from pipelines.config import load_params
+    from pipelines.train import family_settings
+
+    return family_settings(load_params(ROOT / "params.yaml", []), family)[0]
+
+
 def non_default(family: str, stored: dict[str, Any]) -> str:
     """How a stored config.json (``{"config": ..., "training": ...}``) differs from what the main job trains today
     (genforge's params.yaml over the family's config defaults), in its architecture and training fields: "default", "epochs=20 (default 60), ...", or "not valid today: ..." for a
     value today's checks refuse. ``conditional`` is left out (the variant's name says it), and so are the seed and
     the data."""
     from genmodels import get_family
-    from pipelines.config import load_params
-    from pipelines.train import family_settings
 
     cls = get_family(family).config_class
     values = {**stored.get("config", {}), **stored.get("training", {})}
@@ -53,8 +62,8 @@ def non_default(family: str, stored: dict[str, Any]) -> str:
         mine = cls.from_dict(values).fingerprint_fields()
     except (TypeError, ValueError) as exc:
         return f"not valid today: {exc}"
-    shipped, _ = family_settings(load_params(ROOT / "params.yaml", []), family)  # params.yaml over the dataclass
-    default = cls.from_dict({**shipped, **{k: values[k] for k in ("seed", "data") if k in values}}).fingerprint_fields()
+    default = cls.from_dict({**_shipped(family), **{k: values[k] for k in ("seed", "data") if k in values}}
+                            ).fingerprint_fields()
     changed = [f"{k}={v} (default {default.get(k)})" for k, v in mine.items()
                if k not in ("seed", "data", "conditional") and v != default.get(k)]
     return ", ".join(changed) or "default"
