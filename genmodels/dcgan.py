@@ -23,6 +23,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from contracts.samplers import DirectSpec, Noise
 from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, arch, stride2_levels, training
+from genmodels.ema import update_ema
 
 
 @dataclass
@@ -218,14 +219,7 @@ class DCGAN(GenerativeModel):
         running statistics); integer buffers are copied."""
         if self.generator_ema is None:
             return
-        k = int(self.ema_steps)
-        decay = min(self.config.ema_decay, (1 + k) / (10 + k))
-        torch._foreach_lerp_(list(self.generator_ema.parameters()), list(self.generator.parameters()), 1.0 - decay)
-        for averaged, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            if averaged.is_floating_point():
-                averaged.lerp_(live, 1.0 - decay)
-            else:
-                averaged.copy_(live)
+        update_ema(self.generator_ema, self.generator, self.config.ema_decay, int(self.ema_steps))
         self.ema_steps += 1
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:

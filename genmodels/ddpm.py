@@ -35,6 +35,7 @@ from contracts.diffusion import guided_at, guided_eps
 from contracts.samplers import DDIMSpec, Noise
 from genmodels.base import GenerativeModel, ModelConfig, OnnxGraph, arch, require_halvable, training
 from genmodels.ddim import SCHEDULES, alphas_cumprod, ddim_sample
+from genmodels.ema import update_ema
 
 
 @dataclass
@@ -314,9 +315,7 @@ class DDPM(GenerativeModel):
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
         self._opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.unet.parameters()), 1.0 - decay)
+        update_ema(self.ema, self.unet, cfg.ema_decay, step)
         self.step += 1
         return {"loss": loss.item()}
 

@@ -87,6 +87,28 @@ def test_config_rejects_bad_values(bad):
         RealNVPConfig.from_dict({**TINY, **bad})
 
 
+def test_coupling_widths_grow_by_hidden_mult_per_level():
+    model = _tiny(scales=3, hidden=4, hidden_mult=3)
+    widths = [[c.net.inp.out_channels for c in [*level.checker, *level.channel]] for level in model.flow.levels]
+    assert widths == [[4] * 6, [12] * 6, [36] * 4]
+    assert {c.net.inp.out_channels for c in _tiny(scales=3, hidden=4, hidden_mult=1).flow.modules()
+            if hasattr(c, "net")} == {4}
+
+
+def test_a_flow_stored_before_hidden_mult_loads_as_it_was_trained(tmp_path):
+    from pipelines.train import load_model
+
+    old = _scrambled(scales=3, hidden=4, hidden_mult=1)
+    spec = {"family": "realnvp", "config": {k: v for k, v in old.config.architecture().items() if k != "hidden_mult"},
+            "training": old.config.training_settings()}
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    torch.save(old.state_dict(), tmp_path / "model.pt")
+    loaded = load_model(tmp_path)
+    assert loaded.config.hidden_mult == 1 and RealNVPConfig().hidden_mult == 2
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(loaded.sample(4, generator=g()), old.sample(4, generator=g()))
+
+
 def test_config_json_round_trip():
     cfg = RealNVPConfig.from_dict({**TINY, "seed": 3})
     assert RealNVPConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -100,7 +122,7 @@ def test_squeeze_round_trip():
     assert torch.equal(s[0, :4, 0, 0], x[0, 0, :2, :2].flatten())  # one 2x2 block -> 4 channels
 
 
-@pytest.mark.parametrize("scales", [1, 2])
+@pytest.mark.parametrize("scales", [1, 2, 3])
 def test_exact_invertibility(scales):
     model = _scrambled(scales=scales).eval()
     l = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
