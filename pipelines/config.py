@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.errors import GenforgeError
+from pipelines.errors import GenforgeError, UsageError
 
 
 
@@ -63,7 +63,7 @@ def apply_override(params: dict[str, Any], item: str) -> None:
     """Set `a.b.c=value` in place; the value is parsed as YAML (`[a,b]`, `3`, `null`, `idx:/p`)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise GenforgeError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
+        raise UsageError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
     try:
         value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

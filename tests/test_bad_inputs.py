@@ -128,7 +128,7 @@ def test_unknown_source_and_bad_set_are_one_line_errors(cli, project):
     proc = _prepare(cli, project, "ftp:somewhere")
     assert proc.returncode != 0 and "error: data.source 'ftp:somewhere' is not understood" in proc.stderr
     proc = cli(["stage", "prepare", "--set", "data.source"], project)
-    assert proc.returncode != 0 and "expected key=value" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "expected key=value" in proc.stderr and "Traceback" not in proc.stderr  # usage
     proc = cli(["--debug", "stage", "prepare", "--set", "data.source=ftp:x"], project)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
