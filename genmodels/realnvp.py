@@ -22,7 +22,9 @@ networks have ``hidden * hidden_mult**i`` channels: each level has a quarter of 
 doubling the width keeps every level's cost about equal, and the coarse levels, whose 3x3 convs see
 the whole digit, get the capacity for its shape (mnist5k, seed 0, 18 epochs, 1 thread: scales 2
 and widths 16/16, 471x the real floor's FID, strokes in fragments; scales 3, 2 blocks, 16/16/16,
-322x; 16/32/64, 162x, with 8 of 10 classes; ``benchmarks/quality_curve.py``). An exponential moving
+322x; 16/32/64, 162x, with 8 of 10 classes; ``benchmarks/quality_curve.py``). The learning rate
+decays 5x slower than it did (``lr_decay`` 0.9999 per step, from 0.9995): seed 1 went from 287x and
+6 classes to 144x and 8; 3 seeds of ``genforge run``: 122-211x. An exponential moving
 average of the weights (``ema_decay``, off by default) improves bits/dim (seed 1, 14 epochs: 1.649
 against 1.688) but not the samples (328x against 250x), so the trained weights sample. The factored parts
 are put back where they came from (un-squeezed), so z has the image's shape. H and W must be
