@@ -56,7 +56,7 @@ class DDPMConfig(ModelConfig):
     conditional: bool = False                   # label embedding + classifier-free guidance; needs num_classes
     label_dropout: float = training(0.1, ge=0, lt=1)        # conditional: share of labels replaced by the null class
     ema_decay: float = training(0.999, ge=0, lt=1)      # EMA of the weights, warmed up as min(decay, (1+k)/(10+k))
-    lr: float = training(2e-3)
+    lr: float = training(2e-3, gt=0)
     weight_decay: float = training(0.0, ge=0)     # AdamW
     warmup_steps: int = training(100, ge=0)       # linear learning-rate warm-up
     grad_clip: float = training(1.0, ge=0)        # max gradient norm (0 = off)
@@ -70,8 +70,6 @@ class DDPMConfig(ModelConfig):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ValueError("channel_mult entries must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.conditional and self.num_classes < 1:
             raise ValueError(f"ddpm with conditional: true needs num_classes >= 1, got {self.num_classes}")
         require_halvable("ddpm", self.image_shape, len(self.channel_mult) - 1, "2**(len(channel_mult)-1)",

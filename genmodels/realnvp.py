@@ -71,7 +71,7 @@ class RealNVPConfig(ModelConfig):
     alpha: float = arch(0.05, gt=0, lt=0.5)             # logit transform: logit(alpha + (1 - 2 alpha) y), as in the paper
     actnorm: bool = True            # a per-pixel affine on the logits first, initialised from the first batch
     actnorm_floor: float = arch(0.05, gt=0)     # smallest per-pixel std the data-dependent init divides by
-    actnorm_lr: float = training(10.0)      # its learning rate, as a multiple of lr
+    actnorm_lr: float = training(10.0, gt=0)  # its learning rate, as a multiple of lr
     nll_samples: int = evaluation(1, ge=1)        # dequantisation draws averaged by nll()
     ema_decay: float = training(0.0, ge=0, lt=1)  # EMA of the flow's weights (genmodels/ema.py), which samples,
                                                   # scores and is exported; 0: the trained weights themselves
@@ -84,8 +84,6 @@ class RealNVPConfig(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.actnorm_lr <= 0:
-            raise ValueError(f"actnorm_lr must be > 0, got {self.actnorm_lr}")
         require_halvable("realnvp", self.image_shape, self.scales - 1, "2**(scales-1)", "set scales to at most {n}")
 
 
@@ -328,7 +326,7 @@ class RealNVP(LikelihoodModel):
         s = a + (1 - 2 * a) * y
         l = torch.log(s) - torch.log1p(-s)                                # logit
         log_det_logit = (math.log(1 - 2 * a) - torch.log(s) - torch.log1p(-s)).flatten(1).sum(1)
-        z, log_det_flow = (flow or self.flow)(l)
+        z, log_det_flow = (self.flow if flow is None else flow)(l)
         log_pz = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).flatten(1).sum(1)
         dims = math.prod(x.shape[1:])
         return -(log_pz + log_det_flow + log_det_logit) + dims * math.log(256.0)
